@@ -1,0 +1,175 @@
+"""Reading and writing the image kinds SELMA3D uses, without loading what need not be loaded.
+
+* 3D images: ``.nii.gz``/``.nii``/``.mha``/``.nrrd`` (SimpleITK) and ``.tif``/``.tiff`` (tifffile).
+  Arrays are returned in numpy order ``(z, y, x)``, as nnU-Net's readers return them.
+* TIFF-slice series: a folder of 2D slices, one per z plane, ordered by the (last) number in the
+  file name, never by string order (``slice_10`` comes after ``slice_9``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
+_NUMBER = re.compile(r"(\d+)")
+
+
+def image_suffix(path: str | Path) -> str:
+    """The image suffix of ``path`` (``.nii.gz`` counts as one), lower case; '' if unknown."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def strip_image_suffix(path: str | Path) -> str:
+    """File name of ``path`` without its image suffix (``case_0000.nii.gz`` -> ``case_0000``)."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a 3D image into memory.
+
+    Returns
+    -------
+    array : ndarray, shape (z, y, x), the file's own dtype
+    geometry : dict with ``spacing``, ``origin`` (x, y, z order, as SimpleITK) and ``direction``
+        (flattened 3x3). TIFF files get unit spacing, zero origin and identity direction.
+
+    Raises
+    ------
+    ValueError naming the file when it cannot be read or is not 3D.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            array = tifffile.imread(path)
+            geometry = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
+                        "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
+        elif suffix:
+            import SimpleITK as sitk
+
+            img = sitk.ReadImage(str(path))
+            array = sitk.GetArrayFromImage(img)
+            geometry = {"spacing": img.GetSpacing(), "origin": img.GetOrigin(),
+                        "direction": img.GetDirection()}
+        else:
+            raise ValueError(f"unknown image type; expected one of {', '.join(IMAGE_SUFFIXES)}")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    except Exception as e:  # readers raise many types for truncated or corrupt files
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    if array.ndim != 3:
+        raise ValueError(f"{path}: found an image of shape {array.shape}; expected a 3D image (z, y, x)")
+    return array, geometry
+
+
+def write_image(path: str | Path, array: np.ndarray, geometry: dict | None = None) -> None:
+    """Write a 3D ``(z, y, x)`` array as ``.nii.gz``/``.mha``/``.nrrd`` or ``.tif``.
+
+    ``geometry`` (as returned by :func:`read_image`) is applied for SimpleITK formats.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        tifffile.imwrite(path, np.asarray(array))
+        return
+    if not suffix:
+        raise ValueError(f"{path}: unknown image type; expected one of {', '.join(IMAGE_SUFFIXES)}")
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.asarray(array))
+    if geometry:
+        img.SetSpacing(tuple(float(s) for s in geometry["spacing"]))
+        img.SetOrigin(tuple(float(o) for o in geometry["origin"]))
+        img.SetDirection(tuple(float(d) for d in geometry["direction"]))
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def slice_number(path: str | Path) -> int:
+    """The z index encoded in a slice file name: its last run of digits."""
+    numbers = _NUMBER.findall(Path(path).stem)
+    if not numbers:
+        raise ValueError(f"{path}: slice file name holds no number; expected names like slice_0042.tif")
+    return int(numbers[-1])
+
+
+def list_slice_files(folder: str | Path, require_contiguous: bool = True) -> list[Path]:
+    """The ``.tif``/``.tiff`` slices of ``folder`` sorted by the number in their name.
+
+    Raises
+    ------
+    ValueError naming the folder when it holds no slice, two slices share a number, or (with
+    ``require_contiguous``) the numbering has a gap.
+    """
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES]
+    if not files:
+        raise ValueError(f"{folder}: found no .tif/.tiff slices; expected one 2D TIFF per z plane")
+    numbered = sorted((slice_number(p), p) for p in files)
+    numbers = [n for n, _ in numbered]
+    for (a, pa), (b, pb) in zip(numbered, numbered[1:]):
+        if a == b:
+            raise ValueError(f"{folder}: slices {pa.name} and {pb.name} both carry number {a}")
+        if require_contiguous and b != a + 1:
+            raise ValueError(
+                f"{folder}: gap in slice numbering after {pa.name} (number {a}); next is {pb.name} "
+                f"(number {b}), expected {a + 1}. {len(numbers)} slices, numbers {numbers[0]}..{numbers[-1]}"
+            )
+    return [p for _, p in numbered]
+
+
+class SliceSeries:
+    """A folder of 2D TIFF slices seen as one lazy 3D volume ``(z, y, x)``.
+
+    Only the first slice is read on opening (shape, dtype); :meth:`read` loads the slabs asked
+    for and checks every slice it reads against the first.
+    """
+
+    def __init__(self, folder: str | Path, require_contiguous: bool = True) -> None:
+        import tifffile
+
+        self.folder = Path(folder)
+        self.files = list_slice_files(self.folder, require_contiguous)
+        first = self._read_one(self.files[0], tifffile)
+        if first.ndim != 2:
+            raise ValueError(f"{self.files[0]}: found a slice of shape {first.shape}; expected a 2D image")
+        self.dtype = first.dtype
+        self.shape = (len(self.files), *first.shape)
+
+    @staticmethod
+    def _read_one(path: Path, tifffile) -> np.ndarray:
+        try:
+            return tifffile.imread(path)
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable slice ({type(e).__name__}: {e})") from e
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices ``z0:z1`` as one array ``(z1 - z0, y, x)`` of the series' dtype."""
+        import tifffile
+
+        out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.dtype)
+        for i, path in enumerate(self.files[z0:z1]):
+            plane = self._read_one(path, tifffile)
+            if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
+                raise ValueError(
+                    f"{path}: found a slice of shape {plane.shape} and dtype {plane.dtype}; expected "
+                    f"{self.shape[1:]} and {self.dtype} like {self.files[0].name}"
+                )
+            out[i] = plane
+        return out
+
+    def __len__(self) -> int:
+        return self.shape[0]

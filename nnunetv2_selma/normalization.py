@@ -1,0 +1,110 @@
+"""The one intensity normalisation of nnunetv2-selma (design decision 2).
+
+Every tensor a network of this project sees -- a pretraining patch, a fine-tuning case, a
+challenge input, a block of a whole brain -- is normalised the same way: nnU-Net's own
+``ZScoreNormalization`` over *the image the user hands in*, with no mask::
+
+    x_norm = (float32(x) - mean) / max(std, 1e-8)
+
+Why this one:
+
+* It is nnU-Net's default for non-CT data and needs no custom class inside nnunetv2 (custom
+  normalisers are only looked up there), so ``nnUNetv2_preprocess`` and ``nnUNetPredictor`` do
+  exactly this for fine-tuning cases and challenge inputs.
+* Light-sheet intensities vary by sample, stain and microscope; per-image statistics absorb
+  that, where fixed dataset-wide constants (``CTNormalization``) would not transfer to the
+  unseen structures of the challenge's test set.
+
+Where the statistics come from:
+
+* fine-tuning case / challenge input: the case itself (nnU-Net computes them);
+* pretraining patch: the patch itself (a sampled patch plays the role of a case; its size is
+  that of the SELMA3D fine-tuning patches);
+* whole-volume inference: the whole volume, gathered by a streaming pass
+  (:class:`RunningMoments`), which is what nnU-Net would compute if it could hold the volume.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: name of the nnU-Net normalisation class written into SELMA plans
+NORMALIZATION_SCHEME = "ZScoreNormalization"
+
+_EPS = 1e-8
+
+
+def zscore(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Normalise ``image`` with given statistics, as nnU-Net's ``ZScoreNormalization`` does.
+
+    Parameters
+    ----------
+    image : ndarray of any shape and real dtype (uint16, int16, float...)
+        Negative values are kept (int16 light-sheet data).
+    mean, std : float
+        Statistics to use; ``std`` below 1e-8 is replaced by 1e-8 (a constant image maps to 0).
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``image``.
+    """
+    out = np.asarray(image).astype(np.float32, copy=True)
+    out -= np.float32(mean)
+    out /= np.float32(max(float(std), _EPS))
+    return out
+
+
+def image_statistics(image: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of ``image`` exactly as nnU-Net computes them (float32)."""
+    image = np.asarray(image).astype(np.float32, copy=False)
+    return float(image.mean()), float(image.std())
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """Normalise an image with its own statistics (fine-tuning case, challenge input, patch).
+
+    Bit-identical to ``ZScoreNormalization(use_mask_for_norm=False).run(image)`` of nnU-Net.
+    """
+    image = np.asarray(image).astype(np.float32, copy=True)
+    mean = image.mean()
+    std = image.std()
+    image -= mean
+    image /= max(std, _EPS)
+    return image
+
+
+class RunningMoments:
+    """Mean and standard deviation of a volume streamed in pieces (slabs, blocks).
+
+    Uses Chan et al.'s pairwise update in float64, so the result does not depend on how the
+    volume was cut and stays accurate over 10^12 voxels.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+
+    def update(self, values: np.ndarray) -> None:
+        """Add the voxels of ``values`` (any shape) to the running statistics."""
+        values = np.asarray(values, dtype=np.float64)
+        n = values.size
+        if n == 0:
+            return
+        if np.isnan(values).any():
+            raise ValueError("RunningMoments.update: found NaN voxels; expected finite intensities")
+        m = float(values.mean())
+        m2 = float(((values - m) ** 2).sum())
+        total = self.count + n
+        delta = m - self.mean
+        self.mean += delta * n / total
+        self._m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (``numpy.std`` with ``ddof=0``)."""
+        return float(np.sqrt(self._m2 / self.count)) if self.count else 0.0
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "std": self.std}
