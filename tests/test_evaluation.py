@@ -1,0 +1,420 @@
+"""SELMA3D evaluation: metrics on hand-derivable topologies, leaderboard edge cases, the commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunetv2_selma.evaluation import leaderboard as lb
+from nnunetv2_selma.evaluation import metrics as m
+from nnunetv2_selma.io import write_image
+
+# ---------------------------------------------------------------------------------------------
+# shapes with known topology
+
+
+def ball(shape=(30, 30, 30), radius=8.0) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    c = (np.asarray(shape) - 1) / 2
+    return (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < radius**2
+
+
+def hollow_shell(shape=(30, 30, 30)) -> np.ndarray:
+    return ball(shape, 10) & ~ball(shape, 7)
+
+
+def torus(shape=(30, 30, 30), big=8.0, small=3.0) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    c = (np.asarray(shape) - 1) / 2
+    rho = np.sqrt((y - c[1]) ** 2 + (x - c[2]) ** 2)
+    return (rho - big) ** 2 + (z - c[0]) ** 2 < small**2
+
+
+def two_blobs(shape=(20, 20, 20)) -> np.ndarray:
+    a = np.zeros(shape, bool)
+    a[2:6, 2:6, 2:6] = True
+    a[10:14, 10:14, 10:14] = True
+    return a
+
+
+def corner_touching(shape=(8, 8, 8)) -> np.ndarray:
+    """Two 2^3 cubes sharing one corner point only: one object for 26-, two for 6-connectivity."""
+    a = np.zeros(shape, bool)
+    a[1:3, 1:3, 1:3] = True
+    a[3:5, 3:5, 3:5] = True
+    return a
+
+
+def bar(shape=(9, 9, 30), length=24) -> np.ndarray:
+    a = np.zeros(shape, bool)
+    a[3:6, 3:6, 3 : 3 + length] = True
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Betti numbers
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (ball, (1, 0, 0)),  # solid ball: one piece, no tunnel, no cavity
+        (two_blobs, (2, 0, 0)),
+        (torus, (1, 1, 0)),  # one handle
+        (hollow_shell, (1, 0, 1)),  # one enclosed cavity
+        (corner_touching, (1, 0, 0)),  # 26-connected foreground joins them
+    ],
+)
+def test_betti_numbers_of_known_topologies(make, expected):
+    assert m.betti_numbers(make()) == expected
+
+
+def test_corner_touching_is_two_objects_for_6_connectivity_but_one_for_betti():
+    from scipy.ndimage import label
+
+    assert label(corner_touching())[1] == 2  # the 6-connected view the spec does NOT use
+    assert m.betti_numbers(corner_touching())[0] == 1
+
+
+def test_cavity_leaking_through_a_corner_only_stays_a_cavity():
+    """Background is 6-connected: a cavity that meets the outside at a corner point is still enclosed."""
+    cube = np.zeros((11, 11, 11), bool)
+    cube[2:9, 2:9, 2:9] = True
+    cube[3:8, 3:8, 3:8] = False
+    cube[2, 2, 2] = False  # outside now touches the cavity voxel (3,3,3) through a corner only
+    assert m.betti_numbers(cube) == (1, 0, 1)
+
+
+def test_betti_numbers_touching_the_border_are_padded():
+    full = np.ones((4, 4, 4), bool)  # fills the image: without padding there would be no background
+    assert m.betti_numbers(full) == (1, 0, 0)
+
+
+def test_betti_errors_edge_cases():
+    empty = np.zeros((20, 20, 20), bool)
+    assert m.betti_errors(empty, empty) == (0, 0)
+    assert m.betti_errors(empty, two_blobs()) == (2, 0)
+    assert m.betti_errors(np.zeros((30, 30, 30)), torus()) == (1, 1)
+    assert m.betti_errors(ball(), torus()) == (0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dice, clDice, HD95, PQ
+
+
+def test_dice_hand_values_and_empty_rules():
+    p = np.zeros((4, 4, 4), bool)
+    g = np.zeros((4, 4, 4), bool)
+    p[0:2, 0:2, 0:2] = True  # 8 voxels
+    g[1:3, 0:2, 0:2] = True  # 8 voxels, 4 shared
+    assert m.dice(p, g) == pytest.approx(2 * 4 / 16)
+    assert m.dice(np.zeros_like(p), np.zeros_like(g)) == 1.0
+    assert m.dice(np.zeros_like(p), g) == 0.0
+    assert m.dice(p.astype(np.uint8) * 255, g) == pytest.approx(0.5)  # binarised > 0
+
+
+def test_metrics_reject_bad_shapes():
+    with pytest.raises(ValueError, match=r"shape \(4, 4, 4\).*\(4, 4, 5\)"):
+        m.dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
+    with pytest.raises(ValueError, match="expected a 3D array"):
+        m.betti_numbers(np.zeros((4, 4)))
+
+
+def test_cldice_identical_partial_and_leaderboard_edge_cases():
+    g = bar()
+    assert m.cldice(g, g) == pytest.approx(1.0)
+    half = g.copy()
+    half[..., 15:] = False
+    tprec, tsens = m.cldice_terms(half, g)
+    assert tsens == pytest.approx(1.0)  # the half bar's skeleton lies inside the full bar
+    assert 0.3 < tprec < 0.7  # the half bar covers about half the full skeleton
+    assert m.cldice(half, g) == pytest.approx((2 * tprec * tsens + 1e-6) / (tprec + tsens + 1e-6))
+    empty = np.zeros_like(g)
+    assert m.cldice(empty, empty) == pytest.approx(1.0)
+    # the 2024 formula's quirk, reproduced on purpose: zero overlaps give 1e-6 / 1e-6
+    assert m.cldice(empty, g) == pytest.approx(1.0)
+    values, notes = lb.score_case(empty, g, lb.EDITIONS["2024"]["tree-like"])
+    assert values["cldice"] == pytest.approx(1.0)
+    assert any("clDice = 1.0" in n for n in notes)
+
+
+def test_hd95_hand_values_and_empty_conventions():
+    p = np.zeros((10, 10, 10), bool)
+    g = np.zeros((10, 10, 10), bool)
+    p[5, 5, 5] = True
+    g[8, 5, 5] = True
+    assert m.hd95(p, g) == pytest.approx(3.0)
+    assert m.hd95(p, g, spacing=(2.0, 1.0, 1.0)) == pytest.approx(6.0)
+    assert m.hd95(ball(), ball()) == 0.0
+    empty = np.zeros_like(g)
+    assert m.hd95(empty, empty) == 0.0
+    assert m.hd95(empty, g) == pytest.approx(math.sqrt(300))  # image diagonal penalty, not 0
+    values, notes = lb.score_case(empty, g, lb.EDITIONS["2025"]["contiguous"])
+    assert values["hd95"] == pytest.approx(math.sqrt(300))
+    assert any("HD95" in n and "empty prediction" in n for n in notes)
+
+
+def cube(shape, start, size=4) -> np.ndarray:
+    a = np.zeros(shape, bool)
+    a[start[0] : start[0] + size, start[1] : start[1] + size, start[2] : start[2] + size] = True
+    return a
+
+
+def test_panoptic_quality_hand_values():
+    shape = (16, 16, 16)
+    g = two_blobs(shape)
+    assert m.panoptic_quality(g, g) == pytest.approx(1.0)
+    one = g.copy()
+    one[10:14, 10:14, 10:14] = False
+    assert m.panoptic_quality(one, g) == pytest.approx(2 / 3)  # SQ 1, RQ 1 / (1 + 0.5)
+    ref = cube(shape, (4, 4, 4))
+    # shifted by 2: IoU 32/96 = 1/3 >= 0.3, matched: PQ = SQ * RQ = 1/3 * 1
+    assert m.panoptic_quality(cube(shape, (4, 4, 6)), ref) == pytest.approx(1 / 3)
+    # shifted by 3: IoU 16/112 < 0.3, unmatched: one FP and one FN
+    assert m.panoptic_quality(cube(shape, (4, 4, 7)), ref) == pytest.approx(0.0)
+    empty = np.zeros(shape, bool)
+    assert m.panoptic_quality(empty, empty) == 1.0
+    assert m.panoptic_quality(empty, g) == 0.0
+    assert m.panoptic_quality(g, empty) == 0.0
+    # instances are 26-connected components: corner-touching cubes are ONE instance
+    c = corner_touching()
+    assert m.panoptic_quality(c, c) == pytest.approx(1.0)
+    left = c.copy()
+    left[3:5, 3:5, 3:5] = False  # the first cube alone: IoU 8/16 with the single reference instance
+    assert m.panoptic_quality(left, c) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# editions, categories, aggregation, ranking
+
+
+@pytest.mark.parametrize(
+    "edition, case, category",
+    [
+        ("2024", "cfos_007", "dot-like"),
+        ("2024", "cFos-Active_Neurons_patchvolume_001", "dot-like"),
+        ("2024", "microglia_003", "tree-like"),
+        ("2025", "AD_plaques_patchvolume_023", "isolated"),
+        ("2025", "shannel_cells_patchvolume_002", "isolated"),
+        ("2025", "blood_vessel_patchvolume_019", "contiguous"),
+        ("2026", "VessAP_vessel_patchvolume_001", "contiguous"),
+        ("2026", "microglia_patchvolume_004", "contiguous"),
+        ("2026", "cFos_patchvolume_004", "isolated"),
+    ],
+)
+def test_case_category_from_name(edition, case, category):
+    assert lb.case_category(case, edition).name == category
+
+
+def test_case_category_unknown_name_and_forced():
+    with pytest.raises(ValueError, match="patchvolume_001.*--category"):
+        lb.case_category("patchvolume_001", "2025")
+    assert lb.case_category("patchvolume_001", "2024", forced="contiguous").name == "tree-like"
+    assert lb.case_category("cfos_001", "2025", forced="tree-like").name == "contiguous"
+    with pytest.raises(ValueError, match="edition '2023'"):
+        lb.case_category("cfos_001", "2023")
+
+
+def test_aggregate_uses_leaderboard_names_and_means():
+    cases = {
+        "cfos_1": {"category": "dot-like", "dice": 1.0, "betti_error_0": 2.0},
+        "cfos_2": {"category": "dot-like", "dice": 0.5, "betti_error_0": 0.0},
+        "microglia_1": {"category": "tree-like", "dice": 0.7, "betti_error_0": 1.0, "betti_error_1": 3.0,
+                        "cldice": 0.9},
+    }
+    aggregates, n_cases = lb.aggregate(cases, "2024")
+    assert aggregates == {"cfos_dice": 0.75, "cfos_betti_error_0": 1.0, "micro_dice": 0.7,
+                          "micro_betti_error_0": 1.0, "micro_betti_error_1": 3.0, "micro_cldice": 0.9}
+    assert n_cases == {"dot-like": 2, "tree-like": 1}
+    only_dots, _ = lb.aggregate({k: v for k, v in cases.items() if k.startswith("cfos")}, "2024")
+    assert set(only_dots) == {"cfos_dice", "cfos_betti_error_0"}  # no micro_* reported as 0
+
+
+def test_rank_teams_directions_ties_and_category_means():
+    teams = {
+        "A": {"cfos_dice": 0.9, "cfos_betti_error_0": 5.0},
+        "B": {"cfos_dice": 0.8, "cfos_betti_error_0": 1.0},
+        "C": {"cfos_dice": 0.8, "cfos_betti_error_0": 3.0},
+    }
+    r = lb.rank_teams(teams, "2024")
+    # dice descending with a tie (B, C share 2.5); Betti error ascending
+    assert r["teams"]["A"]["metric_ranks"] == {"cfos_dice": 1.0, "cfos_betti_error_0": 3.0}
+    assert r["teams"]["B"]["metric_ranks"] == {"cfos_dice": 2.5, "cfos_betti_error_0": 1.0}
+    assert r["teams"]["C"]["metric_ranks"] == {"cfos_dice": 2.5, "cfos_betti_error_0": 2.0}
+    assert r["teams"]["B"]["score"] == pytest.approx(1.75)
+    assert r["order"] == ["B", "A", "C"]
+    assert r["teams"]["B"]["rank"] == 1.0
+    # two categories: the final score is the mean of the category mean ranks
+    two = {
+        "A": {"isolated_dice": 0.9, "isolated_pq": 0.9, "contiguous_dice": 0.1, "contiguous_cldice": 0.1},
+        "B": {"isolated_dice": 0.1, "isolated_pq": 0.1, "contiguous_dice": 0.9, "contiguous_cldice": 0.2},
+    }
+    r = lb.rank_teams(two, "2026")
+    assert r["teams"]["A"]["category_scores"] == {"isolated": 1.0, "contiguous": 2.0}
+    assert r["teams"]["A"]["score"] == r["teams"]["B"]["score"] == 1.5
+    assert r["teams"]["A"]["rank"] == r["teams"]["B"]["rank"] == 1.5
+    with pytest.raises(ValueError, match="same cases"):
+        lb.rank_teams({"A": {"cfos_dice": 1.0}, "B": {"micro_dice": 1.0}}, "2024")
+
+
+# ---------------------------------------------------------------------------------------------
+# folders and commands
+
+
+def write_seg_like_nnunet(path: Path, seg: np.ndarray) -> None:
+    """Write a prediction with nnU-Net's own writer, as nnUNetv2_predict does."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    props = {"sitk_stuff": {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
+                            "direction": (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)}, "spacing": [1.0, 1.0, 1.0]}
+    SimpleITKIO().write_seg(seg.astype(np.uint8), str(path), props)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("selma_eval")
+    gt, pred, perfect = root / "gt", root / "pred", root / "perfect"
+    for d in (gt, pred, perfect):
+        d.mkdir()
+    shape = (16, 24, 24)
+    rng = np.random.default_rng(0)
+    dots = np.zeros(shape, bool)
+    for c in rng.integers(3, 20, size=(6, 3)):
+        dots[min(c[0], 12) - 2 : min(c[0], 12) + 2, c[1] - 2 : c[1] + 2, c[2] - 2 : c[2] + 2] = True
+    tree = np.zeros(shape, bool)
+    tree[8, 4:20, 10:12] = True
+    tree[8, 10:12, 4:20] = True
+    refs = {"cfos_001": dots, "cfos_002": two_blobs(shape), "microglia_001": tree}
+    write_image(gt / "cfos_001.nii.gz", (dots * 255).astype(np.uint8))  # {0,255}-encoded reference
+    write_image(gt / "cfos_002.mha", refs["cfos_002"].astype(np.uint8))
+    write_image(gt / "microglia_001.tif", tree.astype(np.uint8))
+    for case, ref in refs.items():
+        write_seg_like_nnunet(perfect / f"{case}.nii.gz", ref)
+    write_seg_like_nnunet(pred / "cfos_001.nii.gz", np.roll(dots, 1, axis=2))
+    write_seg_like_nnunet(pred / "cfos_002.nii.gz", refs["cfos_002"] & (np.indices(shape)[0] < 8))
+    write_image(pred / "microglia_001.nii.gz", (tree * 95).astype(np.uint8))  # non-binary, like some masks
+    write_seg_like_nnunet(pred / "cfos_999.nii.gz", dots)  # extra prediction without reference
+    for extra in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):  # nnUNetv2_predict leaves these
+        (pred / extra).write_text("{}")
+    return {"gt": gt, "pred": pred, "perfect": perfect, "root": root, "shape": shape}
+
+
+def test_evaluate_command_2024_on_nnunet_style_folder(folders, capsys):
+    from nnunetv2_selma.cli.evaluate import main
+
+    out = folders["root"] / "result_2024.json"
+    main(["-ref", str(folders["gt"]), "-pred", str(folders["pred"]), "--edition", "2024", "-o", str(out),
+          "-np", "2", "--no-progress"])
+    result = json.loads(out.read_text())
+    assert set(result["aggregates"]) == {"cfos_dice", "cfos_betti_error_0", "micro_dice", "micro_betti_error_0",
+                                         "micro_betti_error_1", "micro_cldice"}
+    assert set(result["cases"]) == {"cfos_001", "cfos_002", "microglia_001"}
+    micro = result["cases"]["microglia_001"]
+    assert micro["dice"] == pytest.approx(1.0)  # 95 binarised to foreground
+    assert micro["betti_error_0"] == 0 and micro["cldice"] == pytest.approx(1.0)
+    cfos2 = result["cases"]["cfos_002"]  # one of two blobs kept
+    assert cfos2["dice"] == pytest.approx(2 * 64 / (64 + 128)) and cfos2["betti_error_0"] == 1
+    assert result["aggregates"]["cfos_dice"] == pytest.approx(
+        (result["cases"]["cfos_001"]["dice"] + cfos2["dice"]) / 2)
+    warnings = "\n".join(result["warnings"])
+    assert "case cfos_999" in warnings and "no reference" in warnings
+    assert "case microglia_001: prediction microglia_001.nii.gz holds uint8 values 0..95" in warnings
+    assert "case cfos_001: reference cfos_001.nii.gz" in warnings  # the {0,255} reference was remapped
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["cfos_001", "cfos_002", "microglia_001"]
+    assert float(rows[1]["dice"]) == pytest.approx(cfos2["dice"]) and rows[0]["cldice"] == ""
+    assert "cfos_dice" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edition, keys", [
+    ("2025", {"isolated_dice", "isolated_betti_error_0", "contiguous_dice", "contiguous_betti_error_0",
+              "contiguous_betti_error_1", "contiguous_cldice", "contiguous_hd95"}),
+    ("2026", {"isolated_dice", "isolated_pq", "contiguous_dice", "contiguous_cldice"}),
+])
+def test_later_editions_on_perfect_predictions(folders, edition, keys):
+    from nnunetv2_selma.evaluation.folders import evaluate_folders
+
+    result = evaluate_folders(folders["gt"], folders["perfect"], edition, None, num_processes=1, progress=False)
+    assert set(result["aggregates"]) == keys
+    for key, value in result["aggregates"].items():
+        best = 0.0 if ("error" in key or "hd95" in key) else 1.0
+        assert value == pytest.approx(best), key
+
+
+def test_forced_category(folders):
+    from nnunetv2_selma.evaluation.folders import evaluate_folders
+
+    result = evaluate_folders(folders["gt"], folders["perfect"], "2026", None, category="isolated",
+                              num_processes=1, progress=False)
+    assert result["n_cases"] == {"isolated": 3, "contiguous": 0}
+    assert set(result["aggregates"]) == {"isolated_dice", "isolated_pq"}
+
+
+def test_missing_prediction_is_an_error_or_an_empty_prediction_with_warning(folders, tmp_path):
+    from nnunetv2_selma.evaluation.folders import evaluate_folders
+
+    pred = tmp_path / "pred"
+    shutil.copytree(folders["perfect"], pred)
+    (pred / "cfos_002.nii.gz").unlink()
+    with pytest.raises(ValueError, match="no prediction for 1 of 3 reference cases: cfos_002"):
+        evaluate_folders(folders["gt"], pred, "2024", None, num_processes=1, progress=False)
+    result = evaluate_folders(folders["gt"], pred, "2024", None, allow_missing=True, num_processes=1, progress=False)
+    assert result["cases"]["cfos_002"]["dice"] == 0.0
+    assert result["cases"]["cfos_002"]["betti_error_0"] == 2
+    assert any("case cfos_002: prediction missing" in w for w in result["warnings"])
+
+
+def test_shape_mismatch_and_unreadable_files_name_the_case(folders, tmp_path):
+    from nnunetv2_selma.evaluation.folders import evaluate_folders
+
+    pred = tmp_path / "pred"
+    shutil.copytree(folders["perfect"], pred)
+    write_image(pred / "cfos_001.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    (pred / "microglia_001.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError) as info:
+        evaluate_folders(folders["gt"], pred, "2024", None, num_processes=2, progress=False)
+    message = str(info.value)
+    assert "2 case(s) could not be scored" in message
+    assert "case cfos_001:" in message and "(4, 4, 4)" in message
+    assert "case microglia_001:" in message and "cannot be read" in message
+
+
+def test_duplicate_case_files_and_unknown_names_fail(folders, tmp_path):
+    from nnunetv2_selma.evaluation.folders import evaluate_folders, list_cases
+
+    pred = tmp_path / "pred"
+    shutil.copytree(folders["perfect"], pred)
+    shutil.copy(pred / "cfos_001.nii.gz", pred / "cfos_001.mha")  # nnU-Net would never do this
+    with pytest.raises(ValueError, match="cfos_001.*two files"):
+        list_cases(pred)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    write_image(gt / "patchvolume_001.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="patchvolume_001"):
+        evaluate_folders(gt, gt, "2025", None, num_processes=1, progress=False)
+
+
+def test_rank_command_orders_perfect_first(folders, capsys):
+    from nnunetv2_selma.cli.evaluate import rank_main
+
+    out = folders["root"] / "ranking.json"
+    rank_main(["-ref", str(folders["gt"]), "-pred", str(folders["pred"]), str(folders["perfect"]),
+               "--edition", "2024", "-o", str(out), "-np", "1", "--no-progress"])
+    ranking = json.loads(out.read_text())
+    assert ranking["order"] == ["perfect", "pred"]
+    assert ranking["teams"]["perfect"]["rank"] == 1.0
+    assert (folders["root"] / "ranking.perfect.json").is_file()
+    assert out.with_suffix(".csv").read_text().splitlines()[1].startswith("perfect,1.0")
+    # result JSONs from the evaluate command rank the same way, without rescoring
+    again = folders["root"] / "ranking_again.json"
+    rank_main(["-pred", str(folders["root"] / "ranking.pred.json"), str(folders["root"] / "ranking.perfect.json"),
+               "--names", "pred", "perfect", "--edition", "2024", "-o", str(again)])
+    assert json.loads(again.read_text())["order"] == ["perfect", "pred"]
+    assert "perfect" in capsys.readouterr().out
