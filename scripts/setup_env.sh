@@ -14,6 +14,8 @@ fi
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -e "$here[test]"
+  # register our trainers with nnU-Net for every later shell of this environment (a .pth file)
+  "$venv/bin/nnUNetv2_selma_setup_trainers"
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -1,0 +1,268 @@
+"""Write a Docker build context for a SELMA3D Grand Challenge submission.
+
+:func:`export_submission` packs one or more trained nnU-Net model folders (plans, dataset.json,
+weights-only checkpoints of the chosen folds) as resources, writes ``models.json`` (structure
+prefixes, default model, edition, mirroring), a Dockerfile on a pinned PyTorch image that installs
+the project and its pinned dependencies from a local wheelhouse (no network at run time), the
+local runner ``test_run.sh`` and a README. The context is written next to ``build_dir`` and moved
+into place when complete.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnunetv2_selma.submission.interface import DEFAULT_EDITION, get_edition
+from nnunetv2_selma.submission.models import (
+    KNOWN_STRUCTURE_PREFIXES,
+    MODELS_JSON,
+    normalize_name,
+    structure_from_dataset_name,
+)
+from nnunetv2_selma.submission.templates import DOCKERFILE, README, TEST_RUN_SH, fill
+
+log = logging.getLogger(__name__)
+
+#: pinned base image: PyTorch with the CUDA runtime (torch itself comes from here, not the wheelhouse)
+DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+#: the CPython version of DEFAULT_BASE_IMAGE; wheels must be built for it
+DEFAULT_BASE_PYTHON = "3.11"
+PROJECT_DISTRIBUTION = "nnunetv2-selma"
+#: distributions the base image provides (CUDA builds); never packed into the wheelhouse
+BASE_IMAGE_PACKAGES = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
+#: the keys nnUNetPredictor reads from a checkpoint; optimizer state etc. is dropped to shrink the image
+CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_requirements(distribution: str = PROJECT_DISTRIBUTION) -> list[str]:
+    """``name==version`` for every installed distribution ``distribution`` needs, itself excluded.
+
+    Walks the installed metadata (markers evaluated for this interpreter, no extras) and drops
+    what the base image provides (torch, triton, nvidia-*). Sorted by name.
+
+    Raises
+    ------
+    ValueError naming the requirement when a needed distribution is not installed.
+    """
+    from packaging.requirements import Requirement
+
+    seen: dict[str, str] = {}
+    todo = [distribution]
+    while todo:
+        name = todo.pop()
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as e:
+            raise ValueError(f"{name}: required by {distribution} but not installed; install it first") from e
+        key = _canonical(dist.metadata["Name"])
+        if key in seen:
+            continue
+        seen[key] = dist.version
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            if BASE_IMAGE_PACKAGES.match(_canonical(req.name)) or _canonical(req.name) in seen:
+                continue
+            todo.append(req.name)
+    seen.pop(_canonical(distribution))
+    return [f"{name}=={version}" for name, version in sorted(seen.items())]
+
+
+def _project_root() -> Path:
+    import nnunetv2_selma
+
+    root = Path(nnunetv2_selma.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise ValueError(f"nnunetv2_selma is installed from {root}, which holds no pyproject.toml: cannot build "
+                         "its wheel; pass --wheelhouse with a folder that holds the nnunetv2_selma wheel")
+    return root
+
+
+def _wheel_key(filename: str) -> str:
+    return _canonical(filename.split("-")[0])
+
+
+def build_wheelhouse(dest: Path, requirements: Sequence[str], reuse: Path | None = None) -> None:
+    """Fill ``dest`` with one wheel per requirement plus the project's own wheel.
+
+    With ``reuse``, wheels are copied from that folder (nothing is downloaded); otherwise
+    ``pip wheel --no-deps`` builds/downloads them for this interpreter. Raises ValueError listing
+    the requirements that have no wheel.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    if reuse is not None:
+        reuse = Path(reuse)
+        if not reuse.is_dir():
+            raise ValueError(f"--wheelhouse {reuse}: not a folder")
+        for wheel in reuse.glob("*.whl"):
+            shutil.copy2(wheel, dest / wheel.name)
+    else:
+        pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dest)]
+        subprocess.run([*pip, *requirements], check=True)
+        subprocess.run([*pip, "--no-build-isolation", str(_project_root())], check=True)
+    have = {_wheel_key(w.name) for w in dest.glob("*.whl")}
+    wanted = [*requirements, PROJECT_DISTRIBUTION]
+    missing = [r for r in wanted if _canonical(r.split("==")[0]) not in have]
+    if missing:
+        raise ValueError(f"wheelhouse {reuse or dest} has no wheel for: {', '.join(missing)}")
+
+
+def _folds_of(model_folder: Path, checkpoint: str) -> list[int | str]:
+    folds = []
+    for sub in sorted(model_folder.glob("fold_*")):
+        if (sub / checkpoint).is_file():
+            tail = sub.name[len("fold_"):]
+            folds.append(int(tail) if tail.isdigit() else tail)
+    return folds
+
+
+def _pack_model(source: Path, dest: Path, folds: Sequence[int | str], checkpoint: str) -> None:
+    """Copy plans/dataset.json and weights-only (CPU) checkpoints of ``folds`` from ``source`` to ``dest``."""
+    import torch
+
+    dest.mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        shutil.copy2(source / name, dest / name)
+    for fold in folds:
+        ckpt = torch.load(source / f"fold_{fold}" / checkpoint, map_location="cpu", weights_only=False)
+        slim = {k: ckpt[k] for k in CHECKPOINT_KEYS if k in ckpt}
+        if "init_args" in slim and "device" in slim["init_args"]:
+            slim["init_args"] = {**slim["init_args"], "device": torch.device("cpu")}
+        (dest / f"fold_{fold}").mkdir()
+        torch.save(slim, dest / f"fold_{fold}" / checkpoint)
+
+
+def parse_model_argument(argument: str) -> tuple[str | None, Path]:
+    """``"cfos=/path/model"`` -> ``("cfos", Path)``; ``"/path/model"`` -> ``(None, Path)``."""
+    name, sep, path = argument.partition("=")
+    if sep and name and "/" not in name:
+        return normalize_name(name), Path(path)
+    return None, Path(argument)
+
+
+def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str | Path]], build_dir: str | Path,
+                      edition: str = DEFAULT_EDITION, folds: Sequence[int | str] | None = None,
+                      checkpoint: str = "checkpoint_final.pth", default: str | None = None,
+                      use_mirroring: bool = True, base_image: str = DEFAULT_BASE_IMAGE,
+                      base_python: str = DEFAULT_BASE_PYTHON, wheelhouse: str | Path | None = None,
+                      build_wheels: bool = True, overwrite: bool = False) -> Path:
+    """Write a complete Docker build context for a SELMA3D submission and return its path.
+
+    Parameters
+    ----------
+    model_folders : sequence of paths or ``(name, path)`` pairs
+        nnU-Net training output folders (``.../<trainer>__<plans>__<configuration>``). A model's name
+        (its structure key) defaults to the structure in the dataset name (``Dataset501_..._cFos``
+        -> ``cfos``); names must be unique.
+    build_dir : path
+        Folder to create; refused if it exists unless ``overwrite``.
+    edition : ``"2024"`` or ``"2025"``
+        Interface written into the image (input/output slugs, output pixel type).
+    folds : sequence of int/"all", optional
+        Folds to pack for every model; default every ``fold_X`` holding ``checkpoint``.
+    default : str, optional
+        Model used when the input file name has no known structure prefix; default the first.
+    use_mirroring : bool
+        Test-time mirroring in the container (``SELMA_USE_MIRRORING`` overrides it at run time).
+    base_image, base_python : str
+        Pinned PyTorch base image and its CPython ``major.minor`` (checked at build time).
+    wheelhouse : path, optional
+        Reuse the wheels of this folder instead of running ``pip wheel``.
+    build_wheels : bool
+        False writes only ``wheelhouse/requirements.txt`` (no download; the wheels must be added
+        before ``docker build``).
+
+    Returns
+    -------
+    Path of the build context.
+
+    Raises
+    ------
+    ValueError naming the folder/argument on a missing model file, no fold, a duplicate name, an
+    unknown default or an existing ``build_dir``.
+    """
+    edition_info = get_edition(edition)
+    build_dir = Path(build_dir)
+    if build_dir.exists() and not overwrite:
+        raise ValueError(f"{build_dir} already exists; choose a new folder or pass --overwrite")
+    models: dict[str, dict] = {}
+    sources: list[tuple[str, Path, list]] = []
+    for item in model_folders:
+        name, folder = item if isinstance(item, tuple) else parse_model_argument(str(item))
+        folder = Path(folder)
+        for required in ("plans.json", "dataset.json"):
+            if not (folder / required).is_file():
+                raise ValueError(f"model folder {folder}: {required} is missing; expected an nnU-Net training output "
+                                 "folder like nnUNet_results/DatasetNNN_X/nnUNetTrainer__nnUNetPlans__3d_fullres")
+        plans = json.loads((folder / "plans.json").read_text())
+        name = name or structure_from_dataset_name(plans.get("dataset_name", folder.parent.name))
+        if name in models:
+            raise ValueError(f"two models are called {name!r}; name them explicitly with -m NAME=FOLDER")
+        available = _folds_of(folder, checkpoint)
+        chosen = list(folds) if folds is not None else available
+        absent = [f for f in chosen if f not in available]
+        if not chosen or absent:
+            raise ValueError(f"model folder {folder}: folds {absent or chosen} have no {checkpoint}; "
+                             f"folds with one: {available or 'none'}")
+        models[name] = {"folder": name, "folds": chosen, "checkpoint": checkpoint,
+                        "prefixes": list(KNOWN_STRUCTURE_PREFIXES.get(name, (name,))),
+                        "dataset_name": plans.get("dataset_name"), "source": str(folder.resolve())}
+        sources.append((name, folder, chosen))
+    if not models:
+        raise ValueError("no model folder given")
+    default = normalize_name(default) if default else next(iter(models))
+    if default not in models:
+        raise ValueError(f"default model {default!r} is not one of {sorted(models)}")
+
+    tmp = build_dir.with_name(build_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    resources = tmp / "resources"
+    resources.mkdir(parents=True)
+    for name, folder, chosen in sources:
+        log.info("packing model %r from %s, folds %s", name, folder, chosen)
+        _pack_model(folder, resources / name, chosen, checkpoint)
+    config = {"edition": edition_info.name, "default": default, "use_mirroring": bool(use_mirroring),
+              "tile_step_size": 0.5, "models": models}
+    (resources / MODELS_JSON).write_text(json.dumps(config, indent=2))
+
+    requirements = pinned_requirements()
+    wheel_dir = tmp / "wheelhouse"
+    wheel_dir.mkdir()
+    (wheel_dir / "requirements.txt").write_text("\n".join([*requirements, PROJECT_DISTRIBUTION]) + "\n")
+    if build_wheels or wheelhouse is not None:
+        build_wheelhouse(wheel_dir, requirements, Path(wheelhouse) if wheelhouse is not None else None)
+        wheel_note = "The wheels are included."
+    else:
+        wheel_note = ("The wheels were NOT built (--no-wheels): run `pip wheel --no-deps -w wheelhouse "
+                      "-r wheelhouse/requirements.txt` plus the project's wheel before `docker build`.")
+
+    values = {"EDITION": edition_info.name, "BASE_IMAGE": base_image, "PYTHON_VERSION": base_python,
+              "INPUT_SLUG": edition_info.input_slug, "OUTPUT_SLUG": edition_info.output_slug,
+              "DEFAULT": default, "WHEEL_NOTE": wheel_note}
+    (tmp / "Dockerfile").write_text(fill(DOCKERFILE, **values))
+    (tmp / "README.md").write_text(fill(README, **values))
+    (tmp / ".dockerignore").write_text("test_output/\n")
+    runner = tmp / "test_run.sh"
+    runner.write_text(fill(TEST_RUN_SH, **values))
+    runner.chmod(0o755)
+
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    tmp.replace(build_dir)
+    log.info("wrote the build context %s (edition %s, models %s, default %r)", build_dir, edition_info.name,
+             sorted(models), default)
+    return build_dir

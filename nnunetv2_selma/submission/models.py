@@ -1,0 +1,123 @@
+"""Which packed model segments which input: ``models.json`` and structure prefixes.
+
+A container may hold one model per structure. ``models.json`` (in the resources folder) says::
+
+    {
+      "default": "cfos",
+      "use_mirroring": true,
+      "edition": "2024",
+      "models": {
+        "cfos":     {"folder": "cfos",     "folds": [0], "checkpoint": "checkpoint_final.pth",
+                     "prefixes": ["cfos", "c_fos"]},
+        "microglia": {"folder": "microglia", "folds": [0, 1], "checkpoint": "checkpoint_final.pth",
+                     "prefixes": ["microglia"]}
+      }
+    }
+
+The input file name picks the model: its name, lower-cased with ``-`` and spaces read as ``_``,
+is matched against every model's prefixes and the longest prefix the name starts with wins
+(``AD_plaques_patchvolume_023.mha`` -> ``plaques``). A name no prefix matches (Grand Challenge
+usually hands in a UUID) gets the ``default`` model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODELS_JSON = "models.json"
+
+#: canonical structure -> file-name prefixes known from SELMA3D's data (subset and folder names)
+KNOWN_STRUCTURE_PREFIXES: dict[str, tuple[str, ...]] = {
+    "cfos": ("cfos", "c_fos", "cfos_active_neurons"),
+    "microglia": ("microglia",),
+    "vessel": ("vessel", "vessels", "vessap", "vessap_vessel", "blood_vessel"),
+    "nuclei": ("nuclei", "nucleus", "cell_nuclei", "shannel", "shannel_cells"),
+    "plaques": ("plaques", "plaque", "ad_plaques", "ab_plaque", "amyloid"),
+}
+
+
+def normalize_name(name: str) -> str:
+    """Lower case, ``-``/spaces/dots -> ``_``: ``cFos-Active_Neurons`` -> ``cfos_active_neurons``."""
+    return re.sub(r"[\s.\-]+", "_", name.strip().lower())
+
+
+def structure_from_dataset_name(dataset_name: str) -> str:
+    """Guess a structure key from an nnU-Net dataset name.
+
+    ``Dataset501_SELMA3D_cFos`` -> ``cfos``; ``Dataset502_VessAP_vessel`` -> ``vessel``; a name that
+    holds no known structure gives its own normalised tail (``Dataset580_SELMAtiny`` -> ``selmatiny``).
+    """
+    tail = normalize_name(re.sub(r"^Dataset\d+_", "", dataset_name))
+    tail = re.sub(r"^selma3d_", "", tail)
+    best = ""
+    for structure, prefixes in KNOWN_STRUCTURE_PREFIXES.items():
+        for prefix in prefixes:
+            if (tail == prefix or tail.startswith(prefix + "_") or tail.endswith("_" + prefix)) \
+                    and len(prefix) > len(best):
+                best, found = prefix, structure
+    return found if best else tail
+
+
+@dataclass(frozen=True)
+class PackedModel:
+    """One model folder of the resources: where it is and which folds/checkpoint to use."""
+
+    name: str
+    folder: Path
+    folds: tuple[int | str, ...]
+    checkpoint: str
+    prefixes: tuple[str, ...]
+
+
+def load_models_json(models_dir: str | Path) -> dict:
+    """Read and check ``<models_dir>/models.json``; ValueError naming the file on any problem."""
+    path = Path(models_dir) / MODELS_JSON
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; the models folder must hold a {MODELS_JSON} written by "
+                         "nnUNetv2_selma_export_submission (set SELMA_MODELS_DIR to the right folder)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    models = config.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"{path}: found no 'models' mapping; expected at least one model entry")
+    default = config.get("default")
+    if default not in models:
+        raise ValueError(f"{path}: default model {default!r} is not one of the models {sorted(models)}")
+    return config
+
+
+def packed_models(models_dir: str | Path) -> tuple[dict[str, PackedModel], str]:
+    """All models of ``models.json`` as :class:`PackedModel` (folders resolved) and the default's name."""
+    models_dir = Path(models_dir)
+    config = load_models_json(models_dir)
+    out = {}
+    for name, entry in config["models"].items():
+        folder = models_dir / entry.get("folder", name)
+        folds = tuple(f if f == "all" else int(f) for f in entry.get("folds", [0]))
+        prefixes = tuple(normalize_name(p) for p in entry.get("prefixes", [name]))
+        out[name] = PackedModel(name, folder, folds, entry.get("checkpoint", "checkpoint_final.pth"), prefixes)
+    return out, config["default"]
+
+
+def select_model(models: dict[str, PackedModel], default: str, input_name: str) -> tuple[PackedModel, str]:
+    """The model for an input file name and a sentence saying why it was chosen.
+
+    The longest prefix that the normalised file name starts with wins; no match -> ``default``.
+    """
+    name = normalize_name(input_name)
+    best: tuple[int, PackedModel | None, str] = (0, None, "")
+    for model in models.values():
+        for prefix in model.prefixes:
+            if name.startswith(prefix) and len(prefix) > best[0]:
+                best = (len(prefix), model, prefix)
+    if best[1] is not None:
+        return best[1], f"file name {input_name!r} starts with structure prefix {best[2]!r}"
+    return models[default], f"file name {input_name!r} matches no structure prefix; using the default model"
