@@ -1,0 +1,336 @@
+"""Writing synthetic SELMA3D downloads in the real on-disk layouts (see SELMA3D.md).
+
+* Annotated patches in three layouts (``LAYOUTS``):
+
+  - ``challenge``: ``<root>/brain_<x>_patches/<Subset>/raw/patchvolume_NNN_0000.nii.gz`` (+ ``_0001``
+    for ``VessAP_vessel``), masks ``<root>/annotation_brain_<x>/<Subset>/gt/patchvolume_NNN.nii.gz``;
+    ``<x>`` differs between subsets (``BRAIN_OF_SUBSET``).
+  - ``bia``: ``<root>/SELMA3D_training_annotated/<subset>/{raw,gt}/...`` with the same file names.
+  - ``prefixed``: ``<root>/SELMA3D_2025_annotated/raw/<subset>_patchvolume_NNN_0000<ext>`` and
+    ``<root>/SELMA3D_2025_annotated/gt/<subset>_patchvolume_NNN<ext>``.
+
+  Masks are uint8 and cycle through the encodings {0,1}, {0,255} and {0,95,255} (95 marks the
+  boundary voxels of objects), so every layout holds all three.
+* Unannotated volumes: ``<root>/unannotated_<structure>/<sample>/C00/*.tif`` (and ``C01`` for
+  vessels), one 2D TIFF per z plane, written slab by slab.
+* Challenge-style test inputs: ``<root>/test_inputs/images/<structure>_NNN.{mha,tif}`` with masks in
+  ``<root>/test_inputs/masks/`` under the same name.
+
+Each subset folder and each unannotated sample gets a ``preview*.png`` picture (MIPs, mask outlined).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_selma.io import write_image
+from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
+from nnunetv2_selma.synthetic.volumes import LightSheetScene, canonical_structure, n_channels
+
+log = logging.getLogger(__name__)
+
+SUBSETS_2024 = {"shannel_cells": "nuclei", "VessAP_vessel": "vessel", "cFos-Active_Neurons": "cfos",
+                "AD_plaques": "plaques"}
+LAYOUTS = ("challenge", "bia", "prefixed")
+# real 2024 patch shapes (z, y, x); AD_plaques is an assumption (not confirmed by the organisers)
+PATCH_SHAPES_2024 = {"shannel_cells": (200, 200, 200), "VessAP_vessel": (50, 500, 500),
+                     "cFos-Active_Neurons": (100, 100, 100), "AD_plaques": (200, 200, 200)}
+# the challenge download spreads subsets over several brains; nobody may hard-code brain_1
+BRAIN_OF_SUBSET = {"shannel_cells": 1, "VessAP_vessel": 2, "cFos-Active_Neurons": 1, "AD_plaques": 3}
+MASK_ENCODINGS = ((0, 1), (0, 255), (0, 95, 255))
+UNANNOTATED_STRUCTURES = ("ab_plaque", "cfos", "nucleus", "vessel")
+PATCH_FORMATS = (".nii.gz", ".mha")
+MIN_PATCH_EDGE = 16
+
+
+def patch_shape(subset: str, patch_scale: float) -> tuple[int, int, int]:
+    """The (z, y, x) shape of a ``subset`` patch scaled by ``patch_scale`` (at least 16 per axis)."""
+    if subset not in PATCH_SHAPES_2024:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {', '.join(PATCH_SHAPES_2024)}")
+    if patch_scale <= 0:
+        raise ValueError(f"patch_scale must be > 0; got {patch_scale}")
+    return tuple(max(MIN_PATCH_EDGE, int(round(s * patch_scale))) for s in PATCH_SHAPES_2024[subset])
+
+
+def encode_mask(mask: np.ndarray, encoding: tuple[int, ...]) -> np.ndarray:
+    """Encode a bool mask as uint8 with ``encoding`` = (0, 1), (0, 255) or (0, 95, 255).
+
+    With (0, 95, 255) the mask's inner boundary voxels get 95 and its interior 255.
+    """
+    if encoding == (0, 1):
+        return mask.astype(np.uint8)
+    if encoding == (0, 255):
+        return mask.astype(np.uint8) * np.uint8(255)
+    if encoding == (0, 95, 255):
+        from skimage.segmentation import find_boundaries
+
+        out = mask.astype(np.uint8) * np.uint8(255)
+        out[find_boundaries(mask, mode="inner") & mask] = 95
+        return out
+    raise ValueError(f"unknown mask encoding {encoding}; expected one of {MASK_ENCODINGS}")
+
+
+def _patch_dirs(root: Path, layout: str, subset: str) -> tuple[Path, Path, Path, str]:
+    """(raw folder, gt folder, picture path, file-name prefix) of ``subset`` in ``layout``."""
+    if layout == "challenge":
+        brain = BRAIN_OF_SUBSET[subset]
+        raw = root / f"brain_{brain}_patches" / subset / "raw"
+        gt = root / f"annotation_brain_{brain}" / subset / "gt"
+        return raw, gt, raw.parent / "preview.png", ""
+    if layout == "bia":
+        raw = root / "SELMA3D_training_annotated" / subset / "raw"
+        return raw, raw.parent / "gt", raw.parent / "preview.png", ""
+    if layout == "prefixed":
+        base = root / "SELMA3D_2025_annotated"
+        return base / "raw", base / "gt", base / f"preview_{subset}.png", f"{subset}_"
+    raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+
+
+def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets=tuple(SUBSETS_2024),
+                            cases_per_subset: int = 3, patch_scale: float = 0.25, seed: int = 0,
+                            file_format: str = ".nii.gz", dtype: str = "uint16") -> dict[str, list[Path]]:
+    """Write annotated patches of the 2024 subsets in one of ``LAYOUTS``.
+
+    Parameters
+    ----------
+    root : download root (created if missing).
+    layout : ``challenge``, ``bia`` or ``prefixed``.
+    subsets : names from ``SUBSETS_2024``.
+    cases_per_subset : patches per subset, numbered 000, 001, ...
+    patch_scale : multiplies the real 2024 patch shapes (``PATCH_SHAPES_2024``), min 16 per axis.
+    seed : same seed, same bytes.
+    file_format : ``.nii.gz`` or ``.mha``.
+    dtype : image dtype, ``uint16`` or ``int16``; masks are always uint8.
+
+    Returns
+    -------
+    dict subset -> image paths written (every channel: ``_0000`` and for VessAP_vessel ``_0001``).
+    """
+    root = Path(root)
+    if file_format not in PATCH_FORMATS:
+        raise ValueError(f"file_format must be one of {PATCH_FORMATS}; got {file_format!r}")
+    written: dict[str, list[Path]] = {}
+    for subset in subsets:
+        if subset not in SUBSETS_2024:
+            raise ValueError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS_2024)}")
+        s_index = list(SUBSETS_2024).index(subset)
+        raw, gt, picture, prefix = _patch_dirs(root, layout, subset)
+        raw.mkdir(parents=True, exist_ok=True)
+        gt.mkdir(parents=True, exist_ok=True)
+        shape = patch_shape(subset, patch_scale)
+        paths, panels = [], []
+        for case in range(cases_per_subset):
+            scene = LightSheetScene(SUBSETS_2024[subset], shape, seed=_seed(seed, 10, s_index, case), dtype=dtype)
+            channels, mask = scene.render(0, shape[0])
+            name = f"{prefix}patchvolume_{case:03d}"
+            for ch, image in enumerate(channels):
+                path = raw / f"{name}_{ch:04d}{file_format}"
+                write_image(path, image)
+                paths.append(path)
+            encoding = MASK_ENCODINGS[(case + s_index) % len(MASK_ENCODINGS)]
+            write_image(gt / f"{name}{file_format}", encode_mask(mask, encoding))
+            if case < 3:
+                panels += projection_panels(name, channels, mask)
+        if panels:
+            save_mip_picture(picture, panels, ncols=2 * len(channels),
+                             title=f"{subset} ({SUBSETS_2024[subset]}), {layout} layout, shape {shape}")
+        written[subset] = paths
+        log.info("wrote %d %s patches of shape %s to %s", cases_per_subset, subset, shape, raw)
+    return written
+
+
+def _seed(*parts: int) -> int:
+    """One integer seed from several (a hash that numpy's SeedSequence makes well mixed)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _slice_name(z: int, zero_pad: bool) -> str:
+    return f"img_{z + 1:05d}.tif" if zero_pad else f"slice_{z}.tif"
+
+
+def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int], structure: str,
+                             dtype: str = "uint16", seed: int = 0, slab: int = 32,
+                             zero_pad: bool = False, picture: bool = True) -> list[Path]:
+    """Write one unannotated volume as folders of 2D TIFF slices, slab by slab.
+
+    Parameters
+    ----------
+    sample_dir : the sample folder; ``C00`` (and ``C01`` for vessels) are created inside it.
+    shape : (z, y, x) of the volume; any size (memory is bounded by ``slab`` planes plus a blur halo).
+    structure : one of ``STRUCTURES`` or the folder names ``ab_plaque``, ``cfos``, ``nucleus``, ``vessel``.
+    dtype : ``uint16`` or ``int16`` (int16 puts the dark background below zero).
+    seed : same seed, same bytes; the output does not depend on ``slab``.
+    slab : planes rendered at once.
+    zero_pad : slice names ``img_00001.tif``... (numbered from 1) instead of ``slice_0.tif``,
+        ``slice_1.tif``... (numbered from 0, no padding, so string order != numeric order).
+    picture : also save ``<sample_dir>/preview.png`` (MIPs accumulated slab by slab, mask outlined).
+
+    Returns
+    -------
+    The channel folders, ``[C00]`` or ``[C00, C01]``.
+    """
+    sample_dir = Path(sample_dir)
+    if slab < 1:
+        raise ValueError(f"slab must be >= 1; got {slab}")
+    scene = LightSheetScene(canonical_structure(structure), shape, seed=_seed(seed, 20), whole_sample=True,
+                            dtype=dtype)
+    nch = n_channels(structure)
+    final = [sample_dir / f"C{ch:02d}" for ch in range(nch)]
+    partial = [d.with_name(d.name + ".partial") for d in final]
+    for d in partial:
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    import tifffile
+
+    nz, ny, nx = scene.shape
+    mip_z = [np.zeros((ny, nx), scene.dtype) for _ in range(nch)]
+    mip_y = [np.zeros((nz, nx), scene.dtype) for _ in range(nch)]
+    mask_z = np.zeros((ny, nx), bool)
+    mask_y = np.zeros((nz, nx), bool)
+    if nch:
+        for ch in range(nch):
+            mip_z[ch][:] = np.iinfo(scene.dtype).min
+    for z0 in range(0, nz, slab):
+        z1 = min(nz, z0 + slab)
+        channels, mask = scene.render(z0, z1)
+        for ch, image in enumerate(channels):
+            for i in range(z1 - z0):
+                tifffile.imwrite(partial[ch] / _slice_name(z0 + i, zero_pad), image[i])
+            np.maximum(mip_z[ch], image.max(axis=0), out=mip_z[ch])
+            mip_y[ch][z0:z1] = image.max(axis=1)
+        mask_z |= mask.any(axis=0)
+        mask_y[z0:z1] = mask.any(axis=1)
+    for tmp, dst in zip(partial, final):
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    if picture:
+        panels = []
+        for ch in range(nch):
+            panels += [(f"C{ch:02d} top (MIP z)", mip_z[ch], mask_z), (f"C{ch:02d} side (MIP y)", mip_y[ch], mask_y)]
+        save_mip_picture(sample_dir / "preview.png", panels, ncols=2,
+                         title=f"unannotated {structure} {sample_dir.name}, shape {scene.shape}, {scene.dtype}")
+    return final
+
+
+def write_test_inputs(out_dir: str | Path, structures=("cfos", "microglia"), cases_per_structure: int = 2,
+                      shape: tuple[int, int, int] = (48, 64, 64), seed: int = 0) -> list[Path]:
+    """Write challenge-style test inputs and their ground truth.
+
+    Images go to ``<out_dir>/images/<structure>_NNN<ext>`` (NNN from 001), single-channel uint16;
+    ``ext`` alternates ``.mha`` and ``.tif`` over cases, starting with ``.tif`` for the second
+    structure, so both formats appear (``cfos_001.mha``, ``microglia_001.tif``). Binary uint8 masks
+    (0/1) go to ``<out_dir>/masks/`` under the same file name. The structure is the name's prefix.
+
+    Returns
+    -------
+    The image paths, in writing order.
+    """
+    out_dir = Path(out_dir)
+    images, masks = out_dir / "images", out_dir / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    written = []
+    for s_index, structure in enumerate(structures):
+        canonical_structure(structure)
+        if n_channels(structure) != 1:
+            raise ValueError(f"test inputs are single-channel images; {structure!r} draws {n_channels(structure)}")
+        panels = []
+        for case in range(cases_per_structure):
+            scene = LightSheetScene(structure, shape, seed=_seed(seed, 30, s_index, case))
+            (image,), mask = scene.render(0, scene.shape[0])
+            ext = (".mha", ".tif")[(case + s_index) % 2]
+            name = f"{structure}_{case + 1:03d}{ext}"
+            write_image(images / name, image)
+            write_image(masks / name, mask.astype(np.uint8))
+            written.append(images / name)
+            if case < 2:
+                panels += projection_panels(name, [image], mask)
+        if panels:
+            save_mip_picture(out_dir / f"preview_{structure}.png", panels, ncols=2, title=f"test inputs: {structure}")
+    return written
+
+
+def write_download(root: str | Path, layout: str = "challenge", cases_per_subset: int = 3, patch_scale: float = 0.25,
+                   unannotated_shape: tuple[int, int, int] = (64, 128, 128), unannotated_per_structure: int = 1,
+                   unannotated_dtype: str = "uint16", seed: int = 0, test_inputs: bool = True,
+                   file_format: str = ".nii.gz", overwrite: bool = False, slab: int = 32) -> dict:
+    """Write a whole synthetic SELMA3D download: annotated patches, unannotated volumes, test inputs.
+
+    Everything is written into a temporary folder next to ``root`` and moved into place at the end,
+    so ``root`` is either absent, or complete. ``root`` may exist if empty; a non-empty ``root`` is
+    refused unless ``overwrite``.
+
+    Parameters
+    ----------
+    layout : annotated-patch layout, one of ``LAYOUTS``.
+    unannotated_shape, unannotated_per_structure, unannotated_dtype : the unannotated volumes,
+        ``unannotated_per_structure`` samples for each of ``ab_plaque``, ``cfos``, ``nucleus``, ``vessel``
+        (sample k is ``sample_<k+1>``; the first structure's first sample, and every other sample,
+        name slices without zero padding).
+    file_format : ``.nii.gz`` or ``.mha`` for the annotated patches.
+
+    Returns
+    -------
+    dict with ``root``, ``layout``, ``annotated`` (subset -> image paths), ``unannotated``
+    (structure -> sample folders), ``test_inputs`` (image paths), ``pictures`` (png paths),
+    ``counts`` and ``seconds``. The same summary, with string paths, is saved as
+    ``<root>/synthetic_summary.json``.
+    """
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        annotated = write_annotated_patches(tmp, layout, cases_per_subset=cases_per_subset, patch_scale=patch_scale,
+                                            seed=seed, file_format=file_format)
+        unannotated: dict[str, list[Path]] = {}
+        for s_index, structure in enumerate(UNANNOTATED_STRUCTURES):
+            samples = []
+            for k in range(unannotated_per_structure):
+                sample = tmp / f"unannotated_{structure}" / f"sample_{k + 1}"
+                write_unannotated_volume(sample, unannotated_shape, structure, dtype=unannotated_dtype,
+                                         seed=_seed(seed, 40, s_index, k), slab=slab,
+                                         zero_pad=bool((s_index + k) % 2))
+                samples.append(sample)
+            unannotated[structure] = samples
+        tests = write_test_inputs(tmp / "test_inputs", seed=seed) if test_inputs else []
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    def moved(p: Path) -> Path:
+        return root / p.relative_to(tmp)
+
+    summary = {
+        "root": root,
+        "layout": layout,
+        "annotated": {k: [moved(p) for p in v] for k, v in annotated.items()},
+        "unannotated": {k: [moved(p) for p in v] for k, v in unannotated.items()},
+        "test_inputs": [moved(p) for p in tests],
+        "pictures": sorted(root.rglob("preview*.png")),
+        "counts": {
+            "annotated_cases": {k: cases_per_subset for k in annotated},
+            "unannotated_volumes": {k: len(v) for k, v in unannotated.items()},
+            "test_inputs": len(tests),
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    (root / "synthetic_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    log.info("synthetic download written to %s in %.1f s", root, summary["seconds"])
+    return summary
