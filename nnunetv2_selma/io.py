@@ -16,6 +16,8 @@ import numpy as np
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 _NUMBER = re.compile(r"(\d+)")
+# microscope software often names planes like "Z0012_C00.tif": an explicit z index wins
+_Z_NUMBER = re.compile(r"(?:^|[^A-Za-z])[Zz](\d+)")
 
 
 def image_suffix(path: str | Path) -> str:
@@ -99,7 +101,11 @@ def write_image(path: str | Path, array: np.ndarray, geometry: dict | None = Non
 
 
 def slice_number(path: str | Path) -> int:
-    """The z index encoded in a slice file name: its last run of digits."""
+    """The z index encoded in a slice file name: the number after a ``Z`` (``Z0012_C00.tif``), else
+    the last run of digits (``slice_12.tif``, ``img_00012.tif``)."""
+    z = _Z_NUMBER.findall(Path(path).stem)
+    if z:
+        return int(z[-1])
     numbers = _NUMBER.findall(Path(path).stem)
     if not numbers:
         raise ValueError(f"{path}: slice file name holds no number; expected names like slice_0042.tif")
@@ -156,11 +162,18 @@ class SliceSeries:
         except Exception as e:
             raise ValueError(f"{path}: unreadable slice ({type(e).__name__}: {e})") from e
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        """Slices ``z0:z1`` as one array ``(z1 - z0, y, x)`` of the series' dtype."""
+    def read(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Slices ``z0:z1`` as one array ``(z1 - z0, y, x)`` of the series' dtype.
+
+        ``out``, when given, is an array of at least that many planes that is filled and returned
+        (its first ``z1 - z0`` planes), so a streaming reader can reuse one slab buffer.
+        """
         import tifffile
 
-        out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.dtype)
+        if out is None:
+            out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.dtype)
+        else:
+            out = out[: z1 - z0]
         for i, path in enumerate(self.files[z0:z1]):
             plane = self._read_one(path, tifffile)
             if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
