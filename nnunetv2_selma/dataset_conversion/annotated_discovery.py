@@ -1,0 +1,261 @@
+"""Finding SELMA3D annotated patches on disk, in any of the known layouts, without being told which.
+
+Three layouts are known (see ``SELMA3D.md``); nothing here assumes a fixed depth below the root:
+
+* ``challenge``: ``brain_<x>_patches/<Subset>/raw/patchvolume_NNN_0000.nii.gz`` with masks in
+  ``annotation_brain_<x>/<Subset>/gt/patchvolume_NNN.nii.gz``;
+* ``bia``: ``.../<subset>/raw/patchvolume_NNN_0000.nii.gz`` with masks in ``.../<subset>/gt/``;
+* ``prefixed``: ``<any>/raw/<subset>_patchvolume_NNN_0000.nii.gz`` (or ``.mha``) with masks in
+  ``<any>/gt/<subset>_patchvolume_NNN.nii.gz``; the subset is the name's prefix.
+
+Every ``raw`` folder below the root is scanned for images and every ``gt`` folder for masks; each
+file says by its name (prefix or not) and by its ancestors (``brain_<x>_patches`` or not) which
+layout it belongs to. Images and masks are paired by (subset, brain, patch number).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnunetv2_selma.io import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_HELP = (
+    "known layouts: (1) challenge: <root>/brain_<x>_patches/<Subset>/raw/patchvolume_NNN_0000.nii.gz with masks "
+    "in <root>/annotation_brain_<x>/<Subset>/gt/patchvolume_NNN.nii.gz; (2) bia: <root>/.../<subset>/raw/"
+    "patchvolume_NNN_0000.nii.gz with masks in <root>/.../<subset>/gt/patchvolume_NNN.nii.gz; (3) prefixed: "
+    "<root>/.../raw/<subset>_patchvolume_NNN_0000.nii.gz|.mha with masks in "
+    "<root>/.../gt/<subset>_patchvolume_NNN.<ext>"
+)
+
+_IMAGE_NAME = re.compile(r"^(?:(?P<prefix>.+?)_)?patchvolume_(?P<number>\d+)_(?P<channel>\d{4})$")
+_MASK_NAME = re.compile(r"^(?:(?P<prefix>.+?)_)?patchvolume_(?P<number>\d+)$")
+_BRAIN_PATCHES = re.compile(r"^brain_(?P<brain>.+)_patches$")
+_BRAIN_ANNOTATION = re.compile(r"^annotation_brain_(?P<brain>.+)$")
+
+
+class AnnotatedLayoutError(ValueError):
+    """The download does not hold a complete, consistent set of annotated patches.
+
+    The message names every offending file, what was found and what was expected.
+    """
+
+
+@dataclass
+class AnnotatedCase:
+    """One annotated patch: its channel files and its mask.
+
+    ``number`` is the patch number as written on disk (zero padding kept); ``brain`` is the ``<x>``
+    of the challenge layout's ``brain_<x>_patches`` folder, ``""`` in the other layouts.
+    """
+
+    subset: str
+    brain: str
+    number: str
+    layout: str
+    channels: dict[int, Path] = field(default_factory=dict)
+    mask: Path | None = None
+
+    @property
+    def case_id(self) -> str:
+        """nnU-Net case identifier: ``patchvolume_NNN``, ``brain<x>_patchvolume_NNN`` when brains exist."""
+        base = f"patchvolume_{self.number}"
+        return f"brain{self.brain}_{base}" if self.brain else base
+
+
+@dataclass
+class AnnotatedSubset:
+    """All cases of one subset (e.g. ``VessAP_vessel``), sorted by case identifier."""
+
+    name: str
+    layouts: set[str]
+    cases: list[AnnotatedCase]
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channel files per case (the largest channel index + 1 over all cases)."""
+        return 1 + max((max(c.channels) for c in self.cases if c.channels), default=0)
+
+
+def _brain_of(path: Path, root: Path, pattern: re.Pattern) -> str | None:
+    for part in path.relative_to(root).parts:
+        m = pattern.match(part)
+        if m:
+            return m.group("brain")
+    return None
+
+
+def _walk_dirs(root: Path) -> list[Path]:
+    """Every directory below ``root`` (itself included), in sorted order so results are deterministic."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.append(Path(dirpath))
+    return sorted(out)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+
+
+def _describe_root(root: Path) -> str:
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    shown = ", ".join(entries[:10]) + (f", ... ({len(entries)} entries)" if len(entries) > 10 else "")
+    return shown or "an empty folder"
+
+
+def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
+    """Find every annotated subset below ``root``, in any known layout, and pair images with masks.
+
+    Parameters
+    ----------
+    root : folder of a SELMA3D download (or any folder above the annotated patches).
+
+    Returns
+    -------
+    dict subset name (exactly as on disk) -> :class:`AnnotatedSubset`, sorted by name; each case
+    has all its channel files and its mask.
+
+    Raises
+    ------
+    AnnotatedLayoutError listing every problem at once: an image without mask, a mask without image,
+    a case missing a channel file, an empty subset folder, two files claiming the same case, or a
+    root that matches no known layout.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise AnnotatedLayoutError(f"{root}: not a folder; expected the root folder of a SELMA3D download")
+    problems: list[str] = []
+    cases: dict[tuple[str, str, str], AnnotatedCase] = {}
+    mask_only: dict[tuple[str, str, str], Path] = {}
+    subset_containers: set[Path] = set()  # parents of <Subset> folders in the unprefixed layouts
+    empty_folders: list[Path] = []
+
+    dirs = _walk_dirs(root)
+    for folder in dirs:
+        if folder.name != "raw":
+            continue
+        files = _image_files(folder)
+        if not files:
+            empty_folders.append(folder)
+        for path in files:
+            m = _IMAGE_NAME.match(strip_image_suffix(path))
+            if not m:
+                logger.warning("%s: ignored, name does not match [<subset>_]patchvolume_NNN_CCCC%s",
+                               path, "|".join(IMAGE_SUFFIXES))
+                continue
+            if m.group("prefix"):
+                subset, brain, layout = m.group("prefix"), "", "prefixed"
+            else:
+                subset = folder.parent.name
+                brain = _brain_of(folder, root, _BRAIN_PATCHES)
+                layout = "challenge" if brain is not None else "bia"
+                brain = brain or ""
+                subset_containers.add(folder.parent.parent)
+            key = (subset, brain, m.group("number"))
+            case = cases.setdefault(key, AnnotatedCase(subset, brain, m.group("number"), layout))
+            channel = int(m.group("channel"))
+            if channel in case.channels:
+                problems.append(f"{path}: found a second file for channel {channel:04d} of case {case.case_id} of "
+                                f"subset {subset}; expected one, already have {case.channels[channel]}")
+                continue
+            case.channels[channel] = path
+
+    for folder in dirs:
+        if folder.name != "gt":
+            continue
+        files = _image_files(folder)
+        if not files and (folder.parent / "raw").is_dir() and _image_files(folder.parent / "raw"):
+            logger.warning("%s: empty mask folder", folder)
+        for path in files:
+            m = _MASK_NAME.match(strip_image_suffix(path))
+            if not m:
+                logger.warning("%s: ignored, name does not match [<subset>_]patchvolume_NNN%s",
+                               path, "|".join(IMAGE_SUFFIXES))
+                continue
+            if m.group("prefix"):
+                subset, brain = m.group("prefix"), ""
+            else:
+                subset = folder.parent.name
+                brain = _brain_of(folder, root, _BRAIN_ANNOTATION) or ""
+                subset_containers.add(folder.parent.parent)
+            key = (subset, brain, m.group("number"))
+            case = cases.get(key)
+            if case is None:
+                if key in mask_only:
+                    problems.append(f"{path}: found a second mask for {key}; expected one, "
+                                    f"already have {mask_only[key]}")
+                mask_only[key] = path
+            elif case.mask is not None:
+                problems.append(f"{path}: found a second mask for case {case.case_id} of subset {subset}; expected "
+                                f"one, already have {case.mask}")
+            else:
+                case.mask = path
+
+    # Empty subsets: a raw folder with no image, or a folder beside other subset folders holding no image.
+    for folder in empty_folders:
+        problems.append(f"{folder}: empty subset, found no patchvolume_NNN_0000 image; expected at least one "
+                        f"annotated patch (remove the folder to skip this subset)")
+    reported = {f.parent for f in empty_folders}
+    for container in sorted(subset_containers):
+        for sub in sorted(p for p in container.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if sub in reported or any(_image_files(d) for d in _walk_dirs(sub)):
+                continue
+            problems.append(f"{sub}: empty subset, found no image or mask files; expected "
+                            f"{sub.name}/raw/patchvolume_NNN_0000.nii.gz (remove the folder to skip this subset)")
+
+    for (subset, brain, number), path in sorted(mask_only.items()):
+        ext = image_suffix(path)
+        prefixed = _MASK_NAME.match(strip_image_suffix(path)).group("prefix")
+        name = (f"{subset}_" if prefixed else "") + f"patchvolume_{number}_0000{ext}"
+        where = root / f"brain_{brain}_patches" / subset / "raw" / name if brain else path.parent.parent / "raw" / name
+        problems.append(f"{path}: mask without image; found no image of subset {subset} patch {number}, "
+                        f"expected {where}")
+
+    for case in sorted(cases.values(), key=lambda c: (c.subset, c.case_id)):
+        first = case.channels[min(case.channels)]
+        ext = image_suffix(first)
+        if case.mask is None:
+            name = (f"{case.subset}_" if case.layout == "prefixed" else "") + f"patchvolume_{case.number}{ext}"
+            if case.layout == "challenge":
+                where = root / f"annotation_brain_{case.brain}" / case.subset / "gt" / name
+            else:
+                where = first.parent.parent / "gt" / name
+            problems.append(f"{first}: image without mask; found no mask of subset {case.subset} patch "
+                            f"{case.number}, expected {where}")
+
+    subsets: dict[str, AnnotatedSubset] = {}
+    for case in sorted(cases.values(), key=lambda c: (c.subset, c.case_id)):
+        sub = subsets.setdefault(case.subset, AnnotatedSubset(case.subset, set(), []))
+        sub.layouts.add(case.layout)
+        sub.cases.append(case)
+
+    for sub in subsets.values():
+        n = sub.n_channels
+        for case in sub.cases:
+            missing = [c for c in range(n) if c not in case.channels]
+            if missing:
+                first = case.channels[min(case.channels)]
+                stem = strip_image_suffix(first)[:-4]
+                expected = ", ".join(str(first.parent / f"{stem}{c:04d}{image_suffix(first)}") for c in missing)
+                problems.append(f"{first}: case {case.case_id} of subset {sub.name} has channels "
+                                f"{sorted(case.channels)}; expected {list(range(n))} like the other cases, "
+                                f"missing {expected}")
+
+    if problems:
+        raise AnnotatedLayoutError(f"{root}: {len(problems)} problem(s) in the annotated patches:\n  "
+                                   + "\n  ".join(problems))
+    if not subsets:
+        raise AnnotatedLayoutError(
+            f"{root}: matches no known layout of SELMA3D annotated patches; found {_describe_root(root)}. "
+            f"Expected raw/ and gt/ folders of patchvolume files below it; {LAYOUT_HELP}"
+        )
+    for sub in subsets.values():
+        logger.info("found subset %s: %d cases, %d channel(s), layout %s", sub.name, len(sub.cases),
+                    sub.n_channels, "+".join(sorted(sub.layouts)))
+    return dict(sorted(subsets.items()))

@@ -1,0 +1,291 @@
+"""Annotated SELMA3D patches -> nnU-Net raw datasets: every layout, nnU-Net's own integrity check, bad input.
+
+Downloads come from the project's synthetic generator (tiny patches); bad inputs are made by breaking a
+copy of one. Dataset IDs of this module: 500-519 (see conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunetv2_selma.cli.convert import main as convert_main
+from nnunetv2_selma.dataset_conversion.annotated import (
+    AnnotatedLayoutError,
+    ConversionError,
+    convert_download,
+    default_dataset_ids,
+)
+from nnunetv2_selma.io import read_image, write_image
+from nnunetv2_selma.synthetic.download import write_annotated_patches
+
+SCALE = 0.16  # patches of 16..80 voxels per axis
+CASES = 2
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory) -> dict[str, Path]:
+    """One synthetic download per layout: challenge (uint16), bia (int16), prefixed (.mha)."""
+    base = tmp_path_factory.mktemp("selma_downloads")
+    out = {}
+    for layout, fmt, dtype in (("challenge", ".nii.gz", "uint16"), ("bia", ".nii.gz", "int16"),
+                               ("prefixed", ".mha", "uint16")):
+        write_annotated_patches(base / layout, layout=layout, cases_per_subset=CASES, patch_scale=SCALE, seed=0,
+                                file_format=fmt, dtype=dtype)
+        out[layout] = base / layout
+    return out
+
+
+@pytest.fixture
+def broken(downloads, tmp_path) -> Path:
+    """A private copy of the challenge download, free to break."""
+    return Path(shutil.copytree(downloads["challenge"], tmp_path / "download"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _assert_fails_cleanly(root: Path, raw: Path, error, *fragments: str, before: set[str] | None = None, **kw):
+    raw.mkdir(parents=True, exist_ok=True)
+    before = before if before is not None else set(os.listdir(raw))
+    with pytest.raises(error) as info:
+        convert_download(root, raw_dir=raw, **kw)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in error message:\n{message}"
+    assert set(os.listdir(raw)) == before, "conversion left files behind"
+    return message
+
+
+# --------------------------------------------------------------------------------------------- layouts
+
+
+def test_every_layout_passes_nnunet_integrity_check(downloads):
+    raw = Path(os.environ["nnUNet_raw"])
+    conv = {
+        "challenge": convert_download(downloads["challenge"], first_id=500),
+        "bia": convert_download(downloads["bia"], first_id=505),
+        "prefixed": convert_download(downloads["prefixed"], first_id=509, combined=True, ids={"combined": 519}),
+    }
+    for layout, datasets in conv.items():
+        assert set(datasets) >= {"Nuclei", "Vessels", "cFos", "Plaques"}, layout
+        for structure, folder in datasets.items():
+            assert folder.parent == raw and folder.name.endswith(f"_SELMA3D_{structure}")
+            dj = json.loads((folder / "dataset.json").read_text())
+            assert dj["file_ending"] == ".nii.gz" and dj["numTraining"] > 0
+            assert len(list((folder / "labelsTr").iterdir())) == dj["numTraining"]
+    assert conv["challenge"]["Vessels"].name == "Dataset501_SELMA3D_Vessels"
+    vessels = json.loads((conv["challenge"]["Vessels"] / "dataset.json").read_text())
+    assert vessels["channel_names"] == {"0": "WGA", "1": "EvansBlue"}
+    assert vessels["labels"] == {"background": 0, "Vessels": 1}
+    # one dataset per layout keeps nnU-Net's spawn-heavy run short: 2-channel vessels (challenge),
+    # int16 nuclei (bia), the combined single-channel dataset made from .mha input (prefixed)
+    chosen = [conv["challenge"]["Vessels"], conv["bia"]["Nuclei"], conv["prefixed"]["Combined"]]
+    ids = [f.name[7:10] for f in chosen]
+    env = dict(os.environ, nnUNet_def_n_proc="1")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", *ids, "--verify_dataset_integrity",
+         "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pre = Path(os.environ["nnUNet_preprocessed"])
+    for folder in chosen:
+        out = pre / folder.name / "nnUNetPlans_3d_fullres"
+        assert out.is_dir() and len(list(out.glob("*.b2nd"))) >= CASES, out
+
+
+def test_images_keep_dtype_and_masks_are_binarised_and_logged(downloads, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nnunetv2_selma.dataset_conversion")
+    out = convert_download(downloads["bia"], raw_dir=tmp_path / "raw", spacing=(2.0, 1.0, 0.5))
+    src = downloads["bia"] / "SELMA3D_training_annotated"
+    encodings = set()
+    for subset, structure in (("shannel_cells", "Nuclei"), ("VessAP_vessel", "Vessels")):
+        for gt in sorted((src / subset / "gt").iterdir()):
+            mask, _ = read_image(gt)
+            converted, geometry = read_image(out[structure] / "labelsTr" / gt.name)
+            assert converted.dtype == np.uint8 and set(np.unique(converted)) <= {0, 1}
+            np.testing.assert_array_equal(converted, mask > 0)
+            assert geometry["spacing"] == pytest.approx((0.5, 1.0, 2.0))
+            values = tuple(int(v) for v in np.unique(mask))
+            encodings.add(values)
+            remap_lines = [r.getMessage() for r in caplog.records if str(gt) in r.getMessage()]
+            if values == (0, 1):
+                assert not remap_lines
+            else:
+                assert remap_lines == [f"{gt}: remapped {{{','.join(map(str, values))}}} -> {{0,1}} "
+                                       f"(foreground = mask > 0)"]
+            image, _ = read_image(src / subset / "raw" / gt.name.replace(".nii.gz", "_0000.nii.gz"))
+            written, _ = read_image(out[structure] / "imagesTr" / gt.name.replace(".nii.gz", "_0000.nii.gz"))
+            assert image.dtype == written.dtype == np.int16
+            np.testing.assert_array_equal(written, image)
+    assert (0, 255) in encodings or (0, 95, 255) in encodings  # the generator mixes encodings
+
+
+def test_combined_and_single_vessel_channel(downloads, tmp_path):
+    out = convert_download(downloads["prefixed"], raw_dir=tmp_path / "raw", vessel_channels=[1], combined=True)
+    assert set(out) == {"Nuclei", "Vessels", "cFos", "Plaques", "Combined"}
+    assert out["Combined"].name == f"Dataset{default_dataset_ids([], combined=True)['combined']}_SELMA3D_Combined"
+    vessels = json.loads((out["Vessels"] / "dataset.json").read_text())
+    assert vessels["channel_names"] == {"0": "EvansBlue"}
+    assert sorted(p.name for p in (out["Vessels"] / "imagesTr").iterdir()) == [
+        f"patchvolume_{i:03d}_0000.nii.gz" for i in range(CASES)]
+    evans, _ = read_image(downloads["prefixed"] / "SELMA3D_2025_annotated" / "raw"
+                          / "VessAP_vessel_patchvolume_000_0001.mha")
+    np.testing.assert_array_equal(read_image(out["Vessels"] / "imagesTr" / "patchvolume_000_0000.nii.gz")[0], evans)
+    combined = json.loads((out["Combined"] / "dataset.json").read_text())
+    assert combined["channel_names"] == {"0": "LSM"} and combined["labels"] == {"background": 0, "structure": 1}
+    assert combined["numTraining"] == 4 * CASES
+    labels = sorted(p.name for p in (out["Combined"] / "labelsTr").iterdir())
+    assert labels[0] == "Nuclei_patchvolume_000.nii.gz" and "Vessels_patchvolume_001.nii.gz" in labels
+    # with both vessel channels, vessels are not single-channel and stay out of the combined dataset
+    out2 = convert_download(downloads["prefixed"], raw_dir=tmp_path / "raw2", combined=True)
+    assert json.loads((out2["Combined"] / "dataset.json").read_text())["numTraining"] == 3 * CASES
+
+
+def test_rerun_is_identical_and_overwrite_is_explicit(downloads, tmp_path):
+    raw = tmp_path / "raw"
+    first = convert_download(downloads["challenge"], raw_dir=raw, combined=True)
+    snapshot = {name: _files(folder) for name, folder in first.items()}
+    message = _assert_fails_cleanly(downloads["challenge"], raw, ConversionError, "already exists", "--overwrite",
+                                    str(first["Nuclei"]), combined=True)
+    assert "Dataset701_SELMA3D_Nuclei" in message
+    second = convert_download(downloads["challenge"], raw_dir=raw, combined=True, overwrite=True)
+    assert second == first
+    assert {name: _files(folder) for name, folder in second.items()} == snapshot
+    other = convert_download(downloads["challenge"], raw_dir=tmp_path / "other", combined=True)
+    assert {name: _files(folder) for name, folder in other.items()} == snapshot
+
+
+def test_ids_override_and_cli(downloads, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    rc = convert_main(["-i", str(downloads["bia"]), "-o", str(raw), "--ids", "VessAP_vessel=512", "cFos=513",
+                       "--first-id", "514", "--subsets", "VessAP_vessel", "cFos-Active_Neurons", "shannel_cells"])
+    assert rc == 0
+    assert sorted(os.listdir(raw)) == ["Dataset512_SELMA3D_Vessels", "Dataset513_SELMA3D_cFos",
+                                       "Dataset514_SELMA3D_Nuclei"]
+    rc = convert_main(["-i", str(tmp_path / "nothing_here"), "-o", str(raw)])
+    assert rc == 1 and "not a folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def test_image_without_mask(broken, tmp_path):
+    mask = broken / "annotation_brain_1" / "shannel_cells" / "gt" / "patchvolume_001.nii.gz"
+    mask.unlink()
+    image = broken / "brain_1_patches" / "shannel_cells" / "raw" / "patchvolume_001_0000.nii.gz"
+    _assert_fails_cleanly(broken, tmp_path / "raw", AnnotatedLayoutError, str(image), "image without mask",
+                          f"expected {mask}")
+
+
+def test_mask_without_image(broken, tmp_path):
+    image = broken / "brain_3_patches" / "AD_plaques" / "raw" / "patchvolume_000_0000.nii.gz"
+    image.unlink()
+    mask = broken / "annotation_brain_3" / "AD_plaques" / "gt" / "patchvolume_000.nii.gz"
+    _assert_fails_cleanly(broken, tmp_path / "raw", AnnotatedLayoutError, str(mask), "mask without image",
+                          f"expected {image}")
+
+
+def test_missing_channel_file(broken, tmp_path):
+    second = broken / "brain_2_patches" / "VessAP_vessel" / "raw" / "patchvolume_001_0001.nii.gz"
+    second.unlink()
+    _assert_fails_cleanly(broken, tmp_path / "raw", AnnotatedLayoutError, "patchvolume_001_0000.nii.gz",
+                          "has channels [0]; expected [0, 1]", str(second))
+
+
+def test_channels_of_different_shapes(broken, tmp_path):
+    second = broken / "brain_2_patches" / "VessAP_vessel" / "raw" / "patchvolume_000_0001.nii.gz"
+    image, _ = read_image(second)
+    write_image(second, image[:, :-3])
+    _assert_fails_cleanly(broken, tmp_path / "raw", ConversionError, str(second),
+                          f"has shape {image[:, :-3].shape}; expected {image.shape}")
+
+
+def test_image_and_mask_of_different_shapes(broken, tmp_path):
+    mask_path = broken / "annotation_brain_1" / "cFos-Active_Neurons" / "gt" / "patchvolume_001.nii.gz"
+    mask, _ = read_image(mask_path)
+    write_image(mask_path, np.pad(mask, ((0, 2), (0, 0), (0, 0))))
+    _assert_fails_cleanly(broken, tmp_path / "raw", ConversionError, str(mask_path),
+                          f"mask has shape {(mask.shape[0] + 2, *mask.shape[1:])}; expected {mask.shape}")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_unreadable_or_truncated_file(broken, tmp_path, damage):
+    path = broken / "brain_1_patches" / "cFos-Active_Neurons" / "raw" / "patchvolume_000_0000.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not an image at all" * 10)
+    _assert_fails_cleanly(broken, tmp_path / "raw", ConversionError, str(path), "cannot be read",
+                          "expected a readable 3D image")
+
+
+@pytest.mark.parametrize("bad", ["negative", "fractional"])
+def test_mask_with_negative_or_non_integer_values(broken, tmp_path, bad):
+    mask_path = broken / "annotation_brain_2" / "VessAP_vessel" / "gt" / "patchvolume_001.nii.gz"
+    mask, _ = read_image(mask_path)
+    if bad == "negative":
+        values = mask.astype(np.int16)
+        values[0, 0, :3] = -1
+        expected = ("negative values such as [-1]", "expected labels >= 0")
+    else:
+        values = mask.astype(np.float32)
+        values[0, 0, :3] = 0.5
+        expected = ("non-integer values such as [0.5]", "expected integer labels")
+    write_image(mask_path, values)
+    _assert_fails_cleanly(broken, tmp_path / "raw", ConversionError, str(mask_path), *expected)
+
+
+@pytest.mark.parametrize("how", ["empty_raw_and_gt", "empty_subset_folder"])
+def test_empty_subset(broken, tmp_path, how):
+    subset = broken / "brain_1_patches" / "cFos-Active_Neurons"
+    for folder in (subset / "raw", broken / "annotation_brain_1" / "cFos-Active_Neurons" / "gt"):
+        for f in folder.iterdir():
+            f.unlink()
+    if how == "empty_subset_folder":
+        shutil.rmtree(subset)
+        subset.mkdir()
+        folder = subset
+    else:
+        folder = subset / "raw"
+    _assert_fails_cleanly(broken, tmp_path / "raw", AnnotatedLayoutError, f"{folder}: empty subset",
+                          "expected")
+
+
+def test_folder_matching_no_layout(tmp_path):
+    root = tmp_path / "not_selma"
+    (root / "images").mkdir(parents=True)
+    write_image(root / "images" / "case_0000.nii.gz", np.zeros((4, 4, 4), np.uint16))
+    (root / "notes.txt").write_text("hello")
+    _assert_fails_cleanly(root, tmp_path / "raw", AnnotatedLayoutError, str(root), "matches no known layout",
+                          "found images/, notes.txt", "brain_<x>_patches")
+
+
+def test_target_id_taken_by_another_dataset(broken, tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "Dataset702_SomethingElse").mkdir(parents=True)
+    _assert_fails_cleanly(broken, raw, ConversionError, str(raw / "Dataset702_SomethingElse"),
+                          "dataset ID 702 is already taken by Dataset702_SomethingElse",
+                          "expected no dataset with this ID for Dataset702_SELMA3D_Vessels")
+
+
+def test_2025_prefixes_and_unknown_subsets(downloads, tmp_path):
+    root = Path(shutil.copytree(downloads["prefixed"], tmp_path / "download"))
+    renames = {"VessAP_vessel": "blood_vessel", "AD_plaques": "my-new_cells"}
+    for path in sorted(root.rglob("*.mha")):
+        for old, new in renames.items():
+            if path.name.startswith(old + "_"):
+                path.rename(path.with_name(new + path.name[len(old):]))
+    out = convert_download(root, raw_dir=tmp_path / "raw", subsets=["blood_vessel", "my-new_cells"])
+    assert {k: v.name for k, v in out.items()} == {"BloodVessels": "Dataset705_SELMA3D_BloodVessels",
+                                                   "MyNewCells": "Dataset711_SELMA3D_MyNewCells"}
+    dj = json.loads((out["BloodVessels"] / "dataset.json").read_text())
+    assert dj["channel_names"] == {"0": "LSM0", "1": "LSM1"} and dj["labels"] == {"background": 0, "BloodVessels": 1}
