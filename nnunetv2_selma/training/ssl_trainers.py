@@ -115,7 +115,7 @@ class nnUNetTrainerSelmaDenoise(nnUNetTrainerSelmaMAE):
 
 class nnUNetTrainerSelmaMAE_1epoch_2it(nnUNetTrainerSelmaMAE):
     """CPU test schedule: 4 pretraining iterations of batch 2, then 1 fine-tuning epoch of 2 iterations
-    (the fine-tuning schedule of ``nnUNetTrainerSelma_1epoch_2it``)."""
+    (the fine-tuning schedule of ``nnUNetTrainerSelma_1epoch_2it``), no final validation."""
 
     pretraining_iterations = 4
     pretraining_batch_size = 2
@@ -128,3 +128,8 @@ class nnUNetTrainerSelmaMAE_1epoch_2it(nnUNetTrainerSelmaMAE):
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # the test schedule checks pretraining and caching; nnU-Net's final validation (covered by the
+        # integration tests of nnUNetTrainerSelma_1epoch_2it) would double its run time on CPU
+        self.print_to_log_file("final validation skipped (test schedule)")

@@ -1,0 +1,292 @@
+"""Pretrained checkpoints: one file format, written by pretraining, read by every fine-tuning path.
+
+The format is nnU-Net's own: ``{"network_weights": state_dict, ...}``, so stock
+``nnUNetv2_train -pretrained_weights FILE`` reads our pretraining checkpoints. We add a
+``"selma"`` entry with metadata (method, plans, store...). Weights are saved on the CPU and
+without the ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes, so a checkpoint
+saved on a GPU machine, in a DDP run or from a compiled network loads anywhere.
+
+:func:`load_pretrained_weights` is the loader our trainers use instead of nnU-Net's: it also
+loads encoder-only checkpoints, adapts the first convolution to another number of input
+channels, reads GPU-saved files on a CPU machine, and says which tensors it loaded and why it
+skipped the others.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
+
+#: substrings of the keys that are never transferred (segmentation / reconstruction heads)
+HEAD_KEYS = (".seg_layers.",)
+#: prefixes that wrappers add to parameter names
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
+    """Return the plain module inside DDP and ``torch.compile`` wrappers (any nesting)."""
+    while True:
+        if isinstance(network, DistributedDataParallel):
+            network = network.module
+        elif isinstance(network, OptimizedModule):
+            network = network._orig_mod
+        else:
+            return network
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove leading ``module.`` / ``_orig_mod.`` prefixes from every key (in any order, repeated)."""
+    out = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    stripped = True
+        out[key] = value
+    return out
+
+
+def save_pretrained_checkpoint(
+    path: str | os.PathLike, network_or_state_dict: torch.nn.Module | Mapping[str, torch.Tensor], metadata: dict
+) -> None:
+    """Save weights as a checkpoint that stock ``nnUNetv2_train -pretrained_weights`` can read.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Target file (``.pth``). Written to a temporary file in the same folder and renamed into
+        place, so a crash never leaves a half-written checkpoint; parent folders are created.
+    network_or_state_dict : torch.nn.Module or mapping of str to Tensor
+        The network (DDP / compiled wrappers are unwrapped) or a state dict. An encoder-only
+        state dict (keys ``encoder.*``) is allowed; :func:`load_pretrained_weights` accepts it.
+    metadata : dict
+        Plain, picklable information stored under ``"selma"`` (method, plans name, patch size,
+        epochs...).
+
+    Notes
+    -----
+    Tensors are moved to the CPU and detached; keys lose ``module.``/``_orig_mod.`` prefixes.
+    """
+    if isinstance(network_or_state_dict, torch.nn.Module):
+        state_dict = unwrap_network(network_or_state_dict).state_dict()
+    else:
+        state_dict = network_or_state_dict
+    weights = {k: v.detach().cpu().clone() for k, v in strip_wrapper_prefixes(state_dict).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"network_weights": weights, "selma": dict(metadata)}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_checkpoint_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read the weights of a checkpoint onto the CPU, whatever device saved them.
+
+    Accepts our pretraining checkpoints, nnU-Net's ``checkpoint_final.pth`` / ``checkpoint_best.pth``
+    (``"network_weights"``), and plain state dicts (``torch.save(net.state_dict())``).
+
+    Returns
+    -------
+    weights : dict of str to Tensor
+        CPU tensors with wrapper prefixes removed.
+    metadata : dict
+        The ``"selma"`` entry, or ``{}``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If the file is missing or holds no recognisable weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
+    try:
+        # weights_only first: loading a checkpoint should not run arbitrary code
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # nnU-Net's own checkpoints hold plans / init args that the safe loader refuses; they
+        # come from a training of the user's, so fall back like nnU-Net does
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    metadata = {}
+    if isinstance(checkpoint, Mapping) and "network_weights" in checkpoint:
+        weights = checkpoint["network_weights"]
+        metadata = checkpoint.get("selma") or {}
+    elif isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        weights = checkpoint
+    else:
+        found = sorted(checkpoint.keys()) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"{path}: expected a checkpoint with 'network_weights' (nnU-Net / nnunetv2-selma) or a plain "
+            f"state dict, found {found}"
+        )
+    return strip_wrapper_prefixes(weights), dict(metadata)
+
+
+def _is_head(key: str) -> bool:
+    return any(s in "." + key for s in HEAD_KEYS)
+
+
+def _alias_groups(module: torch.nn.Module) -> dict[str, list[str]]:
+    """Keys that name the same tensor (dynamic-network-architectures' decoder holds a reference
+    to the encoder, so ``decoder.encoder.X`` and ``encoder.X`` are one parameter)."""
+    by_tensor: dict[tuple, list[str]] = {}
+    for key, value in module.state_dict(keep_vars=True).items():
+        by_tensor.setdefault((value.data_ptr(), tuple(value.shape), value.dtype), []).append(key)
+    return {key: keys for keys in by_tensor.values() for key in keys}
+
+
+def _adapt_input_channels(weight: torch.Tensor, channels: int) -> tuple[torch.Tensor, str]:
+    """Map a first-conv weight ``(out, c_in, *k)`` to ``channels`` input channels.
+
+    Repeats the pretrained channels and rescales so that an input whose channels are all equal
+    gives the same response as the pretrained network on one channel; several pretrained channels
+    onto one are summed for the same reason.
+    """
+    source = weight.shape[1]
+    if channels % source == 0:
+        reps = channels // source
+        new = weight.repeat(1, reps, *([1] * (weight.ndim - 2))) / reps
+        return new, f"repeated {source} pretrained input channel(s) {reps}x and divided by {reps}"
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True), f"summed {source} pretrained input channels into 1"
+    raise ValueError(f"cannot map {source} pretrained input channels onto {channels}")
+
+
+def load_pretrained_weights(
+    network: torch.nn.Module, path: str | os.PathLike, log: Callable[..., object] = print
+) -> dict:
+    """Load pretrained weights into ``network``, checking every tensor and reporting the outcome.
+
+    Rules, in order, for every tensor of the network:
+
+    * segmentation heads (``.seg_layers.``) are skipped: the pretraining head has another number
+      of outputs and the task's head must start fresh;
+    * a tensor with the same name and shape is loaded;
+    * the first convolution is adapted when only its number of input channels differs (for
+      example a 1-channel pretraining used for the 2-channel ``VessAP_vessel`` data);
+    * a tensor missing from the checkpoint is skipped if the checkpoint is encoder-only (it holds
+      no decoder tensor at all); the decoder keeps its random initialisation;
+    * anything else is an error.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        Target network; DDP and ``torch.compile`` wrappers are unwrapped. Tensors are copied onto
+        the network's own device and dtype.
+    path : str or PathLike
+        Checkpoint (see :func:`read_checkpoint_weights`); it is read with ``map_location="cpu"``,
+        so checkpoints saved on a GPU load on a CPU-only machine.
+    log : callable
+        Called with one string per line of the report (``print`` or a trainer's
+        ``print_to_log_file``).
+
+    Returns
+    -------
+    dict
+        ``{"loaded": [keys...], "skipped": {key: reason}, "adapted": {key: how}}``; checkpoint
+        tensors the network does not have are listed in ``skipped`` too.
+
+    Raises
+    ------
+    ValueError
+        Naming the first tensor whose shape differs (with both shapes), the first tensor
+        missing from a checkpoint that is not encoder-only, or when nothing beyond the
+        segmentation heads would load (the checkpoint belongs to another architecture).
+    """
+    module = unwrap_network(network)
+    weights, metadata = read_checkpoint_weights(path)
+    target = module.state_dict()
+    aliases = _alias_groups(module)
+    keys = list(target.keys())
+    checkpoint_has_decoder = any(
+        k.startswith("decoder.") and not k.startswith("decoder.encoder.") and not _is_head(k) for k in weights
+    )
+    first = next((k for k in keys if target[k].ndim >= 3 and not _is_head(k)), None)
+    # the stem conv has several names (conv.weight, all_modules.0.weight, decoder.encoder....)
+    first_conv = set(aliases.get(first, [])) if first is not None else set()
+
+    shared = [k for k in keys if not _is_head(k) and (k in weights or any(a in weights for a in aliases.get(k, [])))]
+    if not shared:
+        raise ValueError(
+            f"{path}: nothing beyond the segmentation heads would load into this network: none of its "
+            f"{len(keys)} tensor names is in the checkpoint ({len(weights)} tensors, e.g. "
+            f"{sorted(weights)[:3]}); the checkpoint belongs to another architecture."
+        )
+
+    to_load: dict[str, torch.Tensor] = {}
+    loaded: list[str] = []
+    skipped: dict[str, str] = {}
+    adapted: dict[str, str] = {}
+    for key in keys:
+        if _is_head(key):
+            skipped[key] = "segmentation head: never transferred, trained from scratch"
+            continue
+        source_key = key if key in weights else next((a for a in aliases.get(key, []) if a in weights), None)
+        if source_key is None:
+            if key.startswith("decoder.") and not checkpoint_has_decoder:
+                skipped[key] = "not in checkpoint (encoder-only checkpoint): keeps its random initialisation"
+                continue
+            raise ValueError(
+                f"{path}: the checkpoint has no tensor {key!r} (shape {tuple(target[key].shape)} in this network); "
+                f"it was made for another architecture. Pretrain with the same plans as the fine-tuning "
+                f"(nnUNetv2_selma_plan --preset ...)."
+            )
+        value = weights[source_key]
+        if tuple(value.shape) != tuple(target[key].shape):
+            same_but_channels = (
+                key in first_conv
+                and value.ndim == target[key].ndim
+                and value.shape[0] == target[key].shape[0]
+                and value.shape[2:] == target[key].shape[2:]
+            )
+            if not same_but_channels:
+                raise ValueError(
+                    f"{path}: tensor {key!r} has shape {tuple(value.shape)} in the checkpoint but "
+                    f"{tuple(target[key].shape)} in the network; the checkpoint was made for another "
+                    f"architecture or plans (pretrain and fine-tune with the same nnUNetv2_selma_plan preset)."
+                )
+            try:
+                value, how = _adapt_input_channels(value, target[key].shape[1])
+            except ValueError as e:
+                raise ValueError(f"{path}: first convolution {key!r}: {e} (checkpoint {tuple(value.shape)}, "
+                                 f"network {tuple(target[key].shape)})") from None
+            adapted[key] = how
+        to_load[key] = value.to(dtype=target[key].dtype)
+        loaded.append(key)
+
+    network_keys = set(keys)
+    for key in weights:
+        if key not in network_keys:
+            skipped[key] = "in the checkpoint only: this network has no such tensor"
+
+    module.load_state_dict(to_load, strict=False)
+
+    name = metadata.get("method", "") if metadata else ""
+    log(f"Loading pretrained weights from {path}" + (f" (pretraining method: {name})" if name else ""))
+    for key in loaded:
+        note = f"  [adapted: {adapted[key]}]" if key in adapted else ""
+        log(f"  loaded  {key} {tuple(target[key].shape)}{note}")
+    for key, reason in skipped.items():
+        log(f"  skipped {key}: {reason}")
+    n_encoder_only = sum(1 for r in skipped.values() if r.startswith("not in checkpoint"))
+    log(
+        f"Pretrained weights: {len(loaded)} tensors loaded, {len(skipped)} skipped"
+        + (f" ({n_encoder_only} decoder tensors not in the encoder-only checkpoint)" if n_encoder_only else "")
+    )
+    return {"loaded": loaded, "skipped": skipped, "adapted": adapted}

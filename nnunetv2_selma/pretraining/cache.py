@@ -1,0 +1,146 @@
+"""Pretrain once, reuse everywhere: a cache of pretraining checkpoints.
+
+A checkpoint is keyed by what determines it -- the architecture (network class, its keyword
+arguments, patch size), the store's contents (``PretrainingStore.fingerprint``), the method and
+its parameters, and the result-relevant schedule -- and *not* by the dataset or fold. Every fold
+of every SELMA structure dataset planned with the same preset therefore shares one pretraining.
+
+Layout: ``<cache_root>/<key>/`` holds the pretraining run (``checkpoint_final.pth``, log,
+progress plot, ``cache_key.json`` with what the key was made of). The default root is
+``$nnUNet_results/nnUNetv2_selma_pretraining`` (override with ``nnUNet_selma_pretraining_cache``).
+
+Concurrency: two folds starting together must not both pretrain. The first takes an exclusive
+``fcntl`` lock on ``<key>.lock`` (released by the OS if the process dies), the other waits and
+then finds the finished checkpoint. The checkpoint is renamed into place only when complete, so
+its existence means it is usable; an interrupted run is resumed from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnunetv2_selma.pretraining.loop import FINAL, LATEST, PretrainingSchedule, pretrain
+from nnunetv2_selma.pretraining.methods import PretrainingMethod
+
+CACHE_ENV = "nnUNet_selma_pretraining_cache"
+
+
+def architecture_description(plans: dict | str | Path, configuration: str = "3d_fullres") -> dict[str, Any]:
+    """What of the plans determines the pretrained network: class, kwargs, patch size."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    config = PlansManager(plans if isinstance(plans, dict) else str(plans)).get_configuration(configuration)
+    return {
+        "network_class_name": config.network_arch_class_name,
+        "arch_kwargs": config.network_arch_init_kwargs,
+        "arch_kwargs_requires_import": list(config.network_arch_init_kwargs_req_import),
+        "patch_size": [int(p) for p in config.patch_size],
+    }
+
+
+def cache_key_parts(
+    plans: dict | str | Path,
+    configuration: str,
+    store_fingerprint: str,
+    method: PretrainingMethod,
+    schedule: PretrainingSchedule,
+) -> dict[str, Any]:
+    """The JSON-serialisable description the cache key hashes."""
+    return {
+        "architecture": architecture_description(plans, configuration),
+        "store": store_fingerprint,
+        "method": method.describe(),
+        "schedule": schedule.key_dict(),
+    }
+
+
+def pretraining_cache_key(
+    plans: dict | str | Path,
+    configuration: str,
+    store_fingerprint: str,
+    method: PretrainingMethod,
+    schedule: PretrainingSchedule,
+) -> str:
+    """Hex key (20 chars of a SHA-256) of a pretraining's architecture, store, method and schedule."""
+    parts = cache_key_parts(plans, configuration, store_fingerprint, method, schedule)
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def default_cache_root() -> Path:
+    """``$nnUNet_selma_pretraining_cache`` or ``$nnUNet_results/nnUNetv2_selma_pretraining``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise RuntimeError(f"neither {CACHE_ENV} nor nnUNet_results is set; set one to cache pretraining checkpoints")
+    return Path(results) / "nnUNetv2_selma_pretraining"
+
+
+def get_or_pretrain(
+    store: Any,
+    plans: dict | str | Path,
+    method: PretrainingMethod,
+    schedule: PretrainingSchedule,
+    configuration: str = "3d_fullres",
+    device: str | torch.device = "cuda",
+    cache_root: str | Path | None = None,
+    log: Callable[[str], Any] = print,
+    show_progress: bool = True,
+) -> Path:
+    """Return the cached pretraining checkpoint for this setting, pretraining first if needed.
+
+    Parameters
+    ----------
+    store : PretrainingStore (or its path)
+    plans, configuration : the fine-tuning plans (the same network is pretrained)
+    method, schedule : what to pretrain with
+    device : device of the pretraining run (single process)
+    cache_root : default :func:`default_cache_root`
+    log : receives one line saying whether the cache was reused or filled
+
+    Returns
+    -------
+    Path of ``<cache_root>/<key>/checkpoint_final.pth``.
+    """
+    from nnunetv2_selma.pretraining.data import _open_store
+
+    store = _open_store(store)
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    parts = cache_key_parts(plans, configuration, store.fingerprint, method, schedule)
+    key = pretraining_cache_key(plans, configuration, store.fingerprint, method, schedule)
+    folder = root / key
+    final = folder / FINAL
+    if final.is_file():
+        log(f"reusing cached pretraining checkpoint {final} (key {key})")
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{key}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another process is pretraining key {key}; waiting for {root / f'{key}.lock'}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if final.is_file():
+                log(f"reusing cached pretraining checkpoint {final} (key {key}), made while waiting")
+                return final
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / "cache_key.json", "w") as f:
+                json.dump({"key": key, **parts}, f, indent=2, default=str)
+            resume = (folder / LATEST).is_file()
+            log(f"pretraining into cache {folder} (key {key})" + (", resuming an interrupted run" if resume else ""))
+            pretrain(store, plans, folder, method=method, schedule=schedule, configuration=configuration,
+                     device=device, continue_training=resume, show_progress=show_progress,
+                     metadata={"cache_key": key})
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return final

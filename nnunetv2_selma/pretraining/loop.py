@@ -1,0 +1,456 @@
+"""The self-supervised pretraining loop: one function, single process or DDP.
+
+:func:`pretrain` trains exactly the network fine-tuning will use (built from the same plans by
+:func:`nnunetv2_selma.network.build_network`, with a 1-channel head) on patches from the
+pretraining store, and writes into its output folder:
+
+* ``checkpoint_latest.pth`` every ``checkpoint_every`` iterations: network, optimizer,
+  scheduler, grad scaler, iteration, sampler state and loss history (``continue_training``
+  resumes from it, on the same patch sequence);
+* ``checkpoint_final.pth`` at the end, in nnU-Net's format (``network_weights``), loadable by
+  stock ``nnUNetv2_train -pretrained_weights``;
+* ``pretraining_log.txt`` and ``progress.png`` (loss curve, learning rate, iteration time).
+
+Optimiser: AdamW (betas 0.9/0.95, weight decay 0.05) with a linear warm-up and cosine decay.
+Why not nnU-Net's SGD + poly: reconstruction targets are unbounded regressions whose gradient
+scale changes a lot early on; masked-modelling work (MAE, Spark, nnssl's MAE trainers) uses
+AdamW with warm-up for that reason, and it converges on short schedules too.
+
+On CUDA: mixed precision (``torch.autocast`` + ``GradScaler``) and ``torch.compile`` decided as
+nnU-Net does (on unless ``nnUNet_compile`` is false; never on CPU). With ``num_gpus > 1`` (or
+``world_size`` processes on CPU) it follows nnU-Net's ``run_training``: ``torch.multiprocessing``
+spawn, one process per device, ``DistributedDataParallel``; NCCL on GPUs, gloo on CPU. The global
+batch is split across ranks as nnU-Net splits it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch import multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from nnunetv2_selma.pretraining.data import PretrainingBatches, default_num_workers, make_loader
+from nnunetv2_selma.pretraining.methods import PretrainingMethod, get_method
+
+LATEST = "checkpoint_latest.pth"
+FINAL = "checkpoint_final.pth"
+LOG = "pretraining_log.txt"
+PROGRESS = "progress.png"
+
+
+@dataclass
+class PretrainingSchedule:
+    """How long and how to optimise. Fields marked as *result-relevant* enter the cache key.
+
+    Attributes
+    ----------
+    iterations : int
+        Optimizer steps (result-relevant).
+    batch_size : int
+        Global batch size, split across DDP ranks (result-relevant).
+    learning_rate, weight_decay : float
+        AdamW parameters (result-relevant).
+    warmup_fraction : float
+        Fraction of ``iterations`` with a linear learning-rate warm-up (result-relevant).
+    seed : int
+        Seeds network initialisation and the patch sampler (result-relevant).
+    structures : list of str or None
+        Only sample store volumes of these structures (result-relevant).
+    augment : bool
+        Light augmentation on/off (result-relevant).
+    checkpoint_every : int
+        Save ``checkpoint_latest.pth`` every N iterations.
+    num_workers : int or None
+        Data-loading worker processes (None: ``nnUNet_n_proc_DA`` or ``min(8, cpus - 1)``).
+    """
+
+    iterations: int = 10000
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    seed: int = 12345
+    structures: list[str] | None = None
+    augment: bool = True
+    checkpoint_every: int = 500
+    num_workers: int | None = None
+
+    #: fields that change how a run is executed, not what it computes
+    NOT_IN_KEY: ClassVar[tuple[str, ...]] = ("checkpoint_every", "num_workers")
+
+    def key_dict(self) -> dict[str, Any]:
+        """The result-relevant fields (for the cache key and for resume checks)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.NOT_IN_KEY}
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields (for logs and ``pretraining_config.json``)."""
+        return asdict(self)
+
+
+def lr_factor(iteration: int, total: int, warmup_fraction: float) -> float:
+    """Learning-rate multiplier: linear warm-up from ~0, then cosine decay to 0."""
+    warmup = max(1, int(round(warmup_fraction * total)))
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def do_compile(device: torch.device) -> bool:
+    """nnU-Net's rule (``nnUNetTrainer._do_i_compile``): on unless ``nnUNet_compile`` is false; never
+    on CPU, MPS or Windows."""
+    if device.type != "cuda" or os.name == "nt":
+        return False
+    return os.environ.get("nnUNet_compile", "true").lower() in ("true", "1", "t")
+
+
+def plans_patch_size(plans: dict | str | Path, configuration: str) -> tuple[int, ...]:
+    """Patch size (z, y, x) of ``configuration`` in the plans (dict or .json path)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return tuple(int(p) for p in PlansManager(str(plans) if not isinstance(plans, dict) else plans)
+                 .get_configuration(configuration).patch_size)
+
+
+def split_batch_size(global_batch: int, world_size: int) -> list[int]:
+    """Per-rank batch sizes summing to ``global_batch`` (as nnU-Net splits it)."""
+    if global_batch < world_size:
+        raise ValueError(f"batch size {global_batch} is smaller than the number of processes {world_size}")
+    return [global_batch // world_size + (1 if r < global_batch % world_size else 0) for r in range(world_size)]
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class _Logger:
+    """Appends timestamped lines to the log file (rank 0 only) and echoes them through tqdm."""
+
+    def __init__(self, path: Path | None, echo: Callable[[str], Any] | None) -> None:
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {message}"
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        if self.echo is not None:
+            self.echo(line)
+
+
+def plot_progress(history: dict[str, list[float]], path: Path) -> None:
+    """Loss curve like nnU-Net's ``progress.png``: loss (raw and moving average) with the learning
+    rate on a second axis, and iteration / data-wait time below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(history["loss"], dtype=float)
+    if loss.size == 0:
+        return
+    it = np.arange(1, loss.size + 1)
+    fig, (ax, ax_t) = plt.subplots(2, 1, figsize=(12, 10))
+    ax.plot(it, loss, color="b", alpha=0.3, linewidth=1, label="loss")
+    window = max(1, min(50, loss.size // 10))
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    ax.plot(it[window - 1:], smooth, color="b", linewidth=3, label=f"loss (mean of {window})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reconstruction loss")
+    ax2 = ax.twinx()
+    ax2.plot(it, history["lr"], color="g", linestyle="--", linewidth=2, label="learning rate")
+    ax2.set_ylabel("learning rate")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="upper right")
+    ax_t.plot(it, history["iteration_time"], color="b", linewidth=1, label="iteration time [s]")
+    ax_t.plot(it, history["data_wait"], color="r", linewidth=1, label="waiting for data [s]")
+    ax_t.set_xlabel("iteration")
+    ax_t.set_ylabel("seconds")
+    ax_t.legend(loc="upper right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def train_step(
+    network: torch.nn.Module,
+    method: PretrainingMethod,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    grad_scaler: torch.GradScaler | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """One optimisation step (autocast on CUDA, gradient clipping at 12 as nnU-Net). Returns the
+    detached loss on the device (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    amp = torch.autocast(device.type, enabled=True) if device.type == "cuda" else nullcontext()
+    with amp:
+        loss = method.loss(network, batch)
+    if grad_scaler is not None:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+    return loss.detach()
+
+
+def build_pretraining_network(
+    plans: dict | str | Path, configuration: str, method: PretrainingMethod, seed: int
+) -> torch.nn.Module:
+    """The fine-tuning network with the method's head (1 channel), no deep supervision, seeded init."""
+    from nnunetv2_selma.network import build_network
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_network(
+            plans, configuration, num_input_channels=1, num_output_channels=method.num_output_channels,
+            deep_supervision=False,
+        )
+    method.attach(network)
+    return network
+
+
+def _run(
+    rank: int,
+    world_size: int,
+    store: Any,
+    plans: dict | str,
+    configuration: str,
+    output_dir: str,
+    method_desc: dict,
+    schedule: PretrainingSchedule,
+    device_type: str,
+    continue_training: bool,
+    show_progress: bool,
+    metadata: dict,
+) -> None:
+    """Body of one pretraining process (rank ``rank`` of ``world_size``)."""
+    out = Path(output_dir)
+    is_ddp = world_size > 1
+    if is_ddp:
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    device = torch.device("cuda", rank if is_ddp else torch.cuda.current_device()) if device_type == "cuda" \
+        else torch.device(device_type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    log = _Logger(out / LOG if rank == 0 else None, tqdm.write if rank == 0 and show_progress else None)
+    method = get_method(method_desc["name"], **{k: v for k, v in method_desc.items() if k != "name"})
+    patch_size = plans_patch_size(plans, configuration)
+
+    network = build_pretraining_network(plans, configuration, method, schedule.seed).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.learning_rate,
+                                  weight_decay=schedule.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: lr_factor(i, schedule.iterations, schedule.warmup_fraction)
+    )
+    grad_scaler = torch.GradScaler("cuda") if device.type == "cuda" else None
+    iteration = 0
+    history: dict[str, list[float]] = {"loss": [], "lr": [], "iteration_time": [], "data_wait": []}
+
+    latest = out / LATEST
+    if continue_training and latest.is_file():
+        ckpt = torch.load(latest, map_location="cpu", weights_only=False)
+        expected = {"method": method.describe(), "schedule": schedule.key_dict(), "world_size": world_size}
+        found = {k: ckpt[k] for k in expected}
+        if found != expected:
+            raise ValueError(
+                f"{latest}: cannot continue, it was written with {found} but this run has {expected}; "
+                f"use the same --method/--iterations/--batch-size/--num-gpus or a new output folder"
+            )
+        network.load_state_dict(ckpt["network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if grad_scaler is not None and ckpt.get("grad_scaler") is not None:
+            grad_scaler.load_state_dict(ckpt["grad_scaler"])
+        iteration = int(ckpt["sampler"]["iteration"])
+        history = ckpt["history"]
+        log(f"continuing from {latest}: resumed at iteration {iteration} of {schedule.iterations}")
+    elif continue_training:
+        log(f"--continue given but {latest} does not exist: starting from iteration 0")
+
+    if rank == 0:
+        log(f"pretraining {method.describe()} on {patch_size} patches, schedule {schedule.to_dict()}, "
+            f"{world_size} process(es) on {device}, store {metadata.get('store')}")
+    forward_net: torch.nn.Module = network
+    if do_compile(device):
+        log("Using torch.compile...")
+        forward_net = torch.compile(network)
+    if is_ddp:
+        if device.type == "cuda":
+            forward_net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward_net)
+        # the decoder's lower-resolution seg layers are unused without deep supervision
+        forward_net = DistributedDataParallel(forward_net, device_ids=[device.index] if device.type == "cuda" else None,
+                          find_unused_parameters=True)
+
+    local_batch = split_batch_size(schedule.batch_size, world_size)[rank]
+    num_workers = default_num_workers() if schedule.num_workers is None else schedule.num_workers
+    dataset = PretrainingBatches(store, patch_size, local_batch, method, seed=schedule.seed,
+                                 start_iteration=iteration, rank=rank, structures=schedule.structures,
+                                 augment=schedule.augment)
+
+    def save_latest() -> None:
+        if rank != 0:
+            return
+        _atomic_torch_save({
+            "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+            "sampler": {"seed": schedule.seed, "iteration": iteration},
+            "history": history,
+            "method": method.describe(),
+            "schedule": schedule.key_dict(),
+            "world_size": world_size,
+        }, latest)
+        plot_progress(history, out / PROGRESS)
+
+    network.train()
+    if iteration < schedule.iterations:
+        loader = make_loader(dataset, num_workers, pin_memory=device.type == "cuda")
+        bar = tqdm(total=schedule.iterations, initial=iteration, desc="pretraining",
+                   disable=not (rank == 0 and show_progress), dynamic_ncols=True)
+        t_wait = time.perf_counter()
+        for batch in loader:
+            t_got = time.perf_counter()
+            if int(batch["iteration"]) != iteration:
+                raise RuntimeError(f"sampler out of order: got batch {int(batch['iteration'])}, expected {iteration}")
+            tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "iteration"}
+            loss = train_step(forward_net, method, tensors, optimizer, grad_scaler, device)
+            scheduler.step()
+            if is_ddp:
+                dist.all_reduce(loss)
+                loss = loss / world_size
+            loss_value = float(loss.cpu())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"pretraining loss is {loss_value} at iteration {iteration}")
+            t_done = time.perf_counter()
+            iteration += 1
+            history["loss"].append(loss_value)
+            history["lr"].append(optimizer.param_groups[0]["lr"])
+            history["iteration_time"].append(t_done - t_wait)
+            history["data_wait"].append(t_got - t_wait)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if iteration % schedule.checkpoint_every == 0 or iteration == schedule.iterations:
+                mean = float(np.mean(history["loss"][-schedule.checkpoint_every:]))
+                log(f"iteration {iteration}/{schedule.iterations}: loss {mean:.5f} (mean of last "
+                    f"{min(schedule.checkpoint_every, iteration)}), lr {history['lr'][-1]:.2e}, "
+                    f"data wait {np.mean(history['data_wait'][-schedule.checkpoint_every:]):.3f}s/it")
+                save_latest()
+            if iteration >= schedule.iterations:
+                break
+            t_wait = time.perf_counter()
+        bar.close()
+        del loader
+
+    if rank == 0:
+        from nnunetv2_selma.checkpoints import save_pretrained_checkpoint
+
+        meta = dict(metadata)
+        meta.update({"method": method.name, "method_params": method.params(), "schedule": schedule.key_dict(),
+                     "iterations_done": iteration, "patch_size": list(patch_size), "configuration": configuration,
+                     "final_loss": history["loss"][-1] if history["loss"] else None})
+        save_pretrained_checkpoint(out / FINAL, network, meta)
+        log(f"saved {out / FINAL}")
+    if is_ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def pretrain(
+    store: Any,
+    plans: dict | str | Path,
+    output_dir: str | Path,
+    method: PretrainingMethod | None = None,
+    schedule: PretrainingSchedule | None = None,
+    configuration: str = "3d_fullres",
+    device: str | torch.device = "cuda",
+    num_processes: int = 1,
+    continue_training: bool = False,
+    show_progress: bool = True,
+    metadata: dict | None = None,
+) -> Path:
+    """Pretrain the plans' network self-supervised on the store; return ``checkpoint_final.pth``.
+
+    Parameters
+    ----------
+    store : PretrainingStore or path of a store
+    plans : plans dict or path of a plans ``.json`` (the SELMA preset used for fine-tuning)
+    output_dir : folder for checkpoints, log and progress plot (created)
+    method : default :class:`~nnunetv2_selma.pretraining.methods.MaskedImageModeling` ()
+    schedule : default :class:`PretrainingSchedule` ()
+    configuration : plans configuration (``"3d_fullres"``)
+    device : ``"cuda"``, ``"cpu"`` (or a torch.device)
+    num_processes : DDP processes (GPUs on CUDA; gloo processes on CPU). 1: no DDP.
+    continue_training : resume from ``output_dir/checkpoint_latest.pth`` when it exists
+    show_progress : tqdm bar and echoed log lines
+    metadata : extra entries stored in the final checkpoint's ``"selma"`` metadata
+
+    Returns
+    -------
+    Path of ``checkpoint_final.pth`` (``{"network_weights": ..., "selma": metadata}``).
+    """
+    from nnunetv2_selma.pretraining.data import _open_store
+
+    method = method if method is not None else get_method("mae")
+    schedule = schedule if schedule is not None else PretrainingSchedule()
+    device = torch.device(device)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plans_arg: dict | str = plans if isinstance(plans, dict) else str(plans)
+    if schedule.iterations < 1 or schedule.checkpoint_every < 1:
+        raise ValueError(f"iterations and checkpoint_every must be >= 1, got {schedule.iterations}, "
+                         f"{schedule.checkpoint_every}")
+    store_obj = _open_store(store)
+    if not store_obj.volumes:
+        raise ValueError(f"pretraining store {store} holds no volumes; run nnUNetv2_selma_ingest first")
+    meta = {"store": str(getattr(store_obj, "path", store)), "store_fingerprint": store_obj.fingerprint,
+            **(metadata or {})}
+    with open(out / "pretraining_config.json", "w") as f:
+        json.dump({"method": method.describe(), "schedule": schedule.to_dict(), "configuration": configuration,
+                   "num_processes": num_processes, "device": str(device), **meta}, f, indent=2, default=str)
+    args = (store_obj, plans_arg, configuration, str(out), method.describe(), schedule, device.type,
+            continue_training, show_progress, meta)
+    if num_processes > 1:
+        if device.type == "cuda" and torch.cuda.device_count() < num_processes:
+            raise ValueError(f"{num_processes} GPUs requested, {torch.cuda.device_count()} visible")
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ["MASTER_PORT"] = str(_free_port())
+        # nnU-Net's pattern (spawn) on GPUs; on CPU, fork avoids re-importing torch in every process
+        # (torch resets intra-op threads in forked children, so this is safe without CUDA)
+        mp.start_processes(_run, args=(num_processes, *args), nprocs=num_processes, join=True,
+                           start_method="spawn" if device.type == "cuda" else "fork")
+    else:
+        _run(0, 1, *args)
+    return out / FINAL
