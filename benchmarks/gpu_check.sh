@@ -19,7 +19,8 @@ W=/tmp/w; mkdir -p $W/raw $W/pre $W/res /tmp/bin
 export nnUNet_raw=$W/raw nnUNet_preprocessed=$W/pre nnUNet_results=$W/res nnUNet_n_proc_DA=8 nnUNet_def_n_proc=8
 export nnUNet_extTrainer=$PWD/nnunetv2_selma/nnunet_ext
 # console scripts of the bundle's packages (the bundle is unpacked, not pip-installed)
-mk() { printf '#!/usr/bin/env python3\nimport sys\nfrom %s import %s\nsys.exit(%s())\n' "$2" "$3" "$3" > /tmp/bin/$1; chmod +x /tmp/bin/$1; }
+# (guarded: nnU-Net's worker processes are spawned and re-import the main module)
+mk() { printf '#!/usr/bin/env python3\nimport sys\nfrom %s import %s\nif __name__ == "__main__":\n    sys.exit(%s())\n' "$2" "$3" "$3" > /tmp/bin/$1; chmod +x /tmp/bin/$1; }
 mk nnUNetv2_train nnunetv2.run.run_training run_training_entry
 mk nnUNetv2_predict nnunetv2.inference.predict_from_raw_data predict_entry_point
 mk nnUNetv2_selma_plan nnunetv2_selma.cli.plan main
@@ -27,10 +28,13 @@ export PATH=/tmp/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 echo "setup $(( $(date +%s) - T0 )) s"
-for part in pretraining integration inference; do
+# seconds each section may take (the device lends ~10 minutes a call); a section cut short still
+# leaves what it wrote under $OUT
+for spec in ${SECTIONS:-pretraining:240 integration:200 inference:90}; do
+  part=${spec%%:*}; limit=${spec##*:}
   t=$(date +%s)
-  echo "=== section $part"
-  python3 benchmarks/gpu/check_$part.py 2>&1 | tee "$OUT/check_$part.log"
+  echo "=== section $part (limit $limit s)"
+  timeout "$limit" python3 benchmarks/gpu/check_$part.py 2>&1 | tee "$OUT/check_$part.log"
   echo "=== section $part took $(( $(date +%s) - t )) s"
 done
 echo "total $(( $(date +%s) - T0 )) s"
