@@ -49,6 +49,7 @@ __all__ = [
     "nnUNetTrainerSelma_100epochs",
     "nnUNetTrainerSelma_250epochs",
     "nnUNetTrainerSelma_500epochs",
+    "nnUNetTrainerSelma_8epochs_25it",
 ]
 
 #: environment variable naming a pretrained checkpoint to load when a Selma trainer initialises
@@ -236,3 +237,15 @@ class nnUNetTrainerSelma_500epochs(nnUNetTrainerSelma):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 500
+
+
+class nnUNetTrainerSelma_8epochs_25it(nnUNetTrainerSelma):
+    """CPU demo schedule (``nnUNetv2_selma_demo --profile quick``): 8 epochs of 25 iterations,
+    5 validation iterations, warm-up 1 epoch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 8
+        self.num_iterations_per_epoch = 25
+        self.num_val_iterations_per_epoch = 5
