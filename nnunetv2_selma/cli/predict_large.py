@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-m", "--model", required=True, help="nnU-Net model folder (Trainer__Plans__Configuration)")
     parser.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
     parser.add_argument("--block", type=int, nargs="+", default=None,
-                        help="block core edge: one int or three (z y x); default: fits ~1.5 GB")
+                        help="block core edge: one int or three (z y x); default: fits ~2 GB (peak < 3 GB)")
     parser.add_argument("-device", "--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("-step_size", "--step-size", type=float, default=0.5, dest="step_size",
                         help="tile step as a fraction of the patch size (default 0.5, as nnUNetv2_predict)")

@@ -42,12 +42,13 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.inference.volume_io import VolumeSource, create_mask_writer, open_volume, volume_kind
-from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, RunningMoments, zscore
+from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, RunningMoments
 
 logger = logging.getLogger(__name__)
 
-#: bytes a block may use for its region (input, logits, weights, temporaries) when block_size is not given
-DEFAULT_BLOCK_MEMORY = 1.5e9
+#: bytes a block may use for its region (input, logits, weights, temporaries) when block_size is not given;
+#: with the process itself (python, torch, nnU-Net: ~0.5 GB) the peak stays under 3 GB
+DEFAULT_BLOCK_MEMORY = 2.0e9
 PROGRESS_FILE = "progress.json"
 RECORD_SUFFIX = ".predict_large.json"
 PARTIAL_SUFFIX = ".partial"
@@ -182,9 +183,14 @@ def plan_blocks(padded_shape: Sequence[int], patch_size: Sequence[int], tile_ste
 def default_block_size(patch_size: Sequence[int], num_channels: int, num_heads: int,
                        memory_bytes: float = DEFAULT_BLOCK_MEMORY) -> tuple[int, int, int]:
     """Largest core (a multiple of the patch size per axis, same multiple on each axis) whose block fits
-    ``memory_bytes``: float32 input, float16 logits and weights, float16/uint8 core copies.
+    ``memory_bytes``.
+
+    Per region voxel: float32 input (4 per channel), float16 logits (2 per head), float16 weights (2),
+    nnU-Net's ``isinf`` check on the logits (1 per head); the uint8 core mask and argmax slabs are small.
+    Tiles that straddle cores are computed by both blocks, so larger is faster:
+    ``(1 + step / core) ** 3`` tiles per whole-volume tile (1.10 for a 32^3 patch at step 0.5 and 2 GB).
     """
-    bytes_per_voxel = 4 * num_channels + 4 * num_heads + 4
+    bytes_per_voxel = 4 * num_channels + 3 * num_heads + 2
     best = tuple(int(p) for p in patch_size)
     for m in range(1, 64):
         core = tuple(m * int(p) for p in patch_size)
@@ -213,13 +219,58 @@ def _row_regions(shape: Sequence[int], max_voxels: int):
                 yield (slice(z0, z0 + 1), slice(y0, min(y, y0 + rows)), slice(0, x))
 
 
+class _Histogram:
+    """Exact intensity histogram of a <= 16-bit integer channel (one ``np.bincount`` per region).
+
+    Sums over the histogram are exact integers, so the mean and std are exact to float64 rounding
+    (no cancellation), and removing the zeros outside the non-zero box needs no second pass: every
+    voxel outside the box is 0 in every channel.
+    """
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.bins = 1 << (8 * self.dtype.itemsize)
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self._unsigned = np.dtype(f"u{self.dtype.itemsize}")
+
+    @staticmethod
+    def handles(dtype: np.dtype) -> bool:
+        return np.dtype(dtype).kind in "ui" and np.dtype(dtype).itemsize <= 2
+
+    def update(self, values: np.ndarray) -> np.ndarray:
+        """Add a region; returns that region's own counts (bin 0 = number of zeros)."""
+        flat = np.ascontiguousarray(values).reshape(-1).view(self._unsigned)
+        counts = np.bincount(flat, minlength=self.bins)
+        self.counts += counts
+        return counts
+
+    def moments(self, zeros_to_remove: int = 0) -> tuple[float, float]:
+        values = np.arange(self.bins, dtype=np.int64)
+        if self.dtype.kind == "i":
+            values[self.bins // 2:] -= self.bins  # two's complement bins back to signed values
+        counts = self.counts.copy()
+        counts[0] -= zeros_to_remove
+        used = np.flatnonzero(counts)
+        c = [int(i) for i in counts[used]]
+        v = [int(i) for i in values[used]]
+        n = sum(c)
+        if n == 0:
+            return 0.0, 0.0
+        s1 = sum(ci * vi for ci, vi in zip(c, v))
+        s2 = sum(ci * vi * vi for ci, vi in zip(c, v))
+        return s1 / n, math.sqrt((n * s2 - s1 * s1) / (n * n))  # exact integers until the last division
+
+
 def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: Sequence[Sequence[float]] | None = None,
                              max_voxels: int = 2**24, progress: bool = True) -> dict:
     """Intensity statistics and non-zero bounding box of a volume, streamed region by region.
 
     The statistics are those ``ZScoreNormalization`` (no mask) computes on the cropped case: mean
-    and population std per channel over the non-zero bounding box (float64, :class:`RunningMoments`).
-    A second pass over the box is made only when the box is smaller than the volume.
+    and population std per channel over the non-zero bounding box. Integer channels of <= 16 bits
+    (the light-sheet case) are counted into an exact histogram: one read of the volume, no float
+    copies, and the zeros outside the box are subtracted afterwards. Other dtypes use
+    :class:`RunningMoments` (float64) and a second pass over the box when it is smaller than the volume.
+    A region without zeros needs no bounding-box search (it lies inside the box entirely).
 
     Parameters
     ----------
@@ -235,41 +286,62 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
     """
     from tqdm import tqdm
 
+    if intensity_stats is not None and len(intensity_stats) != len(sources):
+        raise ValueError(f"intensity_stats holds {len(intensity_stats)} (mean, std) pairs; expected one per "
+                         f"input channel ({len(sources)})")
     shape = sources[0].shape
     lo, hi = [None] * 3, [None] * 3
-    moments = [RunningMoments() for _ in sources]
+    measure = intensity_stats is None
+    histograms = [_Histogram(s.dtype) if measure and _Histogram.handles(s.dtype) else None for s in sources]
+    moments = [RunningMoments() if measure and h is None else None for h in histograms]
     regions = list(_row_regions(shape, max_voxels))
     for region in tqdm(regions, desc="statistics", disable=not progress, leave=False):
         arrays = [s.read(region) for s in sources]
-        nonzero = arrays[0] != 0
-        for a in arrays[1:]:
-            nonzero |= a != 0
-        for axis in range(3):
-            other = tuple(i for i in range(3) if i != axis)
-            idx = np.flatnonzero(nonzero.any(axis=other))
-            if idx.size:
-                a, b = int(idx[0]) + region[axis].start, int(idx[-1]) + 1 + region[axis].start
-                lo[axis] = a if lo[axis] is None else min(lo[axis], a)
-                hi[axis] = b if hi[axis] is None else max(hi[axis], b)
-        if intensity_stats is None:
-            for m, a in zip(moments, arrays):
-                m.update(a)
+        has_zero = False
+        for a, h, m in zip(arrays, histograms, moments):
+            if h is not None:
+                has_zero = has_zero or bool(h.update(a)[0])
+            else:
+                if m is not None:
+                    m.update(a)
+                has_zero = has_zero or not bool(a.all())
+        if not has_zero:  # every voxel non-zero: the region extends the box by its own extent
+            extents = [(r.start, r.stop) for r in region]
+        else:
+            nonzero = arrays[0] != 0
+            for a in arrays[1:]:
+                nonzero |= a != 0
+            extents = []
+            for axis in range(3):
+                other = tuple(i for i in range(3) if i != axis)
+                idx = np.flatnonzero(nonzero.any(axis=other))
+                extents.append(None if not idx.size else
+                               (int(idx[0]) + region[axis].start, int(idx[-1]) + 1 + region[axis].start))
+        for axis, e in enumerate(extents):
+            if e is not None:
+                lo[axis] = e[0] if lo[axis] is None else min(lo[axis], e[0])
+                hi[axis] = e[1] if hi[axis] is None else max(hi[axis], e[1])
     bbox = None if lo[0] is None else [[lo[i], hi[i]] for i in range(3)]
-    if intensity_stats is not None:
-        if len(intensity_stats) != len(sources):
-            raise ValueError(f"intensity_stats holds {len(intensity_stats)} (mean, std) pairs; expected one per "
-                             f"input channel ({len(sources)})")
+    if not measure:
         return {"mean": [float(m) for m, _ in intensity_stats], "std": [float(s) for _, s in intensity_stats],
                 "bbox": bbox, "source": "given"}
-    if bbox is not None and bbox != [[0, s] for s in shape]:
-        # nnU-Net crops to the non-zero box before normalising: the zeros outside it do not count
-        moments = [RunningMoments() for _ in sources]
-        box_shape = [b - a for a, b in bbox]
-        for region in _row_regions(box_shape, max_voxels):
-            shifted = tuple(slice(r.start + a, r.stop + a) for r, (a, _) in zip(region, bbox))
-            for m, s in zip(moments, sources):
-                m.update(s.read(shifted))
-    return {"mean": [m.mean for m in moments], "std": [m.std for m in moments], "bbox": bbox, "source": "measured"}
+    outside = 0 if bbox is None else math.prod(shape) - math.prod(b - a for a, b in bbox)
+    means, stds = [], []
+    for c, (s, h) in enumerate(zip(sources, histograms)):
+        if h is not None:
+            # nnU-Net crops to the non-zero box before normalising: the zeros outside it do not count
+            mean, std = h.moments(zeros_to_remove=outside)
+        else:
+            m = moments[c]
+            if outside:
+                m = RunningMoments()
+                box_shape = [b - a for a, b in bbox]
+                for region in _row_regions(box_shape, max_voxels):
+                    m.update(s.read(tuple(slice(r.start + a, r.stop + a) for r, (a, _) in zip(region, bbox))))
+            mean, std = m.mean, m.std
+        means.append(float(mean))
+        stds.append(float(std))
+    return {"mean": means, "std": stds, "bbox": bbox, "source": "measured"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,11 +461,20 @@ class BlockPredictor:
             torch.set_num_threads(n_threads)
         return prediction
 
-    def segment(self, logits_core) -> np.ndarray:
+    def segment(self, logits_core, max_voxels: int = 2**22) -> np.ndarray:
         """uint8 labels from float16 logits ``(heads, z, y, x)`` exactly as nnU-Net's export does
-        (argmax of the float16 numpy array, or the region nonlinearity for region models)."""
-        seg = self.predictor.label_manager.convert_logits_to_segmentation(logits_core.numpy())
-        return np.asarray(seg).astype(np.uint8)
+        (argmax of the float16 numpy array, or the region nonlinearity for region models).
+
+        Done slab by slab along axis 0 (labels are per voxel): argmax returns int64, which for a
+        whole core would cost 8 bytes per voxel.
+        """
+        logits = logits_core.numpy()
+        out = np.empty(logits.shape[1:], dtype=np.uint8)
+        step = max(1, max_voxels // max(1, math.prod(logits.shape[2:])))
+        for z0 in range(0, out.shape[0], step):
+            seg = self.predictor.label_manager.convert_logits_to_segmentation(logits[:, z0:z0 + step])
+            out[z0:z0 + step] = np.asarray(seg)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,8 +539,11 @@ def read_block_input(job: BlockJob, block: Block, sources: Sequence[VolumeSource
     original = job.frame.to_original(valid)
     inner = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(valid, block.region))
     for c, source in enumerate(sources):
-        data[(c, *inner)] = zscore(source.read(original), job.mean[c], job.std[c]).transpose(
-            job.frame.transpose_forward)
+        # normalised in place in the block array (the same float32 operations as ``zscore``, no extra copy)
+        target = data[(c, *inner)]
+        target[...] = source.read(original).transpose(job.frame.transpose_forward)
+        target -= np.float32(job.mean[c])
+        target /= np.float32(max(float(job.std[c]), 1e-8))
     return data
 
 
@@ -482,17 +566,22 @@ def run_block(job: BlockJob, block: Block) -> int:
 
     The predictor and the input readers are cached per process (one model load per dask worker).
     """
-    device = job.device
-    if device.startswith("cuda") and ":" not in device:
-        device = _worker_cuda_device()
-    predictor = _cached(("predictor", job.model_folder, job.folds, job.checkpoint_name, device, job.tile_step_size,
-                         job.use_mirroring),
-                        lambda: BlockPredictor(job.model_folder, job.folds, device, job.tile_step_size,
-                                               job.use_mirroring, checkpoint_name=job.checkpoint_name))
+    predictor = _job_predictor(job)
     sources = _cached(("sources", job.inputs), lambda: [open_volume(p) for p in job.inputs])
     seg = predict_block(job, block, predictor, sources)
     save_block(job.blocks_dir, block.index, seg if seg is not None else np.zeros((0, 0, 0), np.uint8))
     return block.index
+
+
+def _job_predictor(job: BlockJob) -> BlockPredictor:
+    """The job's predictor, loaded once per process."""
+    device = job.device
+    if device.startswith("cuda") and ":" not in device:
+        device = _worker_cuda_device()
+    return _cached(("predictor", job.model_folder, job.folds, job.checkpoint_name, device, job.tile_step_size,
+                    job.use_mirroring),
+                   lambda: BlockPredictor(job.model_folder, job.folds, device, job.tile_step_size,
+                                          job.use_mirroring, checkpoint_name=job.checkpoint_name))
 
 
 def _worker_cuda_device() -> str:
@@ -578,7 +667,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     model_folder : nnU-Net model folder (``Trainer__Plans__Configuration``).
     folds : folds to ensemble (logits averaged as ``nnUNetPredictor`` does).
     block_size : core edge in voxels (int or (z, y, x) in the network's axis order); default: the
-        largest multiple of the patch size whose block needs about 1.5 GB. Larger blocks compute fewer
+        largest multiple of the patch size whose block needs about 2 GB (peak < 3 GB). Larger blocks compute fewer
         tiles twice (``BlockPlan.redundancy``).
     device : ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     tile_step_size, use_mirroring : as ``nnUNetPredictor`` (Gaussian weighting is always on).
@@ -591,7 +680,9 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
 
     Returns
     -------
-    Path of the output. Next to it, ``<output>.predict_large.json`` records how it was made.
+    Path of the output. Next to it, ``<output>.predict_large.json`` records how it was made, with the
+    seconds of each phase of each run (``runs[i]["seconds"]``: ``statistics``, ``model_load``,
+    ``predict``, ``write``).
 
     Raises
     ------
@@ -602,6 +693,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     """
     from tqdm import tqdm
 
+    timings = {"statistics": 0.0, "model_load": 0.0, "predict": 0.0, "write": 0.0}
     inputs = [input] if isinstance(input, (str, Path)) else list(input)
     inputs = [Path(p).resolve() for p in inputs]
     output = Path(output).resolve()
@@ -669,7 +761,9 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
                                   f"Remove it or choose another output path.")
         for s in sources:
             s.check_all_planes()
+        t0 = time.perf_counter()
         stats = gather_volume_statistics(sources, intensity_stats, progress=progress)
+        timings["statistics"] = time.perf_counter() - t0
         work_dir.mkdir(parents=True)
         blocks_dir.mkdir()
         state = {"signature": signature, "statistics": stats, "done": [], "runs": []}
@@ -692,7 +786,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         return math.prod(max(0, b - a) for a, b in frame.valid(block.core))
 
     run_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "computed": 0, "blocks": len(plan.blocks),
-                "redundancy": plan.redundancy}
+                "redundancy": plan.redundancy, "seconds": timings}
     state["runs"].append(run_info)
     state["done"] = sorted(done)
     _atomic_json(progress_path, state)
@@ -712,21 +806,30 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
 
     try:
         if workers is None and scheduler is None:
+            if pending:
+                t0 = time.perf_counter()
+                _job_predictor(job)  # load the model here so that its time is reported apart
+                timings["model_load"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             for block in pending:
                 finished(run_block(job, block))
         else:
+            t0 = time.perf_counter()  # model loading happens on the workers and counts as predicting
             _run_on_dask(job, pending, workers, scheduler, finished)
+        timings["predict"] = time.perf_counter() - t0
     finally:
         bar.close()
 
     slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
     writer = create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry, slice_names)
+    t0 = time.perf_counter()
     try:
         _assemble_output(writer, frame, plan, blocks_dir, progress)
         writer.commit()
     except BaseException:
         writer.abort()
         raise
+    timings["write"] = time.perf_counter() - t0
     _atomic_json(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
                                "block_size": list(plan.block_size), "redundancy": plan.redundancy,
                                "runs": state["runs"]})
