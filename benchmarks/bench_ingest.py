@@ -5,11 +5,13 @@
 1. Writes a ``side x side x depth`` uint16 slice series (1 GiB by default) with a fast writer of
    its own (tissue ellipse, depth attenuation, stripes, noise): the project's synthetic generator
    draws structures and is much slower at this size; compressibility is what matters here.
-2. Chunk/block candidates: write time, size and ms per random 128^3 read for each.
+2. Chunk/block/codec candidates: write time, size and ms per random 128^3 read for each.
 3. Ingest throughput against the bound measured in the same run: one plain loop that reads
    every slice with tifffile and writes it into a blosc2 array with the same chunks, blocks,
    codec and threads (writing one chunk-deep slab at a time, as blosc2 needs full chunks).
-   One worker on the whole volume, two workers on the same bytes split into two volumes.
+   One worker on the whole volume, two workers on the same bytes split into two volumes. The
+   ingest runs in a fresh process that has imported blosc2 and tifffile before its clock starts,
+   as the bound loop's process has (interpreter start-up and imports are not ingest work).
 4. Peak resident memory of the ingest (child process, ``ru_maxrss``) at depth/2 and depth.
 5. Random 128^3 reads from the store beside the same reads from nnU-Net's own preprocessed
    ``.b2nd`` (``nnUNetDatasetBlosc2.save_case`` with ``comp_blosc2_params`` for a 128^3 patch,
@@ -48,8 +50,10 @@ def write_series(folder: Path, depth: int, side: int, seed: int = 0) -> None:
         tifffile.imwrite(folder / f"slice_{z}.tif", plane.astype(np.uint16))
 
 
-def bound_loop(folder: Path, out: Path, chunks, blocks, nthreads: int) -> float:
-    """Seconds for the plain read-slices-and-compress loop (the throughput bound)."""
+def bound_loop(folder: Path, out: Path, chunks, blocks, nthreads: int, codec: str | None = None,
+               clevel: int | None = None) -> float:
+    """Seconds for the plain read-slices-and-compress loop (the throughput bound); the store's
+    default codec and level unless given."""
     import blosc2
     import tifffile
 
@@ -61,7 +65,8 @@ def bound_loop(folder: Path, out: Path, chunks, blocks, nthreads: int) -> float:
     first = tifffile.imread(files[0])
     shape = (len(files), *first.shape)
     arr = blosc2.empty(shape, dtype=first.dtype, chunks=chunks, blocks=blocks, urlpath=str(out), mode="w",
-                       cparams=_cparams(DEFAULT_CODEC, DEFAULT_CLEVEL, nthreads))
+                       cparams=_cparams(codec or DEFAULT_CODEC, DEFAULT_CLEVEL if clevel is None else clevel,
+                                        nthreads))
     slab = np.empty((chunks[0], *first.shape), first.dtype)
     for z0 in range(0, shape[0], chunks[0]):
         z1 = min(z0 + chunks[0], shape[0])
@@ -86,6 +91,8 @@ def random_reads(read, shape, n: int, seed: int = 0) -> float:
 def child_ingest(download: Path, store: Path, np_: int, chunks, blocks) -> dict:
     code = (
         "import json,resource,time,sys;"
+        # imports before the clock, as in the bound loop's process (blosc2 costs 0.2-0.5 s to import)
+        "import blosc2,tifffile;"
         "from nnunetv2_selma.dataset_conversion.ingest import ingest_store;"
         "t=time.perf_counter();"
         f"r=ingest_store({str(download)!r},{str(store)!r},num_processes={np_},chunks={tuple(chunks)},"
@@ -124,6 +131,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=1024)
     ap.add_argument("--reads", type=int, default=40)
     ap.add_argument("--work", default="/tmp/bench_ingest")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bound / 1 worker / 2 workers")
     ap.add_argument("--skip-candidates", action="store_true")
     args = ap.parse_args()
     work = Path(args.work)
@@ -139,17 +147,23 @@ def main() -> None:
 
     # -- chunk / block candidates -----------------------------------------------------------
     if not args.skip_candidates:
-        candidates = [((64, 256, 256), (16, 64, 64)), ((64, 128, 128), (32, 32, 32)),
-                      ((128, 128, 128), (32, 64, 64)), ((32, 512, 512), (8, 128, 128))]
-        print("\n| chunks | blocks | write s (bound loop) | MB on disk | ms / random 128^3 read |")
-        print("|---|---|---|---|---|")
-        for chunks, blocks in candidates:
+        from nnunetv2_selma.dataset_conversion.ingest import DEFAULT_CLEVEL, DEFAULT_CODEC
+
+        default = (DEFAULT_CODEC, DEFAULT_CLEVEL)
+        candidates = [((64, 256, 256), (16, 64, 64), default), ((64, 128, 128), (32, 32, 32), default),
+                      ((128, 128, 128), (32, 64, 64), default), ((32, 512, 512), (8, 128, 128), default),
+                      ((64, 128, 128), (16, 64, 64), default), ((64, 128, 128), (32, 32, 32), ("LZ4", 5))]
+        print("\n| chunks | blocks | codec | write s (bound loop) | MB on disk | ms / random 128^3 read |")
+        print("|---|---|---|---|---|---|")
+        for chunks, blocks, (codec, clevel) in candidates:
             out = work / "cand.b2nd"
-            dt = bound_loop(series, out, chunks, blocks, nthreads)
+            dt = bound_loop(series, out, chunks, blocks, nthreads, codec, clevel)
             arr = blosc2.open(str(out), mode="r", dparams={"nthreads": 1})
-            ms = random_reads(lambda st, arr=arr: arr[tuple(slice(s, s + p) for s, p in zip(st, PATCH))],
-                              arr.shape, args.reads)
-            print(f"| {chunks} | {blocks} | {dt:.1f} | {out.stat().st_size / 1e6:.0f} | {ms:.1f} |")
+            # decoded as PretrainingStore.read_patch does
+            ms = random_reads(lambda st, arr=arr: arr.get_slice_numpy(
+                np.empty(PATCH, arr.dtype), (st, tuple(s + p for s, p in zip(st, PATCH)))), arr.shape, args.reads)
+            print(f"| {chunks} | {blocks} | {codec} {clevel} | {dt:.1f} | {out.stat().st_size / 1e6:.0f} | {ms:.1f} |")
+            del arr
             out.unlink()
 
     # -- throughput vs bound -----------------------------------------------------------------
@@ -159,20 +173,31 @@ def main() -> None:
         half = args.depth // 2
         link_subset(series, dl2 / "unannotated_vessel" / "a" / "C00", 0, half)
         link_subset(series, dl2 / "unannotated_vessel" / "b" / "C00", half, args.depth)
-    bounds = [bound_loop(series, work / "bound.b2nd", DEFAULT_CHUNKS, DEFAULT_BLOCKS, nthreads)]
-    one = child_ingest(dl1, work / "store1", 1, DEFAULT_CHUNKS, DEFAULT_BLOCKS)
-    bounds.append(bound_loop(series, work / "bound.b2nd", DEFAULT_CHUNKS, DEFAULT_BLOCKS, nthreads))
-    two = child_ingest(dl2, work / "store2", 2, DEFAULT_CHUNKS, DEFAULT_BLOCKS)
-    bound = min(bounds)
-    print(f"\nthroughput, {gib:.2f} GiB, chunks {DEFAULT_CHUNKS}, blocks {DEFAULT_BLOCKS}")
-    print("| run | seconds | MiB/s | ratio to bound |")
+    # bound, 1 worker and 2 workers interleaved, ``--rounds`` times: medians resist the load of a
+    # shared machine better than one run of each
+    runs: dict[str, list] = {"bound": [], "one": [], "two": []}
+    for _ in range(args.rounds):
+        runs["bound"].append(bound_loop(series, work / "bound.b2nd", DEFAULT_CHUNKS, DEFAULT_BLOCKS, nthreads))
+        runs["one"].append(child_ingest(dl1, work / "store1", 1, DEFAULT_CHUNKS, DEFAULT_BLOCKS))
+        runs["two"].append(child_ingest(dl2, work / "store2", 2, DEFAULT_CHUNKS, DEFAULT_BLOCKS))
+    one, two = runs["one"][-1], runs["two"][-1]
+    bound = float(np.median(runs["bound"]))
+    t_one = float(np.median([r["seconds"] for r in runs["one"]]))
+    t_two = float(np.median([r["seconds"] for r in runs["two"]]))
+
+    def values(xs):
+        return ", ".join(f"{x:.1f}" for x in xs)
+
+    print(f"\nthroughput, {gib:.2f} GiB, chunks {DEFAULT_CHUNKS}, blocks {DEFAULT_BLOCKS}, median of {args.rounds} "
+          f"interleaved rounds, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| run | seconds (median; all) | MiB/s | ratio to bound |")
     print("|---|---|---|---|")
     mib = gib * 1024
-    print(f"| bound loop (tifffile + blosc2, min of {len(bounds)}: {', '.join(f'{b:.1f}' for b in bounds)}) "
-          f"| {bound:.1f} | {mib / bound:.0f} | 1.00 |")
-    print(f"| ingest, 1 worker | {one['seconds']:.1f} | {mib / one['seconds']:.0f} | {bound / one['seconds']:.2f} |")
-    print(f"| ingest, 2 workers (2 volumes of depth/2) | {two['seconds']:.1f} | {mib / two['seconds']:.0f} "
-          f"| {bound / two['seconds']:.2f} |")
+    print(f"| bound loop (tifffile + blosc2) | {bound:.1f}; {values(runs['bound'])} | {mib / bound:.0f} | 1.00 |")
+    print(f"| ingest, 1 worker | {t_one:.1f}; {values(r['seconds'] for r in runs['one'])} | {mib / t_one:.0f} "
+          f"| {bound / t_one:.2f} |")
+    print(f"| ingest, 2 workers (2 volumes of depth/2) | {t_two:.1f}; {values(r['seconds'] for r in runs['two'])} "
+          f"| {mib / t_two:.0f} | {bound / t_two:.2f} |")
 
     # -- peak memory -------------------------------------------------------------------------
     half_dl = work / "half"

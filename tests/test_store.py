@@ -301,3 +301,44 @@ def test_kill_at_any_moment_then_rerun_finishes(tmp_path):
     for name, vol in vols.items():
         np.testing.assert_array_equal(s.read_patch(name, (0, 0, 0), vol.shape), vol)
     assert not list((store / "volumes").rglob("*.partial*"))
+
+
+# ------------------------------------------------------------------------------------------ slab pipeline
+def test_slab_buffers_are_reused_correctly_and_errors_late_in_a_series_stop_cleanly(tmp_path):
+    """Series deeper than two slabs (the two slab buffers are refilled), read by the forked slab
+    reader, and a 3D file read in-process: content, CRC32 and statistics match the source; a bad
+    slice in the third slab fails that volume with its name, and no reader process is left."""
+    import multiprocessing
+    import zlib
+
+    from nnunetv2_selma.dataset_conversion.ingest import otsu_threshold
+
+    root = tmp_path / "dl" / "unannotated_vessel"
+    deep = _tissue_volume((150, 24, 20), seed=21)  # slabs 0-63, 64-127, 128-149
+    _write_slices(root / "deep/C00", deep)
+    _write_slices(root / "late/C00", deep)
+    tifffile.imwrite(root / "late/C00/img_140.tif", np.zeros((24, 21), np.uint16))  # slice z=139
+    tifffile.imwrite(root / "stack.tif", deep)  # 3D file: slabs read in-process
+    report = ingest_store(tmp_path / "dl", tmp_path / "store", chunks=(64, 16, 16), blocks=(16, 8, 8),
+                          progress=False)
+    assert [f["name"] for f in report.failed] == ["vessel/late/C00"]
+    assert "img_140.tif" in report.failed[0]["reason"] and "(24, 21)" in report.failed[0]["reason"]
+    assert multiprocessing.active_children() == []
+    s = PretrainingStore(tmp_path / "store")
+    entries = load_manifest(tmp_path / "store")["volumes"]
+    for name in ("vessel/deep/C00", "vessel/stack/C00"):
+        ref = deep
+        np.testing.assert_array_equal(s.read_patch(name, (0, 0, 0), ref.shape), ref)
+        assert entries[name]["crc32"] == zlib.crc32(np.ascontiguousarray(ref))
+        assert verify_volume(tmp_path / "store", entries[name]) is None
+    # the forked reader and the in-process one gather the same tissue mask and statistics
+    assert s.volume("vessel/deep/C00").stats == s.volume("vessel/stack/C00").stats
+    np.testing.assert_array_equal(s.tissue_mask("vessel/deep/C00"), s.tissue_mask("vessel/stack/C00"))
+    assert not list((tmp_path / "store" / "volumes").rglob("*.partial*"))
+    # the numpy Otsu is scikit-image's
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    for x in (np.concatenate([rng.normal(100, 10, 5000), rng.normal(1500, 200, 3000)]), rng.random(7)):
+        assert otsu_threshold(x) == pytest.approx(threshold_otsu(x))
+    assert otsu_threshold(np.full(4, 3.0)) == 3.0

@@ -3,8 +3,11 @@
 A download holds ``unannotated_<structure>/<sample>/<channel>/`` folders of 2D TIFF slices
 (and, in other releases, single 3D files). Each channel volume becomes one chunked, compressed
 blosc2 array ``<store>/volumes/<structure>/<sample>/<channel>.b2nd``, written one slab of
-``chunks[0]`` slices at a time, so peak memory is one slab (``chunks[0] * y * x * itemsize``),
-whatever the depth. In the same single pass the ingester gathers
+``chunks[0]`` slices at a time, so peak memory is two slabs (``2 * chunks[0] * y * x * itemsize``:
+the one being compressed and the next one being read), whatever the depth. For slice series a
+forked reader process reads, checks, checksums and measures slab k + 1 while the ingesting
+process compresses slab k, so a volume takes about as long as the slower of the two. In the same
+single pass the ingester gathers
 
 * a low-resolution block-mean image (one value per ``factor`` voxels), thresholded into a
   tissue mask saved beside the volume (``<channel>_tissue.npy``, boolean);
@@ -12,8 +15,8 @@ whatever the depth. In the same single pass the ingester gathers
   voxels (every 4th voxel per axis), which keeps the pass at the speed of reading + compressing;
 * a CRC32 of the raw voxels in C order, re-checked when a rerun decides whether a volume is done.
 
-The tissue threshold is Otsu's on block means of a few evenly spaced slices read before the
-pass, so the statistics of a slab can be restricted to tissue while it is in memory.
+The tissue threshold is Otsu's on block means of a few evenly spaced slices (read once the
+first slab is out), so the statistics of a slab can be restricted to tissue while it is in memory.
 
 Resume and integrity: every file is written under a temporary name and renamed when complete;
 the manifest (``manifest.json``, written atomically) lists a volume only after its file was
@@ -28,6 +31,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -138,25 +142,11 @@ class _SliceReader:
     def __init__(self, folder: str) -> None:
         self.series = SliceSeries(folder)
         self.shape, self.dtype = tuple(self.series.shape), np.dtype(self.series.dtype)
-        self._buffer: np.ndarray | None = None
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        """Slices ``z0:z1``, checked like :meth:`SliceSeries.read`, into one reused buffer: a fresh
-        slab per read costs page faults worth a large share of the ingest time."""
-        import tifffile
-
-        if self._buffer is None or self._buffer.shape[0] < z1 - z0:
-            self._buffer = np.empty((z1 - z0, *self.shape[1:]), self.dtype)
-        out = self._buffer[: z1 - z0]
-        for i, path in enumerate(self.series.files[z0:z1]):
-            plane = self.series._read_one(path, tifffile)
-            if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
-                raise ValueError(
-                    f"{path}: found a slice of shape {plane.shape} and dtype {plane.dtype}; expected "
-                    f"{self.shape[1:]} and {self.dtype} like {self.series.files[0].name}"
-                )
-            out[i] = plane
-        return out
+    def read(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Slices ``z0:z1``, each checked against the first (shape, dtype) by :meth:`SliceSeries.read`;
+        ``out`` is a reused slab buffer (a fresh slab per read costs page faults)."""
+        return self.series.read(z0, z1, out=out)
 
     def where(self, z: int) -> str:
         return str(self.series.files[z])
@@ -209,13 +199,19 @@ class _FileReader:
         self._array, _ = read_image(self.path)
         return self._array.shape, self._array.dtype
 
-    def read(self, z0: int, z1: int) -> np.ndarray:
+    def read(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
         if self._tiff is not None:
             try:
-                return self._tiff.asarray(key=range(z0, z1)).reshape(z1 - z0, *self.shape[1:])
+                data = self._tiff.asarray(key=range(z0, z1)).reshape(z1 - z0, *self.shape[1:])
             except Exception as e:
                 raise ValueError(f"{self.path}: pages {z0}..{z1 - 1} unreadable ({type(e).__name__}: {e})") from e
-        return np.asarray(self._array[z0:z1])
+        else:
+            data = np.asarray(self._array[z0:z1])
+        if out is None:
+            return data
+        out = out[: z1 - z0]
+        out[...] = data
+        return out
 
     def where(self, z: int) -> str:
         return f"{self.path} (z={z})"
@@ -338,11 +334,33 @@ class _TissueStats:
         return out
 
 
+def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (any shape, finite), the same number as
+    ``skimage.filters.threshold_otsu(values, nbins)``: the bin centre of a ``nbins``-bin histogram
+    over ``[min, max]`` that maximises the between-class variance.
+
+    Written with numpy because importing ``skimage.filters`` (it pulls in ``scipy.ndimage``)
+    costs 0.2-0.5 s, paid again by every forked slab reader of :func:`ingest_volume`.
+    A constant input returns that constant.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return lo
+    counts, edges = np.histogram(values, bins=nbins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w1 = np.cumsum(counts)
+    w2 = np.cumsum(counts[::-1])[::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty classes give nan, never the maximum
+        m1 = np.cumsum(counts * centres) / w1
+        m2 = (np.cumsum((counts * centres)[::-1]) / w2[::-1])[::-1]
+    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
+    return float(centres[int(np.nanargmax(between))])
+
+
 def _tissue_threshold(reader, factors) -> float:
     """Otsu threshold of 2D block means on a few evenly spaced slices (the whole volume's tissue
-    threshold, known before the single pass)."""
-    from skimage.filters import threshold_otsu
-
+    threshold, known before the statistics of the first slab are taken)."""
     z = reader.shape[0]
     picks = sorted({int(round(i)) for i in np.linspace(0, z - 1, min(THRESHOLD_SLICES, z))})
     _, fy, fx = factors
@@ -358,10 +376,8 @@ def _tissue_threshold(reader, factors) -> float:
         pad = np.full((py, px), np.nan)
         pad[: sub.shape[0], : sub.shape[1]] = sub
         means.append(np.nanmean(pad.reshape(py // gy, gy, px // gx, gx), axis=(1, 3)).ravel())
-    means = np.concatenate(means)
-    if means.max() <= means.min():
-        return float(means.min())  # constant image: everything is "tissue"
-    return float(threshold_otsu(means))
+    # a constant image returns its value: everything is "tissue"
+    return otsu_threshold(np.concatenate(means))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,6 +388,136 @@ def _cparams(codec: str, clevel: int, nthreads: int) -> dict:
 
     return {"codec": getattr(blosc2.Codec, codec), "clevel": clevel, "filters": [blosc2.Filter.SHUFFLE],
             "nthreads": nthreads}
+
+
+class _SlabSource:
+    """The slabs of one source in z order, with the CRC32 and tissue statistics gathered on the way.
+
+    For every slab of ``slab_depth`` planes the producer reads it into one of two reused buffers,
+    rejects NaN planes, updates the CRC32 of the raw voxels (C order) and the tissue statistics
+    (after the tissue-threshold pre-pass, done once the first slab is out). Iterating yields
+    ``(z0, z1, buffer)`` (planes ``z0:z1`` are ``buffer[: z1 - z0]``); the consumer hands each
+    buffer back with :meth:`release` once it is written, and calls :meth:`close` in any case.
+    After the last slab, :attr:`crc` and :attr:`stats` hold the results. Peak memory: two slabs.
+
+    For slice series on systems with ``fork``, the producer is a child process writing into
+    shared anonymous memory, so reading, checksumming and statistics run beside the compression
+    in the parent: blosc2 holds the GIL while it compresses a slice of an NDArray, so a thread
+    would not overlap. Other sources (3D files, loaded whole or read through blosc2, whose thread
+    pools must not cross a fork) are produced in-process, one slab after the other.
+    """
+
+    def __init__(self, reader, slab_depth: int, factors, kind: str) -> None:
+        import multiprocessing
+
+        self.reader, self.factors = reader, factors
+        self.crc = 0
+        self.stats: _TissueStats | None = None
+        shape, dtype = reader.shape, reader.dtype
+        self.depth = min(slab_depth, shape[0])
+        nbuf = 2 if shape[0] > self.depth else 1
+        slab_bytes = self.depth * shape[1] * shape[2] * dtype.itemsize
+        self._proc = None
+        if kind == "slices" and "fork" in multiprocessing.get_all_start_methods():
+            import mmap
+
+            self._mem = mmap.mmap(-1, nbuf * slab_bytes)  # MAP_SHARED | MAP_ANONYMOUS: seen by the child
+            self._bufs = [np.frombuffer(self._mem, dtype, self.depth * shape[1] * shape[2], i * slab_bytes)
+                          .reshape(self.depth, *shape[1:]) for i in range(nbuf)]
+            ctx = multiprocessing.get_context("fork")
+            self._free_r, self._free_w = ctx.Pipe(duplex=False)
+            self._done_r, self._done_w = ctx.Pipe(duplex=False)
+            self._proc = ctx.Process(target=self._child, name="ingest-reader")
+            self._proc.start()
+            self._free_r.close()
+            self._done_w.close()
+        else:
+            self._bufs = [np.empty((self.depth, *shape[1:]), dtype) for _ in range(nbuf)]
+
+    def _produce(self, wait_free):
+        """Generator of ``("slab", index, z0, z1)`` then ``("done", crc, stats)``.
+
+        A slab is announced as soon as it is read and checked; its CRC32 and statistics (and,
+        for the first, the tissue-threshold pre-pass) follow while the consumer compresses it,
+        which only reads the buffer. A buffer is refilled only after the consumer released it.
+        """
+        reader = self.reader
+        shape, dtype = reader.shape, reader.dtype
+        stats, crc = None, 0
+        for k, z0 in enumerate(range(0, shape[0], self.depth)):
+            i = k % len(self._bufs)
+            if k >= len(self._bufs):
+                wait_free()
+            z1 = min(z0 + self.depth, shape[0])
+            data = reader.read(z0, z1, out=self._bufs[i])
+            if dtype.kind == "f":
+                bad = np.flatnonzero(np.isnan(data).reshape(data.shape[0], -1).any(axis=1))
+                if bad.size:
+                    raise ValueError(f"{reader.where(z0 + int(bad[0]))}: found NaN voxels; expected finite "
+                                     f"intensities (fix or drop this slice)")
+            yield ("slab", i, z0, z1)
+            if stats is None:
+                stats = _TissueStats(shape, dtype, self.factors, _tissue_threshold(reader, self.factors))
+            crc = zlib.crc32(data, crc)  # slab buffers are C-contiguous
+            stats.update(data, z0)
+        yield ("done", crc, stats)
+
+    def _child(self) -> None:
+        self._free_w.close()  # so that a dead parent shows up as EOF here
+        self._done_r.close()
+        try:
+            try:
+                for msg in self._produce(self._free_r.recv):
+                    self._done_w.send(msg)
+            except (EOFError, BrokenPipeError):
+                return  # the parent is gone or gave up: nobody to tell
+            except BaseException as e:  # handed to the parent, which raises it
+                try:
+                    self._done_w.send(("error", e))
+                except (pickle.PicklingError, TypeError, AttributeError):
+                    self._done_w.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+        except (EOFError, BrokenPipeError):
+            return
+
+    def __iter__(self):
+        if self._proc is None:
+            # in-process: the consumer has released the buffer before the generator resumes
+            for msg in self._produce(lambda: None):
+                if msg[0] == "done":
+                    self.crc, self.stats = msg[1], msg[2]
+                    return
+                yield msg[2], msg[3], self._bufs[msg[1]]
+            return
+        while True:
+            try:
+                msg = self._done_r.recv()
+            except EOFError:
+                self._proc.join()
+                raise RuntimeError(f"{self.reader.where(0)}: the slab reader process died "
+                                   f"(exit code {self._proc.exitcode})") from None
+            if msg[0] == "error":
+                raise msg[1]
+            if msg[0] == "done":
+                self.crc, self.stats = msg[1], msg[2]
+                return
+            yield msg[2], msg[3], self._bufs[msg[1]]
+
+    def release(self, buffer: np.ndarray) -> None:
+        """Give a slab buffer back to the producer once its planes are written."""
+        if self._proc is not None:
+            self._free_w.send(True)
+
+    def close(self) -> None:
+        """Stop the producer (finished or not) and free the shared memory."""
+        if self._proc is None:
+            return
+        self._free_w.close()
+        self._done_r.close()
+        self._proc.join(timeout=5)
+        if self._proc.exitcode is None:  # still busy reading after an error in the parent
+            self._proc.terminate()
+            self._proc.join()
+        self._bufs, self._mem = [], None  # unmapped when the last view of it is gone
 
 
 def volume_paths(store: str | Path, name: str) -> tuple[Path, Path]:
@@ -385,9 +531,10 @@ def ingest_volume(source: VolumeSource, store: str | Path, chunks: tuple[int, in
                   clevel: int = DEFAULT_CLEVEL, nthreads: int = 1) -> dict:
     """Write one source volume into ``store`` and return its manifest entry.
 
-    Reads ``chunks[0]`` slices at a time (the peak memory), writes them into a blosc2 array of
-    the source dtype (int16 negatives are kept), updates tissue statistics and the CRC32, then
-    renames the temporary array and mask into place.
+    Reads ``chunks[0]`` slices at a time (two such slabs are the peak memory; see
+    :class:`_SlabSource`), writes them into a blosc2 array of the source dtype (int16 negatives
+    are kept), updates tissue statistics and the CRC32, then renames the temporary array and mask
+    into place. On failure the temporary array is removed.
 
     Returns
     -------
@@ -400,8 +547,6 @@ def ingest_volume(source: VolumeSource, store: str | Path, chunks: tuple[int, in
     ValueError naming the slice/file and the reason: unreadable slice, size or dtype mismatch in
     a series, gap in the numbering, empty folder, NaN in float input, empty volume.
     """
-    import blosc2
-
     t0 = time.perf_counter()
     reader = _open_source(source)
     shape, dtype = reader.shape, reader.dtype
@@ -411,9 +556,7 @@ def ingest_volume(source: VolumeSource, store: str | Path, chunks: tuple[int, in
         raise ValueError(f"{source.path}: found dtype {dtype}; expected an integer or float image")
     chunks_eff = tuple(min(c, s) for c, s in zip(chunks, shape))
     blocks_eff = tuple(min(b, c) for b, c in zip(blocks, chunks_eff))
-    slab = chunks_eff[0]
     factors = mask_factors(shape, chunks[0])
-    stats = _TissueStats(shape, dtype, factors, _tissue_threshold(reader, factors))
 
     array_path, mask_path = volume_paths(store, source.name)
     array_path.parent.mkdir(parents=True, exist_ok=True)
@@ -421,21 +564,23 @@ def ingest_volume(source: VolumeSource, store: str | Path, chunks: tuple[int, in
     tmp_mask = mask_path.with_name(mask_path.name[: -len(".npy")] + ".partial.npy")
     for p in (tmp_array, tmp_mask):
         p.unlink(missing_ok=True)
-    out = blosc2.empty(shape, dtype=dtype, chunks=chunks_eff, blocks=blocks_eff, urlpath=str(tmp_array),
-                       cparams=_cparams(codec, clevel, nthreads), mode="w")
-    crc = 0
-    for z0 in range(0, shape[0], slab):
-        z1 = min(z0 + slab, shape[0])
-        data = np.ascontiguousarray(reader.read(z0, z1))
-        if dtype.kind == "f":
-            bad = np.flatnonzero(np.isnan(data).reshape(data.shape[0], -1).any(axis=1))
-            if bad.size:
-                raise ValueError(f"{reader.where(z0 + int(bad[0]))}: found NaN voxels; expected finite "
-                                 f"intensities (fix or drop this slice)")
-        out[z0:z1] = data
-        crc = zlib.crc32(data, crc)
-        stats.update(data, z0)
-        del data
+    slabs = _SlabSource(reader, chunks_eff[0], factors, source.kind)
+    try:
+        import blosc2  # after the producer started: it reads the first slab meanwhile
+
+        out = blosc2.empty(shape, dtype=dtype, chunks=chunks_eff, blocks=blocks_eff, urlpath=str(tmp_array),
+                           cparams=_cparams(codec, clevel, nthreads), mode="w")
+        # the producer reads, checks, checksums and measures slab k + 1 while this process
+        # compresses slab k: ingest runs at the speed of the slower of the two, not their sum
+        for z0, z1, buf in slabs:
+            out[z0:z1] = buf[: z1 - z0]
+            slabs.release(buf)
+    except BaseException:
+        tmp_array.unlink(missing_ok=True)  # a failed volume leaves nothing behind
+        raise
+    finally:
+        slabs.close()
+    crc, stats = slabs.crc, slabs.stats
     nchunks, cbytes = int(out.schunk.nchunks), int(out.schunk.cbytes)
     del out
     np.save(tmp_mask, stats.mask())
@@ -598,9 +743,10 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
         logger.info("ingest %s -> %s: %d volumes, %d kept, %d to write with %d process(es)",
                     input_root, store, len(sources), len(report.kept), len(todo), num_processes)
         _write_manifest(store, volumes, [], params)
-        # blosc2 threads share the cores with the worker processes
+        # blosc2 threads share the cores with the worker processes, each of which leaves one core
+        # to its slab reader process (measured: on 2 cores, 1 blosc2 thread + the reader beats 2 + the reader)
         kwargs = dict(chunks=tuple(chunks), blocks=tuple(blocks), codec=codec, clevel=clevel,
-                      nthreads=max(1, (os.cpu_count() or 1) // max(num_processes, 1)))
+                      nthreads=max(1, (os.cpu_count() or 1) // max(num_processes, 1) - 1))
         bar = tqdm(total=len(todo), desc="ingest", unit="volume", disable=not progress)
 
         def record(source, entry, reason):
@@ -630,4 +776,4 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
 
 
 __all__ = ["VolumeSource", "IngestReport", "find_volume_sources", "ingest_volume", "ingest_store", "verify_volume",
-           "load_manifest", "volume_paths", "mask_factors"]
+           "load_manifest", "volume_paths", "mask_factors", "otsu_threshold"]

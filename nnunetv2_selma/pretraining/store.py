@@ -136,14 +136,17 @@ class PretrainingStore:
         size = tuple(int(s) for s in size)
         if len(start) != 3 or len(size) != 3 or min(size) < 1:
             raise ValueError(f"read_patch: start {start} and size {size} must be 3 ints (z, y, x), size >= 1")
-        lo = [max(0, s) for s in start]
-        hi = [min(d, s + n) for d, s, n in zip(arr.shape, start, size)]
+        lo = tuple(max(0, s) for s in start)
+        hi = tuple(min(d, s + n) for d, s, n in zip(arr.shape, start, size))
         if all(h - lo_ == n for lo_, h, n in zip(lo, hi, size)):
-            return arr[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            # inside the volume (the usual case): decode straight into the result, skipping
+            # NDArray.__getitem__'s key processing and any zero fill
+            return arr.get_slice_numpy(np.empty(size, dtype=arr.dtype), (lo, hi))
         out = np.zeros(size, dtype=arr.dtype)
         if all(h > lo_ for lo_, h in zip(lo, hi)):
             dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
-            out[dst] = arr[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            inner = np.empty(tuple(b - a for a, b in zip(lo, hi)), dtype=arr.dtype)
+            out[dst] = arr.get_slice_numpy(inner, (lo, hi))
         return out
 
     def _tissue_index(self, name: str) -> np.ndarray:
