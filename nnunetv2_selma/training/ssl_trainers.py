@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from nnunetv2_selma.pretraining.cache import get_or_pretrain
 from nnunetv2_selma.pretraining.loop import PretrainingSchedule
 from nnunetv2_selma.pretraining.methods import get_method
@@ -121,13 +119,9 @@ class nnUNetTrainerSelmaMAE_1epoch_2it(nnUNetTrainerSelmaMAE):
     pretraining_batch_size = 2
     pretraining_checkpoint_every = 2
     pretraining_num_workers = 0
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+    schedule_epochs = 1
+    schedule_iterations = 2
+    schedule_val_iterations = 1
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         # the test schedule checks pretraining and caching; nnU-Net's final validation (covered by the

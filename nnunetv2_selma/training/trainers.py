@@ -127,10 +127,22 @@ class nnUNetTrainerSelma(nnUNetTrainer):
     """
 
     warmup_fraction: float = 0.05
+    #: schedule overrides of the variants (None keeps nnU-Net's 1000 epochs x 250 iterations, 50 val)
+    schedule_epochs: int | None = None
+    schedule_iterations: int | None = None
+    schedule_val_iterations: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net sets its schedule in __init__, so variants override it here (not in the signature,
+        # which nnU-Net saves and replays)
+        if self.schedule_epochs is not None:
+            self.num_epochs = self.schedule_epochs
+        if self.schedule_iterations is not None:
+            self.num_iterations_per_epoch = self.schedule_iterations
+        if self.schedule_val_iterations is not None:
+            self.num_val_iterations_per_epoch = self.schedule_val_iterations
         self._selma_resuming = False
         self.pretrained_report: dict | None = None
 
@@ -184,68 +196,47 @@ class nnUNetTrainerSelma(nnUNetTrainer):
 class nnUNetTrainerSelma_1epoch_2it(nnUNetTrainerSelma):
     """Test schedule for CPUs: 1 epoch of 2 training iterations and 1 validation iteration."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+    schedule_epochs = 1
+    schedule_iterations = 2
+    schedule_val_iterations = 1
 
 
 class nnUNetTrainerSelma_2epochs_2it(nnUNetTrainerSelma):
     """Test schedule that shows the warm-up: 2 epochs (1 warm-up) of 2 training iterations."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+    schedule_epochs = 2
+    schedule_iterations = 2
+    schedule_val_iterations = 1
 
 
 class nnUNetTrainerSelma_50epochs(nnUNetTrainerSelma):
     """nnUNetTrainerSelma with 50 epochs (warm-up 2 epochs)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
+    schedule_epochs = 50
 
 
 class nnUNetTrainerSelma_100epochs(nnUNetTrainerSelma):
     """nnUNetTrainerSelma with 100 epochs (warm-up 5 epochs)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
+    schedule_epochs = 100
 
 
 class nnUNetTrainerSelma_250epochs(nnUNetTrainerSelma):
     """nnUNetTrainerSelma with 250 epochs (warm-up 12 epochs)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 250
+    schedule_epochs = 250
 
 
 class nnUNetTrainerSelma_500epochs(nnUNetTrainerSelma):
     """nnUNetTrainerSelma with 500 epochs (warm-up 25 epochs)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 500
+    schedule_epochs = 500
 
 
 class nnUNetTrainerSelma_8epochs_25it(nnUNetTrainerSelma):
     """CPU demo schedule (``nnUNetv2_selma_demo --profile quick``): 8 epochs of 25 iterations,
     5 validation iterations, warm-up 1 epoch."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 8
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 5
+    schedule_epochs = 8
+    schedule_iterations = 25
+    schedule_val_iterations = 5
