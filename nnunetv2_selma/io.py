@@ -15,6 +15,9 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: geometry of formats that carry none (TIFF, .b2nd): unit spacing, zero origin, identity direction
+IDENTITY_GEOMETRY = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
+                     "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
 _NUMBER = re.compile(r"(\d+)")
 # microscope software often names planes like "Z0012_C00.tif": an explicit z index wins
 _Z_NUMBER = re.compile(r"(?:^|[^A-Za-z])[Zz](\d+)")
@@ -56,8 +59,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
             import tifffile
 
             array = tifffile.imread(path)
-            geometry = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
-                        "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
+            geometry = dict(IDENTITY_GEOMETRY)
         elif suffix:
             import SimpleITK as sitk
 

@@ -34,7 +34,7 @@ NORMALIZATION_SCHEME = "ZScoreNormalization"
 _EPS = 1e-8
 
 
-def zscore(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+def zscore(image: np.ndarray, mean: float, std: float, out: np.ndarray | None = None) -> np.ndarray:
     """Normalise ``image`` with given statistics, as nnU-Net's ``ZScoreNormalization`` does.
 
     Parameters
@@ -43,12 +43,17 @@ def zscore(image: np.ndarray, mean: float, std: float) -> np.ndarray:
         Negative values are kept (int16 light-sheet data).
     mean, std : float
         Statistics to use; ``std`` below 1e-8 is replaced by 1e-8 (a constant image maps to 0).
+    out : float32 ndarray of ``image``'s shape, optional
+        Written in place (e.g. a view into a larger block array), so no extra float32 copy is made.
 
     Returns
     -------
-    ndarray of float32, same shape as ``image``.
+    ndarray of float32, same shape as ``image`` (``out`` when given).
     """
-    out = np.asarray(image).astype(np.float32, copy=True)
+    if out is None:
+        out = np.asarray(image).astype(np.float32, copy=True)
+    else:
+        out[...] = image
     out -= np.float32(mean)
     out /= np.float32(max(float(std), _EPS))
     return out

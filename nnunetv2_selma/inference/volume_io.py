@@ -29,10 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import IMAGE_SUFFIXES, TIFF_SUFFIXES, SliceSeries, image_suffix, read_image, write_image
+from nnunetv2_selma.io import (
+    IDENTITY_GEOMETRY,
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    SliceSeries,
+    image_suffix,
+    read_image,
+    write_image,
+)
 
-IDENTITY_GEOMETRY = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
-                     "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}
 SUPPORTED_INPUTS = "a folder of 2D TIFF slices, a 3D .tif/.tiff, .nii.gz, .nii, .mha, .nrrd, .b2nd or OME-Zarr (.zarr)"
 SUPPORTED_OUTPUTS = "a folder for TIFF slices (no suffix), .tif/.tiff, .b2nd, .nii.gz, .nii, .mha or .nrrd"
 
@@ -99,11 +105,14 @@ class _SliceFolderSource(VolumeSource):
                     shape, dtype = tuple(page.shape), np.dtype(page.dtype)
             except Exception as e:
                 raise ValueError(f"{path}: unreadable slice ({type(e).__name__}: {e})") from e
-            if shape != self.shape[1:] or dtype != self.dtype:
-                raise ValueError(
-                    f"{path}: found a slice of shape {shape} and dtype {dtype}; expected {self.shape[1:]} and "
-                    f"{self.dtype} like {self.series.files[0].name}. All slices of a volume must have one size."
-                )
+            self._check_plane(path, shape, dtype)
+
+    def _check_plane(self, path: Path, shape: tuple, dtype: np.dtype) -> None:
+        if shape != self.shape[1:] or dtype != self.dtype:
+            raise ValueError(
+                f"{path}: found a slice of shape {shape} and dtype {dtype}; expected {self.shape[1:]} and "
+                f"{self.dtype} like {self.series.files[0].name}. All slices of a volume must have one size."
+            )
 
     def _plane(self, path: Path, rows: slice, cols: slice) -> np.ndarray:
         import tifffile
@@ -115,11 +124,7 @@ class _SliceFolderSource(VolumeSource):
                 plane = tifffile.imread(path)
         except Exception as e:
             raise ValueError(f"{path}: unreadable slice ({type(e).__name__}: {e})") from e
-        if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
-            raise ValueError(
-                f"{path}: found a slice of shape {plane.shape} and dtype {plane.dtype}; expected {self.shape[1:]} "
-                f"and {self.dtype} like {self.series.files[0].name}. All slices of a volume must have one size."
-            )
+        self._check_plane(path, plane.shape, plane.dtype)
         return np.array(plane[rows, cols])
 
     def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:

@@ -41,8 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.inference.volume_io import VolumeSource, create_mask_writer, open_volume, volume_kind
-from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, RunningMoments
+from nnunetv2_selma.inference.volume_io import (
+    SUPPORTED_OUTPUTS,
+    VolumeSource,
+    create_mask_writer,
+    open_volume,
+    volume_kind,
+)
+from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, RunningMoments, zscore
 
 logger = logging.getLogger(__name__)
 
@@ -539,11 +545,9 @@ def read_block_input(job: BlockJob, block: Block, sources: Sequence[VolumeSource
     original = job.frame.to_original(valid)
     inner = tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(valid, block.region))
     for c, source in enumerate(sources):
-        # normalised in place in the block array (the same float32 operations as ``zscore``, no extra copy)
-        target = data[(c, *inner)]
-        target[...] = source.read(original).transpose(job.frame.transpose_forward)
-        target -= np.float32(job.mean[c])
-        target /= np.float32(max(float(job.std[c]), 1e-8))
+        # normalised in place in the block array: no extra float32 copy of the region
+        zscore(source.read(original).transpose(job.frame.transpose_forward), job.mean[c], job.std[c],
+               out=data[(c, *inner)])
     return data
 
 
@@ -632,18 +636,16 @@ def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Pa
             writer.write_region(region, load_block(blocks_dir, index)[...])
         return
     shape = frame.shape
-    bbox = frame.bbox
     open_maps: dict = {}
     for z in tqdm(range(shape[0]), desc="writing", disable=not progress, leave=False):
         plane = np.zeros(shape[1:], dtype=np.uint8)
-        if bbox is not None:
-            for region, index in placed:
-                if region[0].start <= z < region[0].stop:
-                    if index not in open_maps:
-                        open_maps[index] = load_block(blocks_dir, index)
-                    plane[region[1], region[2]] = open_maps[index][z - region[0].start]
-                elif z >= region[0].stop:
-                    open_maps.pop(index, None)  # this block is behind us: release the mapping
+        for region, index in placed:
+            if region[0].start <= z < region[0].stop:
+                if index not in open_maps:
+                    open_maps[index] = load_block(blocks_dir, index)
+                plane[region[1], region[2]] = open_maps[index][z - region[0].start]
+            elif z >= region[0].stop:
+                open_maps.pop(index, None)  # this block is behind us: release the mapping
         writer.write_plane(z, plane)
 
 
@@ -699,9 +701,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     output = Path(output).resolve()
     model_folder = Path(model_folder).resolve()
     folds = tuple(f if f == "all" else int(f) for f in folds)
-    if volume_kind(output) == "zarr" or not volume_kind(output):
-        raise ValueError(f"{output}: cannot write this kind of output; expected a folder for TIFF slices, "
-                         f".tif/.tiff, .b2nd, .nii.gz, .nii, .mha or .nrrd")
+    if volume_kind(output) in ("zarr", ""):
+        raise ValueError(f"{output}: cannot write this kind of output; expected {SUPPORTED_OUTPUTS}")
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
 
@@ -778,8 +779,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     job = BlockJob(tuple(str(p) for p in inputs), tuple(stats["mean"]), tuple(stats["std"]), frame,
                    str(model_folder), folds, checkpoint_name, device, float(tile_step_size), bool(use_mirroring),
                    str(blocks_dir))
-    done = {i for i in state["done"] if block_file(blocks_dir, i).is_file()}
-    done |= {b.index for b in plan.blocks if block_file(blocks_dir, b.index).is_file()}  # stored, not yet recorded
+    # a block is done when its file is stored, whether recorded in state["done"] or not yet (killed in between)
+    done = {b.index for b in plan.blocks if block_file(blocks_dir, b.index).is_file()}
     pending = [b for b in plan.blocks if b.index not in done]
 
     def voxels(block: Block) -> int:

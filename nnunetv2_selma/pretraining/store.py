@@ -74,12 +74,13 @@ class PretrainingStore:
             for e in self._entries.values()
         ]
         self._arrays: dict = {}
-        self._tissue: dict = {}
+        self._tissue: dict[str, np.ndarray] = {}
+        self._tissue_idx: dict[str, np.ndarray] = {}
 
     # pickling: path + manifest only; handles are reopened lazily in the receiving process
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_arrays"], state["_tissue"] = {}, {}
+        state["_arrays"], state["_tissue"], state["_tissue_idx"] = {}, {}, {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -150,13 +151,12 @@ class PretrainingStore:
         return out
 
     def _tissue_index(self, name: str) -> np.ndarray:
-        key = ("flat", name)
-        idx = self._tissue.get(key)
+        idx = self._tissue_idx.get(name)
         if idx is None:
             mask = self.tissue_mask(name)
             # no tissue found (e.g. an all-dark volume): sample anywhere rather than never
             idx = np.flatnonzero(mask) if mask.any() else np.arange(mask.size)
-            self._tissue[key] = idx
+            self._tissue_idx[name] = idx
         return idx
 
     def sample_patch(self, size, rng: np.random.Generator, structures=None) -> tuple[np.ndarray, str, tuple]:
