@@ -82,12 +82,21 @@ def save_pretrained_checkpoint(
     else:
         state_dict = network_or_state_dict
     weights = {k: v.detach().cpu().clone() for k, v in strip_wrapper_prefixes(state_dict).items()}
+    atomic_torch_save({"network_weights": weights, "selma": dict(metadata)}, path)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder, renamed into place.
+
+    A crash never leaves a half-written file at ``path`` (readers see the old file or the new
+    one); the temporary file is removed on failure. Parent folders are created.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save({"network_weights": weights, "selma": dict(metadata)}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -277,7 +286,7 @@ def load_pretrained_weights(
 
     module.load_state_dict(to_load, strict=False)
 
-    name = metadata.get("method", "") if metadata else ""
+    name = metadata.get("method", "")
     log(f"Loading pretrained weights from {path}" + (f" (pretraining method: {name})" if name else ""))
     for key in loaded:
         note = f"  [adapted: {adapted[key]}]" if key in adapted else ""

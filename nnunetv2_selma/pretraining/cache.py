@@ -70,7 +70,10 @@ def pretraining_cache_key(
     schedule: PretrainingSchedule,
 ) -> str:
     """Hex key (20 chars of a SHA-256) of a pretraining's architecture, store, method and schedule."""
-    parts = cache_key_parts(plans, configuration, store_fingerprint, method, schedule)
+    return _key_of(cache_key_parts(plans, configuration, store_fingerprint, method, schedule))
+
+
+def _key_of(parts: dict[str, Any]) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
@@ -116,7 +119,7 @@ def get_or_pretrain(
     store = _open_store(store)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     parts = cache_key_parts(plans, configuration, store.fingerprint, method, schedule)
-    key = pretraining_cache_key(plans, configuration, store.fingerprint, method, schedule)
+    key = _key_of(parts)  # the same key as pretraining_cache_key, without parsing the plans again
     folder = root / key
     final = folder / FINAL
     if final.is_file():

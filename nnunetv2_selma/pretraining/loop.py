@@ -133,12 +133,6 @@ def split_batch_size(global_batch: int, world_size: int) -> list[int]:
     return [global_batch // world_size + (1 if r < global_batch % world_size else 0) for r in range(world_size)]
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class _Logger:
     """Appends timestamped lines to the log file (rank 0 only) and echoes them through tqdm."""
 
@@ -249,6 +243,9 @@ def _run(
     metadata: dict,
 ) -> None:
     """Body of one pretraining process (rank ``rank`` of ``world_size``)."""
+    # imported here, not at module level: checkpoints pulls in torch._dynamo (about 1 s)
+    from nnunetv2_selma.checkpoints import atomic_torch_save, save_pretrained_checkpoint
+
     out = Path(output_dir)
     is_ddp = world_size > 1
     if is_ddp:
@@ -316,7 +313,7 @@ def _run(
     def save_latest() -> None:
         if rank != 0:
             return
-        _atomic_torch_save({
+        atomic_torch_save({
             "network": network.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -369,8 +366,6 @@ def _run(
         del loader
 
     if rank == 0:
-        from nnunetv2_selma.checkpoints import save_pretrained_checkpoint
-
         meta = dict(metadata)
         meta.update({"method": method.name, "method_params": method.params(), "schedule": schedule.key_dict(),
                      "iterations_done": iteration, "patch_size": list(patch_size), "configuration": configuration,

@@ -121,12 +121,14 @@ def find_input_image(folder: str | Path, suffixes: tuple[str, ...]) -> Path:
 
 
 def _ensure_plugin_trainers_findable() -> None:
-    """Point ``nnUNet_extTrainer`` at the plugin's re-export folder so SELMA trainers load by name."""
-    ext = Path(__file__).resolve().parent.parent / "nnunet_ext"
-    if ext.is_dir():
-        paths = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-        if str(ext) not in paths:
-            os.environ["nnUNet_extTrainer"] = os.pathsep.join([*paths, str(ext)])
+    """Append the plugin's trainer folder (:func:`~nnunetv2_selma.nnunet_ext.shim_folder`) to
+    ``nnUNet_extTrainer`` unless it is there, so SELMA trainers load by name."""
+    from nnunetv2_selma.nnunet_ext import ENV_VAR, shim_folder
+
+    ext = str(shim_folder())
+    paths = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    if ext not in paths:
+        os.environ[ENV_VAR] = os.pathsep.join([*paths, ext])
 
 
 def load_predictor(model: PackedModel, device: str = "cpu", use_mirroring: bool = True,
