@@ -206,11 +206,11 @@ def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device:
     for arm, weights in arms.items():
         arm_env = {"nnUNet_results": str(out / f"nnUNet_results_{arm}")}
         for fold in prof.folds:
-            cmd = ["nnUNetv2_train", str(DEMO_DATASET_ID), "3d_fullres", str(fold), "-tr", prof.finetune_trainer,
-                   "-p", plans_name, "-device", device]
+            cmd = [_script("nnUNetv2_train"), str(DEMO_DATASET_ID), "3d_fullres", str(fold),
+                   "-tr", prof.finetune_trainer, "-p", plans_name, "-device", device]
             if weights is not None:
                 cmd += ["-pretrained_weights", str(weights)]
-            run(f"finetune_{arm}", [_script(cmd[0])] + cmd[1:], env=arm_env)
+            run(f"finetune_{arm}", cmd, env=arm_env)
             # 7. predict the held-out c-Fos test inputs with nnU-Net's own predictor
             pred_dir = out / "predictions" / arm / f"fold_{fold}"
             run(f"predict_{arm}", [_script("nnUNetv2_predict"), "-i", str(test_nnunet), "-o", str(pred_dir),
@@ -305,10 +305,9 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
 
     # pictures: pretraining loss curve, nnU-Net progress plots, test case MIPs, whole volume MIP
     lines += ["## Pictures", ""]
-    for src, title in ((pretrain_dir / "progress.png", "Pretraining loss"),):
-        if src.exists():
-            shutil.copy(src, figures / "pretraining_progress.png")
-            lines += [f"### {title}", "", "![pretraining](figures/pretraining_progress.png)", ""]
+    if (pretrain_dir / "progress.png").exists():
+        shutil.copy(pretrain_dir / "progress.png", figures / "pretraining_progress.png")
+        lines += ["### Pretraining loss", "", "![pretraining](figures/pretraining_progress.png)", ""]
     for arm, res in results.items():
         src = res["model_folder"] / f"fold_{prof.folds[0]}" / "progress.png"
         if src.exists():

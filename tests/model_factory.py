@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_selma.training.planner import SelmaPreset
+
 CONFIGURATION = "3d_fullres"
 FEATURES_PER_STAGE = (8, 16, 32)
 
@@ -50,26 +52,9 @@ def _plans(dataset_name: str, plans_name: str, patch_size: Sequence[int], num_ch
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
                                                "force_separate_z": None},
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-            "arch_kwargs": {
-                "n_stages": n_stages,
-                "features_per_stage": list(FEATURES_PER_STAGE),
-                "conv_op": "torch.nn.modules.conv.Conv3d",
-                "kernel_sizes": [[3, 3, 3]] * n_stages,
-                "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
-                "n_blocks_per_stage": [1, 2, 2][:n_stages],
-                "n_conv_per_stage_decoder": [1] * (n_stages - 1),
-                "conv_bias": True,
-                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                "dropout_op": None,
-                "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU",
-                "nonlin_kwargs": {"inplace": True},
-            },
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-        },
+        # the topology of a SELMA preset, smaller: the same builder the plans preset uses
+        "architecture": SelmaPreset("test", tuple(patch_size), tuple(FEATURES_PER_STAGE),
+                                    (1, 2, 2)[:n_stages], 2, "test model").architecture(),
         "batch_dice": True,
     }
     return {
