@@ -8,8 +8,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -37,6 +42,27 @@ def strip_image_suffix(path: str | Path) -> str:
     name = Path(path).name
     suffix = image_suffix(name)
     return name[: len(name) - len(suffix)] if suffix else name
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[str]], None]) -> None:
+    """Write a text file all at once or not at all: ``write(file)`` fills a temporary file beside
+    ``path``, which then replaces ``path`` in one rename (readers never see half a file; a failed
+    write leaves the old file and no temporary)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, content, indent: int = 1) -> None:
+    """:func:`write_atomic` of ``content`` as JSON (manifests, progress records, results)."""
+    write_atomic(path, lambda f: json.dump(content, f, indent=indent))
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, dict]:

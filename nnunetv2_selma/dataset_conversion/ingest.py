@@ -40,7 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import TIFF_SUFFIXES, SliceSeries, image_suffix, read_image, strip_image_suffix
+from nnunetv2_selma.io import (
+    TIFF_SUFFIXES,
+    SliceSeries,
+    image_suffix,
+    read_image,
+    strip_image_suffix,
+    write_json_atomic,
+)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "nnunetv2_selma.pretraining_store"
@@ -688,9 +695,7 @@ def load_manifest(store: str | Path) -> dict:
 def _write_manifest(store: Path, volumes: dict, failed: list[dict], params: dict) -> None:
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "params": params,
                 "volumes": dict(sorted(volumes.items())), "failed": failed}
-    tmp = store / (MANIFEST_NAME + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, store / MANIFEST_NAME)
+    write_json_atomic(store / MANIFEST_NAME, manifest)
 
 
 def _safe_ingest(source: VolumeSource, store: str, kwargs: dict) -> tuple[VolumeSource, dict | None, str | None]:

@@ -16,15 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
 from nnunetv2_selma.evaluation import leaderboard as lb
-from nnunetv2_selma.io import image_suffix, read_image, strip_image_suffix
+from nnunetv2_selma.io import image_suffix, read_image, strip_image_suffix, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +96,6 @@ def _score_case_files(case: str, ref_path: Path, pred_path: Path | None, edition
     return {"category": category_name, **values, "warnings": notes + metric_notes}
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_cases_csv(path: str | Path, result: dict) -> None:
     """One row per case: case, category, then every metric any case has (blank where absent)."""
     cases = result["cases"]
@@ -123,7 +109,7 @@ def write_cases_csv(path: str | Path, result: dict) -> None:
         for case, values in cases.items():
             writer.writerow([case, values["category"], *[values.get(c, "") for c in columns]])
 
-    _write_atomic(Path(path), write)
+    write_atomic(Path(path), write)
 
 
 def evaluate_folders(
@@ -226,7 +212,7 @@ def evaluate_folders(
     }
     if output_json is not None:
         output_json = Path(output_json)
-        _write_atomic(output_json, lambda f: json.dump(result, f, indent=2))
+        write_json_atomic(output_json, result, indent=2)
         write_cases_csv(csv_path if csv_path is not None else output_json.with_suffix(".csv"), result)
     return result
 
@@ -302,7 +288,7 @@ def rank_predictions(
             diff = sorted(set(case_sets[name]) ^ set(case_sets[first]))
             raise ValueError(f"teams {first!r} and {name!r} were scored on different cases ({', '.join(diff[:10])})")
     ranking = lb.rank_teams({name: r["aggregates"] for name, r in results.items()}, edition)
-    _write_atomic(output_json, lambda f: json.dump(ranking, f, indent=2))
+    write_json_atomic(output_json, ranking, indent=2)
 
     metric_keys = list(ranking["teams"][first]["metric_ranks"])
     category_names = list(ranking["teams"][first]["category_scores"])
@@ -316,5 +302,5 @@ def rank_predictions(
             writer.writerow([team, t["rank"], t["score"], *[t["category_scores"][c] for c in category_names],
                              *[t["aggregates"][k] for k in metric_keys], *[t["metric_ranks"][k] for k in metric_keys]])
 
-    _write_atomic(output_json.with_suffix(".csv"), write)
+    write_atomic(output_json.with_suffix(".csv"), write)
     return ranking

@@ -48,6 +48,7 @@ from nnunetv2_selma.inference.volume_io import (
     open_volume,
     volume_kind,
 )
+from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, RunningMoments, zscore
 
 logger = logging.getLogger(__name__)
@@ -605,12 +606,6 @@ def _worker_cuda_device() -> str:
 # ----------------------------------------------------------------------------------------------
 # the run: checks, resumable progress record, local or dask execution, output assembly
 # ----------------------------------------------------------------------------------------------
-def _atomic_json(path: Path, content: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1))
-    os.replace(tmp, path)
-
-
 def _describe_existing(path: Path) -> str:
     if path.is_dir():
         entries = sorted(p.name for p in path.iterdir())
@@ -768,7 +763,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         work_dir.mkdir(parents=True)
         blocks_dir.mkdir()
         state = {"signature": signature, "statistics": stats, "done": [], "runs": []}
-        _atomic_json(progress_path, state)
+        write_json_atomic(progress_path, state)
 
     bbox = stats["bbox"] or [[0, 0]] * 3
     frame = VolumeFrame.create(sources[0].shape, transpose_forward, bbox, patch_size)
@@ -790,7 +785,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
                 "redundancy": plan.redundancy, "seconds": timings}
     state["runs"].append(run_info)
     state["done"] = sorted(done)
-    _atomic_json(progress_path, state)
+    write_json_atomic(progress_path, state)
     logger.info("%s: %d blocks of %s (tiles computed %.2fx the whole-volume run), %d to do", output,
                 len(plan.blocks), block_size, plan.redundancy, len(pending))
 
@@ -802,7 +797,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         done.add(index)
         run_info["computed"] += 1
         state["done"] = sorted(done)
-        _atomic_json(progress_path, state)
+        write_json_atomic(progress_path, state)
         bar.update(voxels(by_index[index]))
 
     try:
@@ -831,7 +826,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         writer.abort()
         raise
     timings["write"] = time.perf_counter() - t0
-    _atomic_json(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
+    write_json_atomic(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
                                "block_size": list(plan.block_size), "redundancy": plan.redundancy,
                                "runs": state["runs"]})
     shutil.rmtree(work_dir)

@@ -20,6 +20,8 @@ import os
 import sysconfig
 from pathlib import Path
 
+from nnunetv2_selma.io import write_atomic
+
 #: name of the .pth file written into site-packages
 PTH_NAME = "nnunetv2_selma_trainers.pth"
 ENV_VAR = "nnUNet_extTrainer"
@@ -62,9 +64,7 @@ def install_pth(site_dir: str | os.PathLike | None = None) -> Path:
     if not site_dir.is_dir():
         raise FileNotFoundError(f"site-packages folder {site_dir} does not exist")
     target = site_dir / PTH_NAME
-    tmp = site_dir / (PTH_NAME + ".tmp")
-    tmp.write_text(pth_line())
-    os.replace(tmp, target)
+    write_atomic(target, lambda f: f.write(pth_line()))
     return target
 
 
