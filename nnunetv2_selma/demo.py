@@ -271,7 +271,7 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
                  pretrain_dir: Path, volume_dir: Path, volume_out: Path, timings: dict) -> Path:
     """Write ``report.md`` with the comparison table, the stage timings and the pictures."""
     from nnunetv2_selma.io import read_image, strip_image_suffix
-    from nnunetv2_selma.synthetic.pictures import save_mip_picture
+    from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
@@ -333,9 +333,7 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
         series = SliceSeries(volume_dir)
         volume = series.read(0, len(series))
         mask = blosc2.open(str(volume_out))[:]
-        save_mip_picture(figures / "whole_volume.png",
-                         [("whole volume, top (MIP z)", volume.max(0), mask.max(0) > 0),
-                          ("whole volume, side (MIP y)", volume.max(1), mask.max(1) > 0)],
+        save_mip_picture(figures / "whole_volume.png", projection_panels("whole volume", [volume], mask > 0),
                          ncols=2, title=f"block-wise inference of {strip_image_suffix(volume_dir.parent.parent)}")
         lines += ["### Whole-volume inference (block-wise)", "", "![whole volume](figures/whole_volume.png)", ""]
     except Exception as e:  # a picture must never hide the report
