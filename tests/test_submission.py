@@ -137,6 +137,37 @@ def test_export_refuses_bad_arguments(models, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()
 
 
+def test_export_overwrite_replaces_only_its_own_build_context(models, tmp_path):
+    user = tmp_path / "my_results"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="my_results: a folder without .selma_submission"):
+        export_submission([models["vessel"]], user, build_wheels=False, overwrite=True)
+    assert (user / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "my_results.partial").exists()
+    (tmp_path / "ctx.partial").mkdir()  # a user's folder where the staging folder would go
+    with pytest.raises(ValueError, match="ctx.partial: a folder without .selma_submission"):
+        export_submission([models["vessel"]], tmp_path / "ctx", build_wheels=False)
+    (tmp_path / "ctx.partial").rmdir()
+
+    out = export_submission([models["vessel"]], tmp_path / "ctx", build_wheels=False)
+    assert (out / ".selma_submission").is_file()
+    (out / "stale.txt").write_text("from the first export")
+    again = export_submission([models["cfos"]], out, build_wheels=False, overwrite=True)
+    assert again == out and not (out / "stale.txt").exists()
+    assert set(json.loads((out / "resources" / "models.json").read_text())["models"]) == {"cfos"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx", "my_results"]
+
+
+def test_export_cli_repeated_models_flag_accumulates(models, tmp_path):
+    out = tmp_path / "ctx"
+    rc = export_main(["-m", f"cfos={models['cfos']}", "-m", f"vessel={models['vessel']}", "-o", str(out),
+                      "--default", "cfos", "--no-wheels"])
+    assert rc == 0
+    config = json.loads((out / "resources" / "models.json").read_text())
+    assert set(config["models"]) == {"cfos", "vessel"} and config["default"] == "cfos"
+
+
 def test_export_reuses_a_wheelhouse_and_names_missing_wheels(models, tmp_path):
     house = tmp_path / "house"
     house.mkdir()
@@ -236,6 +267,28 @@ def test_entrypoint_input_errors_exit_non_zero_with_a_clear_message(build, tmp_p
     assert expected in result.stderr and "ERROR" in result.stderr
     assert str(in_dir) in result.stderr
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_entrypoint_checks_the_output_folder_before_predicting(build, tmp_path):
+    in_dir = tmp_path / "in" / "images" / EDITIONS["2024"].input_slug
+    in_dir.mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(_image(0)), str(in_dir / "cfos_001.mha"))
+    (tmp_path / "out").write_text("a file where the output root should be")
+    result = _run_entrypoint(tmp_path / "in", tmp_path / "out", build / "resources")
+    assert result.returncode == 1, result.stderr
+    assert f"output folder {tmp_path / 'out' / 'images' / EDITIONS['2024'].output_slug} is not writable" \
+        in result.stderr
+    assert "predicted in" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_entrypoint_help_lists_its_environment_variables(capsys):
+    from nnunetv2_selma.submission.entrypoint import main
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().err
+    for name in ("SELMA_INPUT_ROOT", "SELMA_OUTPUT_ROOT", "SELMA_MODELS_DIR", "SELMA_EDITION", "SELMA_DEVICE",
+                 "SELMA_USE_MIRRORING", "SELMA_TILE_STEP_SIZE"):
+        assert f"  {name} " in text, name
 
 
 def test_settings_come_from_models_json_and_environment(build):

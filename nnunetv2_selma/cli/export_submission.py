@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                "SELMA_INPUT_ROOT, SELMA_OUTPUT_ROOT, SELMA_MODELS_DIR, SELMA_EDITION, SELMA_DEVICE, "
                "SELMA_USE_MIRRORING, SELMA_TILE_STEP_SIZE.",
     )
-    p.add_argument("-m", "--models", nargs="+", required=True, metavar="[NAME=]MODEL_FOLDER",
+    # extend: `-m cfos=A -m microglia=B` keeps both (nargs="+" alone keeps only the last -m)
+    p.add_argument("-m", "--models", nargs="+", action="extend", required=True, metavar="[NAME=]MODEL_FOLDER",
                    help="nnU-Net training output folders (…/Trainer__Plans__3d_fullres); NAME= sets the structure "
-                        "key (default: from the dataset name)")
+                        "key (default: from the dataset name). Repeat -m or list several after one -m")
     p.add_argument("-o", "--output", required=True, help="build folder to create")
     p.add_argument("--edition", choices=sorted(EDITIONS), default="2024", help="challenge edition (default 2024)")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, default=None,
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     wheels.add_argument("--wheelhouse", default=None, help="reuse the wheels of this folder (no download)")
     wheels.add_argument("--no-wheels", action="store_true",
                         help="write requirements.txt only; add the wheels before docker build")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing build folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing build folder written by this command (it holds .selma_submission); "
+                        "any other folder is refused")
     return p
 
 

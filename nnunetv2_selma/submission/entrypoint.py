@@ -7,16 +7,27 @@
 3. pick the packed model from the file name's structure prefix (:mod:`.models`);
 4. predict with nnU-Net's own ``nnUNetPredictor`` (sliding window, Gaussian blending, ZScore
    normalisation of the whole image as in training; GPU when present, otherwise CPU);
-5. write ``output.mha``: a binary mask (0/1) of the input's exact shape, spacing, origin and
-   direction, in the edition's pixel type, written to a temporary file and moved into place.
+5. write ``output.mha`` (its folder is checked writable before step 4): a binary mask (0/1) of
+   the input's exact shape, spacing, origin and direction, in the edition's pixel type, written
+   to a temporary file and moved into place.
 
 Spacing: SELMA3D carries no physical spacing and SELMA models are trained at spacing 1 on the
 voxel grid, so the image is predicted on its voxel grid (the model's own spacing is handed to
 nnU-Net: no resampling); the input's spacing is only copied to the output.
 
-Paths and options come from environment variables, see :mod:`.interface`. Every failure a user
-can act on (no input, two inputs, an unreadable file, a wrong channel count, a broken
-``models.json``) ends with a one-paragraph message on stderr and exit status 1.
+Environment variables (all optional; the container on Grand Challenge needs none of them):
+
+  SELMA_INPUT_ROOT       input root (default /input)
+  SELMA_OUTPUT_ROOT      output root (default /output); must be writable, checked before predicting
+  SELMA_MODELS_DIR       folder with models.json and the model folders (default /opt/app/resources)
+  SELMA_EDITION          2024 or 2025 (default: the edition the container was exported for)
+  SELMA_DEVICE           cuda or cpu (default: cuda when available)
+  SELMA_USE_MIRRORING    0/1: test-time mirroring (default from models.json, else 1)
+  SELMA_TILE_STEP_SIZE   sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)
+
+Every failure a user can act on (no input, two inputs, an unreadable file, a wrong channel
+count, a broken ``models.json``, an output folder that is not writable) ends with a
+one-paragraph message on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -172,6 +183,22 @@ def predict_mask(predictor, image: np.ndarray) -> np.ndarray:
     return (np.asarray(seg) > 0).astype(np.uint8)
 
 
+def check_output_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (a probe file, removed).
+
+    Raises :class:`SubmissionError` naming the folder when it cannot be created or written.
+    """
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe_"):
+            pass
+    except OSError as e:
+        raise SubmissionError(f"output folder {folder} is not writable ({type(e).__name__}: {e}); mount the output "
+                              "folder writable (or set SELMA_OUTPUT_ROOT to a writable folder)") from e
+
+
 def run_submission(settings: SubmissionSettings) -> Path:
     """Segment the one input image and write the edition's output; return the output path.
 
@@ -191,6 +218,8 @@ def run_submission(settings: SubmissionSettings) -> Path:
     models, default = packed_models(settings.models_dir)
     model, why = select_model(models, default, input_file.name)
     log.info("model %r (%s); folds %s; device %s", model.name, why, list(model.folds), settings.device)
+    output_file = Path(edition.output_file(str(settings.output_root)))
+    check_output_writable(output_file.parent)  # before minutes of prediction, not after
     start = time.perf_counter()
     predictor = load_predictor(model, settings.device, settings.use_mirroring, settings.tile_step_size)
     mask = predict_mask(predictor, image)
@@ -199,8 +228,6 @@ def run_submission(settings: SubmissionSettings) -> Path:
     if mask.shape != image.shape:  # nnU-Net returns the input's shape; this guards the contract
         raise RuntimeError(f"prediction shape {mask.shape} differs from input shape {image.shape}")
 
-    output_file = Path(edition.output_file(str(settings.output_root)))
-    output_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_file.with_name(f".{output_file.stem}.partial.mha")
     write_image(tmp, mask.astype(edition.output_dtype), geometry)
     tmp.replace(output_file)

@@ -40,6 +40,8 @@ PROJECT_DISTRIBUTION = "nnunetv2-selma"
 BASE_IMAGE_PACKAGES = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
 #: the keys nnUNetPredictor reads from a checkpoint; optimizer state etc. is dropped to shrink the image
 CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes")
+#: file every build context holds; ``overwrite`` replaces only a folder holding it
+SUBMISSION_MARKER = ".selma_submission"
 
 
 def _canonical(name: str) -> str:
@@ -168,7 +170,9 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
         (its structure key) defaults to the structure in the dataset name (``Dataset501_..._cFos``
         -> ``cfos``); names must be unique.
     build_dir : path
-        Folder to create; refused if it exists unless ``overwrite``.
+        Folder to create; refused if it exists unless ``overwrite``. Even with ``overwrite`` only a
+        folder this function wrote (holding :data:`SUBMISSION_MARKER`) is replaced; the context is
+        built in ``<build_dir>.partial`` and moved into place when complete.
     edition : ``"2024"`` or ``"2025"``
         Interface written into the image (input/output slugs, output pixel type).
     folds : sequence of int/"all", optional
@@ -192,12 +196,21 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
     Raises
     ------
     ValueError naming the folder/argument on a missing model file, no fold, a duplicate name, an
-    unknown default or an existing ``build_dir``.
+    unknown default, an existing ``build_dir`` (without ``overwrite``) or one this function did
+    not write.
     """
     edition_info = get_edition(edition)
     build_dir = Path(build_dir)
     if build_dir.exists() and not overwrite:
         raise ValueError(f"{build_dir} already exists; choose a new folder or pass --overwrite")
+    if build_dir.exists():
+        _check_replaceable(build_dir, "--overwrite")
+    # staged beside build_dir and moved into place complete; neither side folder may be a user's
+    tmp = build_dir.with_name(build_dir.name + ".partial")
+    old = build_dir.with_name(build_dir.name + ".old")
+    for side in (tmp, old):
+        if side.exists():
+            _check_replaceable(side, "staging")
     models: dict[str, dict] = {}
     sources: list[tuple[str, Path, list]] = []
     for item in model_folders:
@@ -227,11 +240,46 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
     if default not in models:
         raise ValueError(f"default model {default!r} is not one of {sorted(models)}")
 
-    tmp = build_dir.with_name(build_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / SUBMISSION_MARKER).write_text("written by nnUNetv2_selma_export_submission; "
+                                         "--overwrite replaces only folders holding this file\n")
+    try:
+        _write_context(tmp, sources, models, checkpoint, edition_info, default, use_mirroring, base_image,
+                       base_python, wheelhouse, build_wheels)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if build_dir.exists():
+        # move the old context aside first: a failure between the two renames loses nothing
+        if old.exists():
+            shutil.rmtree(old)
+        build_dir.replace(old)
+        tmp.replace(build_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(build_dir)
+    log.info("wrote the build context %s (edition %s, models %s, default %r)", build_dir, edition_info.name,
+             sorted(models), default)
+    return build_dir
+
+
+def _check_replaceable(folder: Path, why: str) -> None:
+    """Refuse to delete ``folder`` unless this command wrote it (it holds :data:`SUBMISSION_MARKER`)."""
+    if not folder.is_dir() or not (folder / SUBMISSION_MARKER).is_file():
+        kind = "folder" if folder.is_dir() else "file"
+        what = ("--overwrite replaces only a build context this command wrote" if why == "--overwrite"
+                else "it is in the way of the build context")
+        raise ValueError(f"{folder}: a {kind} without {SUBMISSION_MARKER}, so not a build context written by "
+                         f"nnUNetv2_selma_export_submission; {what}. Choose another -o, or move {folder} away")
+
+
+def _write_context(tmp: Path, sources, models: dict, checkpoint: str, edition_info, default: str,
+                   use_mirroring: bool, base_image: str, base_python: str, wheelhouse, build_wheels: bool) -> None:
+    """Fill the staging folder ``tmp`` with resources, wheelhouse, Dockerfile, README and runner."""
     resources = tmp / "resources"
-    resources.mkdir(parents=True)
+    resources.mkdir()
     for name, folder, chosen in sources:
         log.info("packing model %r from %s, folds %s", name, folder, chosen)
         _pack_model(folder, resources / name, chosen, checkpoint)
@@ -259,10 +307,3 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
     runner = tmp / "test_run.sh"
     runner.write_text(fill(TEST_RUN_SH, **values))
     runner.chmod(0o755)
-
-    if build_dir.exists():
-        shutil.rmtree(build_dir)
-    tmp.replace(build_dir)
-    log.info("wrote the build context %s (edition %s, models %s, default %r)", build_dir, edition_info.name,
-             sorted(models), default)
-    return build_dir
