@@ -386,6 +386,28 @@ def test_shape_mismatch_and_unreadable_files_name_the_case(folders, tmp_path):
     assert "case microglia_001:" in message and "cannot be read" in message
 
 
+def test_nan_prediction_or_reference_is_refused_by_name(folders, tmp_path):
+    from nnunetv2_selma.evaluation.folders import evaluate_folders
+
+    pred = tmp_path / "pred"
+    shutil.copytree(folders["perfect"], pred)
+    (pred / "cfos_002.nii.gz").unlink()  # NIfTI reads NaN back as 0; MetaImage and TIFF keep it
+    write_image(pred / "cfos_002.mha", np.full(folders["shape"], np.nan, np.float32))  # NaN > 0 is False
+    with pytest.raises(ValueError, match=r"case cfos_002: prediction .*cfos_002.mha: holds \d+ NaN/infinite"):
+        evaluate_folders(folders["gt"], pred, "2024", None, num_processes=1, progress=False)
+    gt = tmp_path / "gt"
+    shutil.copytree(folders["gt"], gt)
+    inf = np.zeros(folders["shape"], np.float32)
+    inf[0, 0, 0] = np.inf
+    write_image(gt / "cfos_002.mha", inf)
+    with pytest.raises(ValueError, match=r"case cfos_002: reference .*cfos_002.mha: holds 1 NaN/infinite"):
+        evaluate_folders(gt, folders["perfect"], "2024", None, num_processes=1, progress=False)
+    nan = np.zeros((2, 2, 2))
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="prediction: holds 1 NaN"):
+        m.dice(nan, np.zeros((2, 2, 2), bool))
+
+
 def test_duplicate_case_files_and_unknown_names_fail(folders, tmp_path):
     from nnunetv2_selma.evaluation.folders import evaluate_folders, list_cases
 

@@ -6,7 +6,8 @@ Files are matched by case name (the file name without its image suffix: ``.nii.g
 ``predict_from_raw_data_args.json``, ``.npz``/``.pkl`` probabilities) is ignored. Cases are
 scored in worker processes, each reading its own two files.
 
-Nothing is scored silently as zero: a missing prediction is an error (or, with
+Nothing is scored silently as zero: a prediction or reference holding NaN/infinite values is an
+error naming the file; a missing prediction is an error (or, with
 ``allow_missing``, an empty prediction plus a warning naming the case); extra predictions,
 non-binary values and metric edge cases are warnings naming the case, kept in the result.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.evaluation import leaderboard as lb
+from nnunetv2_selma.evaluation.metrics import check_finite
 from nnunetv2_selma.io import image_suffix, read_image, strip_image_suffix, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def _score_case_files(case: str, ref_path: Path, pred_path: Path | None, edition
     notes: list[str] = []
     try:
         ref, _ = read_image(ref_path)
+        check_finite(ref, f"reference {ref_path}")
         note = binarisation_note(ref)
         if note:
             logger.info("case %s: reference %s %s", case, ref_path.name, note)
@@ -82,6 +85,7 @@ def _score_case_files(case: str, ref_path: Path, pred_path: Path | None, edition
             notes.append("prediction missing; scored as an empty prediction")
         else:
             pred, _ = read_image(pred_path)
+            check_finite(pred, f"prediction {pred_path}")
             if pred.shape != ref.shape:
                 raise ValueError(
                     f"prediction {pred_path} has shape {pred.shape} (z, y, x) but reference {ref_path} has "

@@ -34,14 +34,24 @@ def as_binary_mask(array: np.ndarray, name: str = "mask") -> np.ndarray:
 
     Raises
     ------
-    ValueError if the array is not 3D.
+    ValueError if the array is not 3D or holds NaN/infinite values (``NaN > 0`` is False, so a
+    NaN-valued prediction would otherwise score as all background).
     """
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"{name}: found an array of shape {array.shape}; expected a 3D array (z, y, x)")
     if array.dtype == bool:
         return np.ascontiguousarray(array)
+    check_finite(array, name)
     return np.ascontiguousarray(array > 0)
+
+
+def check_finite(array: np.ndarray, name: str = "mask") -> None:
+    """Raise ValueError naming ``name`` when a floating-point ``array`` holds NaN or infinite values."""
+    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+        bad = array.size - int(np.isfinite(array).sum())
+        raise ValueError(f"{name}: holds {bad} NaN/infinite value(s) of {array.size} ({array.dtype}); expected a "
+                         "finite 0/1 mask. Regenerate it; a NaN is neither foreground nor background")
 
 
 def binary_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
