@@ -246,6 +246,27 @@ def test_bad_inputs_are_reported_and_do_not_stop_the_others(tmp_path, capsys):
     assert -650 < stats["min"] < 0 < stats["max"] < 2000 and stats["p00_5"] < 0 < stats["p99_5"]
 
 
+def test_store_inside_input_or_input_inside_store_is_refused_before_anything_is_created(tmp_path):
+    dl = tmp_path / "dl"
+    _write_slices(dl / "unannotated_cfos/s1/C00", _tissue_volume((4, 8, 8)))
+    for store, message in ((dl / "store", "inside the input folder"),
+                           (dl / "unannotated_cfos" / "s1" / "store", "inside the input folder"),
+                           (dl, "inside the input folder"),
+                           (tmp_path, "is inside the store")):
+        with pytest.raises(ValueError, match=message):
+            ingest_store(dl, store, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl"]
+    assert not list(dl.rglob("*.log")) and not list(dl.rglob("manifest.json")) and not (dl / "store").exists()
+
+
+def test_missing_input_leaves_no_store_folder(tmp_path):
+    with pytest.raises(ValueError, match="input folder does not exist"):
+        ingest_store(tmp_path / "nowhere", tmp_path / "store", progress=False)
+    with pytest.raises(ValueError, match="no 'unannotated_<structure>' folder"):
+        ingest_store(tmp_path, tmp_path.parent / f"{tmp_path.name}_store", progress=False)
+    assert not (tmp_path / "store").exists() and not (tmp_path.parent / f"{tmp_path.name}_store").exists()
+
+
 # ------------------------------------------------------------------------------------------ resume
 def test_resume_keeps_verified_and_redoes_broken(download, store, tmp_path):
     root, vols = download

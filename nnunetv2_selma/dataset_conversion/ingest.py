@@ -706,6 +706,17 @@ def _safe_ingest(source: VolumeSource, store: str, kwargs: dict) -> tuple[Volume
         return source, None, reason
 
 
+def _check_store_apart_from_input(input_root: Path, store: Path) -> None:
+    """Refuse a store inside the input (the next run would search it for volumes) or the input inside the store."""
+    inp, out = input_root.resolve(), store.resolve()
+    if out == inp or out.is_relative_to(inp):
+        raise ValueError(f"store {store} is inside the input folder {input_root}; a rerun would search the store "
+                         "for volumes. Choose a store folder outside the download root")
+    if inp.is_relative_to(out):
+        raise ValueError(f"input folder {input_root} is inside the store {store}; choose a store folder that does "
+                         "not contain the download")
+
+
 def ingest_store(input_root: str | Path, store: str | Path, num_processes: int = 1,
                  chunks: tuple[int, int, int] = DEFAULT_CHUNKS, blocks: tuple[int, int, int] = DEFAULT_BLOCKS,
                  codec: str = DEFAULT_CODEC, clevel: int = DEFAULT_CLEVEL, progress: bool = True) -> IngestReport:
@@ -719,17 +730,25 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
     Returns
     -------
     IngestReport; ``report.ok`` is False when any volume failed (each failure names the file and reason).
+
+    Raises
+    ------
+    ValueError, before anything is created, when ``input_root`` is missing or holds no
+    ``unannotated_*`` folder, or when the store lies inside ``input_root`` (or ``input_root``
+    inside the store).
     """
     from tqdm import tqdm
 
     store = Path(store)
+    # checked before anything is created: a failed start leaves no store folder and no log behind
+    _check_store_apart_from_input(Path(input_root), store)
+    sources = find_volume_sources(input_root)
     store.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(store / LOG_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        sources = find_volume_sources(input_root)
         params = {"chunks": list(chunks), "blocks": list(blocks), "codec": codec, "clevel": clevel}
         try:
             old = load_manifest(store)
