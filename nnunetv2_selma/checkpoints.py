@@ -24,6 +24,8 @@ import torch
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunetv2_selma.io import apply_default_mode
+
 #: substrings of the keys that are never transferred (segmentation / reconstruction heads)
 HEAD_KEYS = (".seg_layers.",)
 #: prefixes that wrappers add to parameter names
@@ -97,6 +99,7 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        apply_default_mode(tmp)  # mkstemp made it 0600; the checkpoint is shared like nnU-Net's own
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -44,16 +44,41 @@ def strip_image_suffix(path: str | Path) -> str:
     return name[: len(name) - len(suffix)] if suffix else name
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
+def apply_default_mode(path: str | Path, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open()`` (or ``mkdir``) would: ``0o666`` (``0o777``) minus the umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create private (0600/0700) files so that a temporary is not
+    readable while written; a file renamed into place would keep that, and colleagues sharing a
+    store, cache or results folder could not read it. Call this on the temporary before the rename.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[str]], None]) -> None:
     """Write a text file all at once or not at all: ``write(file)`` fills a temporary file beside
     ``path``, which then replaces ``path`` in one rename (readers never see half a file; a failed
-    write leaves the old file and no temporary)."""
+    write leaves the old file and no temporary). The file gets the umask's mode, like ``open()``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as f:
             write(f)
+        apply_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

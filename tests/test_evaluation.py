@@ -386,6 +386,21 @@ def test_shape_mismatch_and_unreadable_files_name_the_case(folders, tmp_path):
     assert "case microglia_001:" in message and "cannot be read" in message
 
 
+def test_result_files_are_readable_by_others_under_umask_022(folders, tmp_path):
+    import os
+
+    from nnunetv2_selma.evaluation.folders import evaluate_folders
+
+    old = os.umask(0o022)
+    try:
+        evaluate_folders(folders["gt"], folders["perfect"], "2024", tmp_path / "r.json", num_processes=1,
+                         progress=False)
+    finally:
+        os.umask(old)
+    for name in ("r.json", "r.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
 def test_nan_prediction_or_reference_is_refused_by_name(folders, tmp_path):
     from nnunetv2_selma.evaluation.folders import evaluate_folders
 

@@ -198,6 +198,23 @@ def test_continue_after_kill_resumes_from_saved_iteration(store, plans, tmp_path
     assert torch.load(out / FINAL, map_location="cpu", weights_only=True)["selma"]["iterations_done"] == 6
 
 
+def test_checkpoints_and_json_records_get_the_umask_mode_not_0600(tmp_path):
+    from nnunetv2_selma.checkpoints import atomic_torch_save
+    from nnunetv2_selma.io import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "c.pth")
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+        os.umask(0o027)
+        write_json_atomic(tmp_path / "group.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.pth").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "group.json").stat().st_mode & 0o777 == 0o640
+
+
 def test_ddp_two_gloo_processes(store, plans, tmp_path):
     schedule = PretrainingSchedule(iterations=3, batch_size=2, checkpoint_every=3, num_workers=0)
     final = pretrain(store, plans, tmp_path, schedule=schedule, device="cpu", num_processes=2, show_progress=False)

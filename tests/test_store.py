@@ -259,6 +259,17 @@ def test_store_inside_input_or_input_inside_store_is_refused_before_anything_is_
     assert not list(dl.rglob("*.log")) and not list(dl.rglob("manifest.json")) and not (dl / "store").exists()
 
 
+def test_store_files_are_readable_by_others_under_umask_022(tmp_path):
+    _write_slices(tmp_path / "dl/unannotated_cfos/s1/C00", _tissue_volume((4, 8, 8)))
+    old = os.umask(0o022)
+    try:
+        assert ingest_store(tmp_path / "dl", tmp_path / "store", progress=False).ok
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "store" / MANIFEST_NAME, *(tmp_path / "store" / "volumes").rglob("*.*")]:
+        assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
+
+
 def test_missing_input_leaves_no_store_folder(tmp_path):
     with pytest.raises(ValueError, match="input folder does not exist"):
         ingest_store(tmp_path / "nowhere", tmp_path / "store", progress=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import write_image
+from nnunetv2_selma.io import apply_default_mode, write_image
 from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 from nnunetv2_selma.synthetic.volumes import LightSheetScene, canonical_structure, n_channels
 
@@ -309,6 +309,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
         tests = write_test_inputs(tmp / "test_inputs", seed=seed) if test_inputs else []
         if root.exists():
             shutil.rmtree(root)
+        apply_default_mode(tmp, directory=True)  # mkdtemp made it 0700
         tmp.rename(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
