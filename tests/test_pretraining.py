@@ -215,6 +215,42 @@ def test_checkpoints_and_json_records_get_the_umask_mode_not_0600(tmp_path):
     assert (tmp_path / "group.json").stat().st_mode & 0o777 == 0o640
 
 
+def test_start_checks_every_store_file_and_leaves_nothing_behind(store, plans, tmp_path):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    # the nucleus volume is never sampled when only cfos is wanted: check what will be sampled
+    nucleus = next(copy.glob("volumes/nucleus/**/*.b2nd"))
+    nucleus.unlink()
+    schedule = PretrainingSchedule(iterations=1, batch_size=1, num_workers=0)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"1 file\(s\) listed in manifest.json are missing .*{nucleus.name}"):
+        pretrain(copy, plans, out, schedule=schedule, device="cpu", show_progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="no volume of structure"):
+        pretrain(copy, plans, out, schedule=PretrainingSchedule(iterations=1, structures=["vessel"]),
+                 device="cpu", show_progress=False)
+    with pytest.raises((RuntimeError, ValueError), match="nope"):  # a configuration the plans lack
+        pretrain(store, plans, out, schedule=schedule, configuration="nope", device="cpu", show_progress=False)
+    with pytest.raises(FileNotFoundError, match="nnUNetv2_selma_ingest"):
+        pretrain(tmp_path / "no_store", plans, out, schedule=schedule, device="cpu", show_progress=False)
+    assert not out.exists()
+
+
+def test_continue_without_an_earlier_run_says_so_on_the_console(store, plans, tmp_path, capfd):
+    from nnunetv2_selma.cli.pretrain import main
+
+    out = tmp_path / "run"
+    rc = main(["--store", str(store), "--plans", str(plans), "-o", str(out), "--iterations", "1",
+               "--batch-size", "1", "--num-workers", "0", "--device", "cpu", "--no-progress", "--continue",
+               "--structures", "cfos"])
+    assert rc == 0
+    err = capfd.readouterr().err
+    assert f"--continue given but {out / LATEST} does not exist: starting from iteration 0" in err
+    assert "does not exist: starting from iteration 0" in (out / LOG).read_text()
+
+
 def test_ddp_two_gloo_processes(store, plans, tmp_path):
     schedule = PretrainingSchedule(iterations=3, batch_size=2, checkpoint_every=3, num_workers=0)
     final = pretrain(store, plans, tmp_path, schedule=schedule, device="cpu", num_processes=2, show_progress=False)

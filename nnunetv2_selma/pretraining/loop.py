@@ -29,6 +29,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -287,8 +288,9 @@ def _run(
         iteration = int(ckpt["sampler"]["iteration"])
         history = ckpt["history"]
         log(f"continuing from {latest}: resumed at iteration {iteration} of {schedule.iterations}")
-    elif continue_training:
-        log(f"--continue given but {latest} does not exist: starting from iteration 0")
+    elif continue_training and rank == 0:
+        # pretrain() already said so on the console; the log file gets it too
+        _Logger(out / LOG, None)(f"--continue given but {latest} does not exist: starting from iteration 0")
 
     if rank == 0:
         log(f"pretraining {method.describe()} on {patch_size} patches, schedule {schedule.to_dict()}, "
@@ -422,14 +424,24 @@ def pretrain(
     schedule = schedule if schedule is not None else PretrainingSchedule()
     device = torch.device(device)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plans_arg: dict | str = plans if isinstance(plans, dict) else str(plans)
+    # everything checkable is checked before the output folder is created: a failed start leaves nothing
     if schedule.iterations < 1 or schedule.checkpoint_every < 1:
         raise ValueError(f"iterations and checkpoint_every must be >= 1, got {schedule.iterations}, "
                          f"{schedule.checkpoint_every}")
+    if num_processes > 1 and device.type == "cuda" and torch.cuda.device_count() < num_processes:
+        raise ValueError(f"{num_processes} GPUs requested, {torch.cuda.device_count()} visible")
+    plans_patch_size(plans_arg, configuration)
     store_obj = _open_store(store)
     if not store_obj.volumes:
         raise ValueError(f"pretraining store {store} holds no volumes; run nnUNetv2_selma_ingest first")
+    if hasattr(store_obj, "check_files"):
+        store_obj.check_files(schedule.structures)
+    if continue_training and not (out / LATEST).is_file():
+        # nnU-Net's --c does the same (start afresh), but the user must see it, not only the log
+        print(f"WARNING: --continue given but {out / LATEST} does not exist: starting from iteration 0",
+              file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     meta = {"store": str(getattr(store_obj, "path", store)), "store_fingerprint": store_obj.fingerprint,
             **(metadata or {})}
     with open(out / "pretraining_config.json", "w") as f:
@@ -438,8 +450,6 @@ def pretrain(
     args = (store_obj, plans_arg, configuration, str(out), method.describe(), schedule, device.type,
             continue_training, show_progress, meta)
     if num_processes > 1:
-        if device.type == "cuda" and torch.cuda.device_count() < num_processes:
-            raise ValueError(f"{num_processes} GPUs requested, {torch.cuda.device_count()} visible")
         os.environ.setdefault("MASTER_ADDR", "localhost")
         os.environ["MASTER_PORT"] = str(_free_port())
         # nnU-Net's pattern (spawn) on GPUs; on CPU, fork avoids re-importing torch in every process

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.dataset_conversion.ingest import load_manifest
+from nnunetv2_selma.dataset_conversion.ingest import MANIFEST_NAME, load_manifest
 from nnunetv2_selma.normalization import normalize_image
 
 
@@ -107,6 +107,35 @@ class PretrainingStore:
                 return v
         raise KeyError(f"{self.path}: no volume {name!r}; the store holds {[v.name for v in self.volumes]}")
 
+    def eligible(self, structures=None) -> list[StoreVolume]:
+        """The volumes :meth:`sample_patch` draws from for ``structures`` (None: all).
+
+        Raises ValueError naming the store and its structures when none matches.
+        """
+        wanted = None if structures is None else {structures} if isinstance(structures, str) else set(structures)
+        chosen = [v for v in self.volumes if wanted is None or v.structure in wanted]
+        if not chosen:
+            raise ValueError(f"{self.path}: no volume of structure(s) {sorted(wanted or [])}; the store holds "
+                             f"{sorted({v.structure for v in self.volumes})}")
+        return chosen
+
+    def check_files(self, structures=None) -> None:
+        """Check that every file :meth:`sample_patch` may open for ``structures`` exists and is not empty.
+
+        Run before a long job: a deleted ``.b2nd`` would otherwise surface only when first sampled
+        (or never, in a short run). Raises ValueError listing each missing file.
+        """
+        missing = []
+        for v in self.eligible(structures):
+            for key in ("file", "tissue_mask"):
+                path = self.path / self._entries[v.name][key]
+                if not path.is_file() or path.stat().st_size == 0:
+                    missing.append(f"{path} ({v.name})")
+        if missing:
+            raise ValueError(f"pretraining store {self.path}: {len(missing)} file(s) listed in {MANIFEST_NAME} are "
+                             f"missing or empty: {'; '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. "
+                             "Rerun nnUNetv2_selma_ingest on the same -i/-o to rewrite them")
+
     def _array(self, name: str):
         arr = self._arrays.get(name)
         if arr is None:
@@ -177,11 +206,7 @@ class PretrainingStore:
         (patch of ``size`` in the raw dtype, volume name, start (z, y, x))
         """
         size = tuple(int(s) for s in size)
-        wanted = None if structures is None else {structures} if isinstance(structures, str) else set(structures)
-        names = [v.name for v in self.volumes if wanted is None or v.structure in wanted]
-        if not names:
-            raise ValueError(f"{self.path}: no volume of structure(s) {sorted(wanted or [])}; the store holds "
-                             f"{sorted({v.structure for v in self.volumes})}")
+        names = [v.name for v in self.eligible(structures)]
         counts = np.array([self._tissue_index(n).size for n in names], dtype=np.float64)
         name = names[int(rng.choice(len(names), p=counts / counts.sum()))]
         idx = self._tissue_index(name)
