@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,25 @@ def test_test_inputs_both_formats(tmp_path):
         mask, _ = read_image(tmp_path / "masks" / p.name)
         assert image.shape == mask.shape == (20, 24, 24)
         assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_defaults_fit_nnunet_folds_and_every_mask_of_every_structure_and_layout_has_foreground(tmp_path):
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    from nnunetv2_selma.cli.synthesize import main
+
+    main([str(tmp_path / "challenge"), "--unannotated-shape", "16", "20", "24"])  # defaults otherwise
+    summary = json.loads((tmp_path / "challenge" / "synthetic_summary.json").read_text())
+    assert all(n >= 5 for n in summary["counts"]["annotated_cases"].values())
+    generate_crossval_split([f"patchvolume_{i:03d}" for i in range(5)], n_splits=5)  # nnU-Net's fold split
+    for layout in ("bia", "prefixed"):
+        write_annotated_patches(tmp_path / layout, layout)
+    masks = [p for p in tmp_path.rglob("*") if p.parent.name in ("gt", "masks") and p.is_file()]
+    assert len(masks) == 3 * 4 * 5 + 4  # three layouts x four subsets x five cases; 2 cfos + 2 microglia tests
+    assert {p.name.split("_")[0] for p in (tmp_path / "challenge" / "test_inputs" / "masks").iterdir()} == {
+        "cfos", "microglia"}
+    empty = [str(p.relative_to(tmp_path)) for p in masks if not read_image(p)[0].any()]
+    assert not empty, empty
 
 
 def _arrays(root: Path) -> dict[str, bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from nnunetv2_selma.synthetic.download import LAYOUTS, PATCH_FORMATS, write_download
+from nnunetv2_selma.synthetic.download import DEFAULT_CASES_PER_SUBSET, LAYOUTS, PATCH_FORMATS, write_download
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="nnUNetv2_selma_synthesize", description=__doc__)
     p.add_argument("out_dir", help="folder to create (must be absent or empty unless --overwrite)")
     p.add_argument("--layout", choices=LAYOUTS, default="challenge", help="annotated-patch layout")
-    p.add_argument("--cases", type=int, default=3, help="annotated patches per subset")
+    p.add_argument("--cases", type=int, default=DEFAULT_CASES_PER_SUBSET,
+                   help=f"annotated patches per subset (default {DEFAULT_CASES_PER_SUBSET}: nnU-Net's 5-fold "
+                        "cross-validation needs at least 5 cases; with fewer, train only fold 'all')")
     p.add_argument("--patch-scale", type=float, default=0.25, help="scale of the real 2024 patch shapes (1 = real)")
     p.add_argument("--unannotated-shape", type=int, nargs=3, default=(64, 128, 128), metavar=("Z", "Y", "X"))
     p.add_argument("--unannotated-per-structure", type=int, default=1)
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     except (FileExistsError, ValueError) as e:
         p.error(str(e))
     print(f"wrote {summary['root']} in {summary['seconds']} s: {summary['counts']}")
+    if a.cases < DEFAULT_CASES_PER_SUBSET:
+        print(f"note: {a.cases} case(s) per subset: nnUNetv2_train folds 0-4 need at least 5 (KFold(5)); "
+              "train fold 'all' instead, or synthesize with --cases 5")
     print(f"pictures: {len(summary['pictures'])} preview*.png files, e.g. {summary['pictures'][0]}")
 
 

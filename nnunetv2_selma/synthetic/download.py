@@ -48,6 +48,8 @@ MASK_ENCODINGS = ((0, 1), (0, 255), (0, 95, 255))
 UNANNOTATED_STRUCTURES = ("ab_plaque", "cfos", "nucleus", "vessel")
 PATCH_FORMATS = (".nii.gz", ".mha")
 MIN_PATCH_EDGE = 16
+#: nnU-Net's 5-fold cross-validation (KFold(5)) needs at least 5 training cases per dataset
+DEFAULT_CASES_PER_SUBSET = 5
 
 
 def patch_shape(subset: str, patch_scale: float) -> tuple[int, int, int]:
@@ -94,8 +96,9 @@ def _patch_dirs(root: Path, layout: str, subset: str) -> tuple[Path, Path, Path,
 
 
 def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets=tuple(SUBSETS_2024),
-                            cases_per_subset: int = 3, patch_scale: float = 0.25, seed: int = 0,
-                            file_format: str = ".nii.gz", dtype: str = "uint16") -> dict[str, list[Path]]:
+                            cases_per_subset: int = DEFAULT_CASES_PER_SUBSET, patch_scale: float = 0.25,
+                            seed: int = 0, file_format: str = ".nii.gz",
+                            dtype: str = "uint16") -> dict[str, list[Path]]:
     """Write annotated patches of the 2024 subsets in one of ``LAYOUTS``.
 
     Parameters
@@ -103,7 +106,8 @@ def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets
     root : download root (created if missing).
     layout : ``challenge``, ``bia`` or ``prefixed``.
     subsets : names from ``SUBSETS_2024``.
-    cases_per_subset : patches per subset, numbered 000, 001, ...
+    cases_per_subset : patches per subset, numbered 000, 001, ... (default 5: ``nnUNetv2_train`` folds
+        0-4 need at least 5 cases; with fewer only ``nnUNetv2_train ... all`` works).
     patch_scale : multiplies the real 2024 patch shapes (``PATCH_SHAPES_2024``), min 16 per axis.
     seed : same seed, same bytes.
     file_format : ``.nii.gz`` or ``.mha``.
@@ -259,7 +263,8 @@ def write_test_inputs(out_dir: str | Path, structures=("cfos", "microglia"), cas
     return written
 
 
-def write_download(root: str | Path, layout: str = "challenge", cases_per_subset: int = 3, patch_scale: float = 0.25,
+def write_download(root: str | Path, layout: str = "challenge", cases_per_subset: int = DEFAULT_CASES_PER_SUBSET,
+                   patch_scale: float = 0.25,
                    unannotated_shape: tuple[int, int, int] = (64, 128, 128), unannotated_per_structure: int = 1,
                    unannotated_dtype: str = "uint16", seed: int = 0, test_inputs: bool = True,
                    file_format: str = ".nii.gz", overwrite: bool = False, slab: int = 32) -> dict:

@@ -206,6 +206,14 @@ class LightSheetScene:
         q = (((points - self.centre) / self.radii) ** 2).sum(1) + 0.12 * self.tissue_field.at(points)
         return q < 0.97
 
+    def _fallback_point(self, rng: np.random.Generator) -> np.ndarray:
+        """A point inside the sample and, if any of 64 candidates is, inside tissue: where a scene
+        whose random draw placed no object gets one (an annotated patch never has an empty mask)."""
+        shp = np.asarray(self.shape, float)
+        candidates = np.vstack([shp / 2, rng.uniform(0, 1, (64, 3)) * (shp - 0.5)])
+        inside = candidates[self._tissue_at(candidates)]
+        return inside[0] if len(inside) else shp / 2
+
     def _draw_objects(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Ellipsoids (N, 6 + C): cz cy cx rz ry rx b..; capsules (M, 8 + C): z0 y0 x0 z1 y1 x1 r0 r1 b.."""
         s, shape, C = self.structure, self.shape, self.n_channels
@@ -218,6 +226,8 @@ class LightSheetScene:
             }[s]
             centres = _scattered_centres(rng, shape, spacing, 2 * rmax + 1.0)
             centres = centres[self._tissue_at(centres)]
+            if not len(centres):  # sparse structures (microglia) can draw none: never an empty mask
+                centres = self._fallback_point(rng)[None]
             radii = rng.uniform(rmin, rmax, (len(centres), 3))
             radii[:, 0] = np.clip(radii[:, 0] * rng.uniform(0.9, 1.2, len(centres)), rmin, rmax)
             b = rng.uniform(bmin, bmax, (len(centres), 1))
@@ -232,6 +242,8 @@ class LightSheetScene:
         elif s == "plaques":
             centres = _scattered_centres(rng, shape, 32.0, 26.0)
             centres = centres[self._tissue_at(centres)]
+            if not len(centres):
+                centres = self._fallback_point(rng)[None]
             for c in centres:
                 b = rng.uniform(1500, 4000)
                 ell.append([[*c, *rng.uniform(4.0, 7.0, 3), b]])
@@ -257,6 +269,12 @@ class LightSheetScene:
                     _grow_tree(rng, caps, start, sign * d, r0, shape, seg_len=4.0, wiggle=0.3,
                                p_branch=0.12 if large else 0.25, r_min=1.1, decay=0.985,
                                max_steps=int(rng.integers(10, 25)), z_damp=z_damp, brightness=brightness,
+                               max_segments=10**7)
+            if not caps:  # no root fell in tissue: one capillary tree from a tissue point
+                start, d = self._fallback_point(rng), _random_unit(rng)
+                for sign in (1, -1):
+                    _grow_tree(rng, caps, start, sign * d, 1.5, shape, seg_len=4.0, wiggle=0.3, p_branch=0.25,
+                               r_min=1.1, decay=0.985, max_steps=12, z_damp=z_damp, brightness=brightness,
                                max_segments=10**7)
         ell = np.concatenate([np.asarray(e, float).reshape(-1, 6 + C) for e in ell]) if ell else np.zeros((0, 6 + C))
         caps = np.asarray(caps, float).reshape(-1, 8 + C)
