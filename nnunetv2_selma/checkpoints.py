@@ -181,7 +181,8 @@ def _adapt_input_channels(weight: torch.Tensor, channels: int) -> tuple[torch.Te
 
 
 def load_pretrained_weights(
-    network: torch.nn.Module, path: str | os.PathLike, log: Callable[..., object] = print
+    network: torch.nn.Module, path: str | os.PathLike, log: Callable[..., object] = print,
+    detail: Callable[..., object] | None = None,
 ) -> dict:
     """Load pretrained weights into ``network``, checking every tensor and reporting the outcome.
 
@@ -205,8 +206,11 @@ def load_pretrained_weights(
         Checkpoint (see :func:`read_checkpoint_weights`); it is read with ``map_location="cpu"``,
         so checkpoints saved on a GPU load on a CPU-only machine.
     log : callable
-        Called with one string per line of the report (``print`` or a trainer's
-        ``print_to_log_file``).
+        Called once, with the one-line summary (tensors loaded / adapted / skipped and why).
+    detail : callable, optional
+        Called with one string per tensor (``loaded``/``adapted``/``skipped`` and the reason), e.g.
+        a trainer's log file only; None drops them (the returned report holds them all). A network
+        has hundreds of tensors: they belong in a log file, not on the console.
 
     Returns
     -------
@@ -290,15 +294,21 @@ def load_pretrained_weights(
     module.load_state_dict(to_load, strict=False)
 
     name = metadata.get("method", "")
-    log(f"Loading pretrained weights from {path}" + (f" (pretraining method: {name})" if name else ""))
-    for key in loaded:
-        note = f"  [adapted: {adapted[key]}]" if key in adapted else ""
-        log(f"  loaded  {key} {tuple(target[key].shape)}{note}")
-    for key, reason in skipped.items():
-        log(f"  skipped {key}: {reason}")
-    n_encoder_only = sum(1 for r in skipped.values() if r.startswith("not in checkpoint"))
-    log(
-        f"Pretrained weights: {len(loaded)} tensors loaded, {len(skipped)} skipped"
-        + (f" ({n_encoder_only} decoder tensors not in the encoder-only checkpoint)" if n_encoder_only else "")
-    )
+    if detail is not None:
+        detail(f"Loading pretrained weights from {path}" + (f" (pretraining method: {name})" if name else ""))
+        for key in loaded:
+            note = f"  [adapted: {adapted[key]}]" if key in adapted else ""
+            detail(f"  loaded  {key} {tuple(target[key].shape)}{note}")
+        for key, reason in skipped.items():
+            detail(f"  skipped {key}: {reason}")
+    why = {"segmentation head": 0, "decoder tensors not in the encoder-only checkpoint": 0,
+           "in the checkpoint only": 0}
+    for reason in skipped.values():
+        key = ("segmentation head" if reason.startswith("segmentation head") else
+               "decoder tensors not in the encoder-only checkpoint" if reason.startswith("not in checkpoint") else
+               "in the checkpoint only")
+        why[key] += 1
+    reasons = ", ".join(f"{n} {k}" for k, n in why.items() if n)
+    log(f"Pretrained weights from {path}" + (f" ({name})" if name else "") + f": {len(loaded)} tensors loaded, "
+        f"{len(adapted)} adapted, {len(skipped)} skipped" + (f" ({reasons})" if reasons else ""))
     return {"loaded": loaded, "skipped": skipped, "adapted": adapted}

@@ -112,12 +112,18 @@ def test_preset_gives_every_dataset_the_same_network(planned):
 def test_loader_reports_adapts_and_refuses(checkpoints):
     plans, ssl = checkpoints["plans"], checkpoints["ssl_network"]
     lines: list[str] = []
+    details: list[str] = []
     net = build_network(plans, num_output_channels=2, deep_supervision=True)
-    report = load_pretrained_weights(net, checkpoints["ssl"], log=lines.append)
+    report = load_pretrained_weights(net, checkpoints["ssl"], log=lines.append, detail=details.append)
     assert all(".seg_layers." in k for k in report["skipped"])
     assert torch.equal(net.state_dict()["decoder.stages.0.convs.0.conv.weight"],
                        ssl.state_dict()["decoder.stages.0.convs.0.conv.weight"])
-    assert any(line.startswith("  loaded  encoder.stem") for line in lines)
+    # one summary line; one line per tensor for the log file
+    n_loaded, n_skipped = len(report["loaded"]), len(report["skipped"])
+    assert lines == [f"Pretrained weights from {checkpoints['ssl']} (test-mae): {n_loaded} tensors loaded, 0 adapted, "
+                     f"{n_skipped} skipped ({n_skipped} segmentation head)"]
+    assert any(line.startswith("  loaded  encoder.stem") for line in details)
+    assert len(details) == 1 + n_loaded + n_skipped
     # the stock nnU-Net loader reads our checkpoint too (-pretrained_weights of any trainer)
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights as stock
 
@@ -161,6 +167,21 @@ def test_loader_unwraps_ddp_and_prefixes(checkpoints, tmp_path):
     assert "encoder.stem.convs.0.conv.weight" in report["loaded"]
     assert torch.equal(ddp.module.state_dict()["encoder.stem.convs.0.conv.weight"],
                        ssl.state_dict()["encoder.stem.convs.0.conv.weight"])
+
+
+def test_trainer_prints_one_summary_line_and_logs_every_tensor(planned, checkpoints, capsys):
+    from nnunetv2_selma.training.trainers import nnUNetTrainerSelma
+
+    plans = {**json.loads(planned["plans"][521].read_text()), "continue_training": False}  # as run_training adds
+    dataset_json = json.loads((planned["raw"][521] / "dataset.json").read_text())
+    trainer = nnUNetTrainerSelma(plans, "3d_fullres", 4, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    capsys.readouterr()
+    report = trainer.load_pretrained(checkpoints["ssl"])
+    console = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(console) == 1 and f"{len(report['loaded'])} tensors loaded" in console[0], console
+    log = Path(trainer.log_file).read_text()
+    assert "loaded  encoder.stem.convs.0.conv.weight" in log and "skipped decoder.seg_layers.0.weight" in log
 
 
 def test_warmup_then_poly_schedule():

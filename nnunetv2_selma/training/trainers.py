@@ -5,9 +5,9 @@ What :class:`nnUNetTrainerSelma` changes compared with ``nnUNetTrainer``:
 * **Pretrained weights.** From the environment variable ``nnUNet_selma_pretrained`` (read when the
   trainer initialises) and/or nnU-Net's own ``-pretrained_weights FILE``. Both go through
   :func:`nnunetv2_selma.checkpoints.load_pretrained_weights`: CPU or GPU-saved checkpoints,
-  encoder-only checkpoints, a first convolution adapted to another channel count, and a log of
-  every loaded / skipped tensor in the training log. With both given, ``-pretrained_weights``
-  is loaded last and wins.
+  encoder-only checkpoints, a first convolution adapted to another channel count, one summary
+  line on the console and every loaded / skipped tensor in the training log file. With both
+  given, ``-pretrained_weights`` is loaded last and wins.
 
   How ``-pretrained_weights`` reaches our loader: ``nnunetv2.run.run_training.maybe_load_checkpoint``
   calls the module-level name ``load_pretrained_weights`` of ``nnunetv2.run.run_training`` right
@@ -171,7 +171,8 @@ class nnUNetTrainerSelma(nnUNetTrainer):
             self.load_pretrained(path)
 
     def load_pretrained(self, path: str | os.PathLike) -> dict:
-        """Load a pretrained checkpoint into the network, logging every tensor to the training log.
+        """Load a pretrained checkpoint into the network: a summary on the console and in the training
+        log, every tensor in the training log only.
 
         Returns the report of :func:`nnunetv2_selma.checkpoints.load_pretrained_weights`;
         raises its ``ValueError`` (mismatching tensor with both shapes, nothing loadable).
@@ -179,7 +180,10 @@ class nnUNetTrainerSelma(nnUNetTrainer):
         if not self.was_initialized:
             self.initialize()
         try:
-            report = load_pretrained_weights(self.network, path, log=self.print_to_log_file)
+            # one summary line on the console; the per-tensor report (hundreds of lines) in the log file only
+            report = load_pretrained_weights(
+                self.network, path, log=self.print_to_log_file,
+                detail=lambda line: self.print_to_log_file(line, also_print_to_console=False))
         except (ValueError, FileNotFoundError) as e:
             self.print_to_log_file(f"ERROR loading pretrained weights: {e}")
             raise
