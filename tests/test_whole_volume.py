@@ -189,3 +189,84 @@ def test_output_holding_another_volume_is_not_overwritten(setup, tmp_path):
     with pytest.raises(FileExistsError, match="partial run with other"):
         predict_large(setup["slices"], single, setup["model"], block_size=BLOCK, progress=False)
     assert not single.exists()
+
+
+def _predict_large_command(setup, inputs, out, *extra):
+    stats = setup["stats"][0]
+    return [str(Path(sys.executable).parent / "nnUNetv2_selma_predict_large"), "-i", str(inputs), "-o", str(out),
+            "-m", str(setup["model"]), "-f", "0", "--stats", str(stats[0]), str(stats[1]), "--quiet", *extra]
+
+
+def test_input_changed_after_kill_is_refused_by_name(setup, tmp_path):
+    """A partial run must not be resumed on an input whose content changed (old blocks, old statistics)."""
+    slices = _write_slices(tmp_path / "changing", setup["vol"])
+    out = tmp_path / "changed_out.tif"
+    command = _predict_large_command(setup, slices, out, "--block", "8", "32", "32")
+    progress = tmp_path / "changed_out.tif.partial" / "progress.json"
+    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads(progress.read_text())["done"]) >= 2:
+                break
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and progress.is_file()
+    # the same file names and shape, inverted content (as a user re-exporting the volume would)
+    inverted = (setup["vol"].max() - setup["vol"]).astype(setup["vol"].dtype)
+    for z in range(inverted.shape[0]):
+        tifffile.imwrite(slices / f"plane_{z}.tif", inverted[z])
+    res = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True)
+    assert res.returncode != 0, "a changed input must not be resumed"
+    assert "Traceback" not in res.stderr
+    assert f"error: {slices}: input changed since the partial run" in res.stderr
+    assert "remove" in res.stderr and str(progress.parent) in res.stderr
+    assert not out.exists()
+    # content rewritten with the old modification times kept (cp -p, rsync -t) is caught by the sample
+    stamps = {p: p.stat().st_mtime_ns for p in slices.iterdir()}
+    tifffile.imwrite(slices / "plane_12.tif", setup["vol"][12])
+    os.utime(slices / "plane_12.tif", ns=(stamps[slices / "plane_12.tif"],) * 2)
+    res = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True)
+    assert res.returncode != 0 and "sampled voxels differ" in res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block", "0"], "argument --block: found 0; expected an integer >= 1"),
+    (["--block", "-4"], "argument --block: found -4; expected an integer >= 1"),
+    (["--block", "8", "8"], "argument --block: found 2 integers; expected 1 or 3"),
+    (["-step_size", "0"], "argument -step_size/--step-size: found 0; expected a number in (0, 1]"),
+    (["-step_size", "1.5"], "argument -step_size/--step-size: found 1.5; expected a number in (0, 1]"),
+    (["--stats", "100", "0"], "argument --stats: found std 0.0 for channel 0; expected a std > 0"),
+    (["--stats", "nan", "1"], "argument --stats: found nan; expected a finite number"),
+    (["--workers", "0"], "argument --workers: found 0; expected an integer >= 1"),
+])
+def test_numeric_arguments_refused_before_any_work(setup, tmp_path, args, message):
+    out = tmp_path / "never"
+    command = [str(Path(sys.executable).parent / "nnUNetv2_selma_predict_large"), "-i", str(setup["slices"]),
+               "-o", str(out), "-m", str(setup["model"]), "--quiet", *args]
+    res = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_suffix_output_is_refused(setup, tmp_path):
+    res = subprocess.run(_predict_large_command(setup, setup["slices"], tmp_path / "out.png"), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"error: {tmp_path / 'out.png'}: cannot write output of kind '.png'" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dask_local_cluster_shuts_down_quietly(setup, tmp_path):
+    out = tmp_path / "dask_quiet.b2nd"
+    res = subprocess.run(_predict_large_command(setup, setup["slices"], out, "--block", "16", "32", "32",
+                                                "--workers", "2"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    noise = [line for line in res.stderr.splitlines()
+             if any(w in line for w in ("Nanny", "Scheduler", "scheduler", "worker", "Worker", "signal", "dashboard"))]
+    assert not noise, "\n".join(noise)
+    np.testing.assert_array_equal(open_volume(out).read(tuple(slice(0, s) for s in SHAPE)), setup["reference"])

@@ -83,6 +83,14 @@ class VolumeSource:
     def check_all_planes(self) -> None:
         """Check, cheaply and before any output is written, that every plane can be read as announced."""
 
+    def files(self) -> list[Path]:
+        """The files whose size and modification time stand for the volume's content (in a fixed order).
+
+        One file for single-file kinds, every slice for a slice folder, the array metadata for OME-Zarr
+        (a whole brain has millions of chunk files; sampled content covers them, see ``whole_volume``).
+        """
+        return [self.path]
+
 
 class _SliceFolderSource(VolumeSource):
     kind = "slices"
@@ -93,6 +101,9 @@ class _SliceFolderSource(VolumeSource):
         self.shape = tuple(int(s) for s in self.series.shape)
         self.dtype = np.dtype(self.series.dtype)
         self.geometry = dict(IDENTITY_GEOMETRY)
+
+    def files(self) -> list[Path]:
+        return list(self.series.files)
 
     def check_all_planes(self) -> None:
         # headers only: catches truncated files and slices of another size before any block is written
@@ -223,6 +234,12 @@ class _ZarrSource(VolumeSource):
 
     def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         return np.asarray(self._array[(*self._lead, *region)])
+
+    def files(self) -> list[Path]:
+        # the group's and its arrays' metadata only: listing the chunk files of a whole brain takes minutes
+        names = (".zarray", ".zattrs", ".zgroup", "zarr.json")
+        folders = [self.path, *sorted(p for p in self.path.iterdir() if p.is_dir())]
+        return [f / n for f in folders for n in names if (f / n).is_file()]
 
 
 class _InMemorySource(VolumeSource):

@@ -28,6 +28,8 @@ with the same arguments skips them. On several GPUs or machines, blocks are task
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import logging
@@ -413,10 +415,13 @@ class BlockPredictor:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         self.device = torch.device(device)
-        self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=use_gaussian,
-                                         use_mirroring=use_mirroring,
-                                         perform_everything_on_device=self.device.type == "cuda",
-                                         device=self.device, verbose=False, allow_tqdm=False)
+        # nnU-Net prints "perform_everything_on_device=True is only supported for cuda" for any CPU device,
+        # even when False is passed: once per process (per dask worker) of noise on stdout
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=use_gaussian,
+                                             use_mirroring=use_mirroring,
+                                             perform_everything_on_device=self.device.type == "cuda",
+                                             device=self.device, verbose=False, allow_tqdm=False)
         self.predictor.initialize_from_trained_model_folder(str(model_folder), list(folds), checkpoint_name)
         self.predictor.network = self.predictor.network.to(self.device)
         self.predictor.network.eval()
@@ -617,6 +622,63 @@ def _signature_mismatch(a: dict, b: dict) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+class InputChangedError(ValueError):
+    """An input volume differs from the one a partial run or a finished output was computed from."""
+
+
+#: z planes whose content is hashed into an input's signature, and voxels hashed per plane at most
+CONTENT_SAMPLE_PLANES = 5
+CONTENT_SAMPLE_VOXELS = 2**20
+
+
+def input_content_signature(source: VolumeSource) -> dict:
+    """What stands for an input's content in the resume signature, cheaply: no full read.
+
+    ``files``: how many files; ``stat``: a digest of every file's name, size and modification time
+    (ns), which catches any rewrite by ordinary tools; ``sample``: a digest of the voxels of
+    ``CONTENT_SAMPLE_PLANES`` evenly spaced z planes (a central band of at most
+    ``CONTENT_SAMPLE_VOXELS`` voxels each), which catches a copy that kept the old times (``cp -p``,
+    ``rsync -t``). A change outside the sampled bands with times kept is the one thing not seen.
+    """
+    import hashlib
+
+    files = source.files()
+    stat = hashlib.blake2b(digest_size=16)
+    for f in files:
+        st = f.stat()
+        stat.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    z, y, x = source.shape
+    rows = max(1, min(y, CONTENT_SAMPLE_VOXELS // max(1, x)))
+    band = slice((y - rows) // 2, (y - rows) // 2 + rows)
+    sample = hashlib.blake2b(digest_size=16)
+    for plane in sorted({round(i * (z - 1) / max(1, CONTENT_SAMPLE_PLANES - 1)) for i in range(CONTENT_SAMPLE_PLANES)}):
+        sample.update(np.ascontiguousarray(source.read((slice(plane, plane + 1), band, slice(0, x)))).tobytes())
+    return {"files": len(files), "stat": stat.hexdigest(), "sample": sample.hexdigest()}
+
+
+def _check_inputs_unchanged(recorded: dict, current: dict, what: str, remedy: str) -> None:
+    """Raise :class:`InputChangedError` naming the first input whose content signature differs."""
+    old_inputs, new_inputs = recorded.get("inputs"), current["inputs"]
+    old_content = recorded.get("input_content")
+    if old_inputs != new_inputs or old_content == current["input_content"]:
+        return  # other inputs altogether: the generic signature message says so
+    if not isinstance(old_content, list) or len(old_content) != len(new_inputs):
+        raise InputChangedError(f"{what} records no content signature of its input (made by an older version), "
+                                f"so it cannot be proven to match {new_inputs[0]}; nothing was resumed. {remedy}")
+    for path, old, new in zip(new_inputs, old_content, current["input_content"]):
+        if old == new:
+            continue
+        changes = []
+        if old.get("files") != new["files"]:
+            changes.append(f"{old.get('files')} files then, {new['files']} now")
+        elif old.get("stat") != new["stat"]:
+            changes.append("file sizes or modification times differ")
+        if old.get("sample") != new["sample"]:
+            changes.append("sampled voxels differ")
+        raise InputChangedError(f"{path}: input changed since {what} was computed from it ({'; '.join(changes)}); "
+                                f"nothing was resumed or overwritten. {remedy}")
+
+
 def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Path, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -696,10 +758,13 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     output = Path(output).resolve()
     model_folder = Path(model_folder).resolve()
     folds = tuple(f if f == "all" else int(f) for f in folds)
-    if volume_kind(output) in ("zarr", ""):
-        raise ValueError(f"{output}: cannot write this kind of output; expected {SUPPORTED_OUTPUTS}")
+    kind = volume_kind(output)
+    if kind in ("zarr", "") or (kind == "slices" and any(c.isalpha() for c in output.suffix)):
+        raise ValueError(f"{output}: cannot write output of kind {output.suffix or output.name!r}; expected "
+                         f"{SUPPORTED_OUTPUTS} (a folder of TIFF slices is a path without a suffix)")
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
+    _check_run_numbers(block_size, tile_step_size, workers, intensity_stats)
 
     sources = [open_volume(p) for p in inputs]
     for p, s in zip(inputs[1:], sources[1:]):
@@ -728,6 +793,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         "checkpoint_name": checkpoint_name, "configuration": configuration_name, "block_size": list(block_size),
         "tile_step_size": float(tile_step_size), "use_mirroring": bool(use_mirroring),
         "intensity_stats": None if intensity_stats is None else [list(map(float, s)) for s in intensity_stats],
+        "input_content": [input_content_signature(s) for s in sources],
     }
     record_path = output.with_name(output.name + RECORD_SUFFIX)
     work_dir = output.with_name(output.name + PARTIAL_SUFFIX)
@@ -735,6 +801,9 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     if output_exists:
         if record_path.is_file():
             record = json.loads(record_path.read_text())
+            _check_inputs_unchanged(record.get("signature", {}), signature, f"the finished output {output}",
+                                    f"To predict the new content, remove {output} and {record_path.name}, or choose "
+                                    f"another output path.")
             if not _signature_mismatch(record.get("signature", {}), signature):
                 logger.info("%s: already predicted with these arguments; nothing to do", output)
                 return output
@@ -745,6 +814,10 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     blocks_dir = work_dir / "blocks"
     if progress_path.is_file():
         state = json.loads(progress_path.read_text())
+        _check_inputs_unchanged(state.get("signature", {}), signature,
+                                f"the partial run in {work_dir} ({len(state.get('done', []))} blocks done)",
+                                f"To start fresh on the new content, remove {work_dir} and rerun; to resume, "
+                                f"restore the original input.")
         differ = _signature_mismatch(state.get("signature", {}), signature)
         if differ:
             raise FileExistsError(f"{work_dir}: holds a partial run with other {', '.join(differ)}; nothing was "
@@ -833,29 +906,55 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     return output
 
 
+def _check_run_numbers(block_size, tile_step_size, workers, intensity_stats) -> None:
+    """Refuse numbers that would make a run loop, divide by zero or make no sense, before any work."""
+    sizes = [block_size] if isinstance(block_size, (int, np.integer)) else list(block_size or [])
+    if block_size is not None and (len(sizes) not in (1, 3) or any(int(b) != b or b < 1 for b in sizes)):
+        raise ValueError(f"block_size {block_size}: expected one integer or three (z, y, x), each >= 1")
+    if not (math.isfinite(tile_step_size) and 0 < tile_step_size <= 1):
+        raise ValueError(f"tile_step_size {tile_step_size}: expected a number in (0, 1] (nnU-Net's default 0.5)")
+    if workers is not None and (int(workers) != workers or workers < 1):
+        raise ValueError(f"workers {workers}: expected an integer >= 1")
+    for c, pair in enumerate(intensity_stats or []):
+        mean, std = (float(v) for v in pair)
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"intensity_stats of channel {c}: mean {mean}, std {std}; expected a finite mean "
+                             f"and a finite std > 0")
+
+
 def _run_on_dask(job: BlockJob, pending: Sequence[Block], workers: int | None, scheduler: str | None,
                  finished) -> None:
     """Blocks as dask.distributed tasks; ``finished(index)`` is called here as each one completes."""
     from distributed import Client, LocalCluster, as_completed
 
+    # distributed logs ~24 INFO lines per local cluster (start, each worker, shutdown) and, at shutdown, a
+    # "killed by signal 9" warning for a worker that the nanny stopped on purpose: keep its warnings while
+    # the blocks run (a worker that really dies), silence it while the cluster is closed on purpose
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
     cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
     try:
-        futures = [client.submit(run_block, job, block, key=f"selma-block-{block.index}-{os.getpid()}",
-                                 pure=False) for block in pending]
-        for future in as_completed(futures):
-            finished(future.result())
+        if scheduler is None:
+            dask_logger.setLevel(logging.WARNING)
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.WARNING)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler)
+        try:
+            futures = [client.submit(run_block, job, block, key=f"selma-block-{block.index}-{os.getpid()}",
+                                     pure=False) for block in pending]
+            for future in as_completed(futures):
+                finished(future.result())
+        finally:
+            dask_logger.setLevel(logging.CRITICAL)
+            client.close()
+            if cluster is not None:
+                cluster.close()
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        dask_logger.setLevel(level)
 
 
-__all__ = ["Block", "BlockJob", "BlockPlan", "BlockPredictor", "VolumeFrame", "compute_tile_starts",
-           "default_block_size", "gather_volume_statistics", "plan_blocks", "predict_block", "predict_large",
-           "read_model_configuration", "run_block"]
+__all__ = ["Block", "BlockJob", "BlockPlan", "BlockPredictor", "InputChangedError", "VolumeFrame",
+           "compute_tile_starts", "default_block_size", "gather_volume_statistics", "input_content_signature",
+           "plan_blocks", "predict_block", "predict_large", "read_model_configuration", "run_block"]
