@@ -5,6 +5,7 @@ Stages, each one the real command a user would type (run as a subprocess with th
 
     synthesize -> convert -> ingest -> plan (SELMA preset) -> pretrain (masked image modelling)
     -> fine-tune from scratch and from the pretrained checkpoint (same trainer, same budget)
+    -> challenge-style test inputs to nnU-Net names (nnUNetv2_selma_convert --test-inputs)
     -> nnUNetv2_predict on the held-out test structure -> whole-volume block-wise inference
     -> SELMA3D 2024 evaluation -> report.md with a table and pictures
 
@@ -107,20 +108,6 @@ def _script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _nnunet_test_folder(test_images: list[Path], folder: Path) -> dict[str, Path]:
-    """Copy challenge-style test inputs (.mha/.tif) into nnU-Net's ``<case>_0000.nii.gz`` naming."""
-    from nnunetv2_selma.io import read_image, strip_image_suffix, write_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cases = {}
-    for path in test_images:
-        case = strip_image_suffix(path)
-        array, _ = read_image(path)
-        write_image(folder / f"{case}_0000.nii.gz", array)
-        cases[case] = path
-    return cases
-
-
 def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device: str = "cpu",
              seed: int = 0, keep: bool = False) -> Path:
     """Run the whole pipeline on generated data and write ``<out_dir>/report.md``.
@@ -138,6 +125,7 @@ def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device:
     -------
     Path of ``report.md``.
     """
+    from nnunetv2_selma.io import strip_image_suffix
     from nnunetv2_selma.synthetic.download import write_download, write_test_inputs
 
     if profile not in PROFILES:
@@ -200,8 +188,11 @@ def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device:
 
     # 6. fine-tune both arms with the same trainer (same budget), each in its own results folder
     arms = {"scratch": None, "pretrained": checkpoint}
+    # challenge-style inputs (cfos_001.mha, .tif) -> CASE_0000.nii.gz, the names nnUNetv2_predict finds
     test_nnunet = out / "test_inputs_nnunet"
-    cases = _nnunet_test_folder(test_images, test_nnunet)
+    run("test_inputs", [_script("nnUNetv2_selma_convert"), "--test-inputs", str(test_dir / "images"),
+                        "-o", str(test_nnunet)])
+    cases = {strip_image_suffix(p): p for p in test_images}
     results: dict[str, dict] = {}
     for arm, weights in arms.items():
         arm_env = {"nnUNet_results": str(out / f"nnUNet_results_{arm}")}

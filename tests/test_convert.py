@@ -289,3 +289,70 @@ def test_2025_prefixes_and_unknown_subsets(downloads, tmp_path):
                                                    "MyNewCells": "Dataset711_SELMA3D_MyNewCells"}
     dj = json.loads((out["BloodVessels"] / "dataset.json").read_text())
     assert dj["channel_names"] == {"0": "LSM0", "1": "LSM1"} and dj["labels"] == {"background": 0, "BloodVessels": 1}
+
+
+# ------------------------------------------------------------------------------------------ test inputs
+def test_challenge_test_inputs_become_an_nnunet_input_folder_and_predictions_come_back(tmp_path, capsys):
+    import SimpleITK as sitk  # noqa: N813
+    import tifffile
+    import torch
+    from model_factory import make_model_folder
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    from nnunetv2_selma.synthetic.download import write_test_inputs
+
+    shape = (20, 24, 24)
+    write_test_inputs(tmp_path / "test", cases_per_structure=2, shape=shape, seed=0)
+    mha = tmp_path / "test" / "images" / "cfos_001.mha"
+    img = sitk.ReadImage(str(mha))
+    img.SetSpacing((0.75, 0.75, 2.5))
+    img.SetOrigin((-3.0, 4.0, 5.0))
+    sitk.WriteImage(img, str(mha))
+    # plain nnU-Net discovery finds nothing in a challenge-style folder: the reason for this step
+    assert create_lists_from_splitted_dataset_folder(str(tmp_path / "test" / "images"), ".nii.gz", num_processes=1) \
+        == []
+
+    nnunet_in, pred, out = tmp_path / "nnunet_in", tmp_path / "pred", tmp_path / "out"
+    assert convert_main(["--test-inputs", str(tmp_path / "test"), "-o", str(nnunet_in)]) == 0
+    assert "4 case(s)" in capsys.readouterr().out
+    lists = create_lists_from_splitted_dataset_folder(str(nnunet_in), ".nii.gz", num_processes=1)
+    assert [[Path(f).name for f in case] for case in lists] == [
+        [f"{case}_0000.nii.gz"] for case in ("cfos_001", "cfos_002", "microglia_001", "microglia_002")]
+    written = sitk.ReadImage(str(nnunet_in / "cfos_001_0000.nii.gz"))
+    assert written.GetSpacing() == (1.0, 1.0, 1.0)  # predicted on the voxel grid, as the container does
+
+    model = make_model_folder(tmp_path / "results", "Dataset500_SELMAtest", patch_size=(16, 32, 32))
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
+                                allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    pred.mkdir()  # nnUNetv2_predict creates it; the sequential API does not
+    predictor.predict_from_files_sequential(str(nnunet_in), str(pred))
+    assert len(list(pred.glob("*.nii.gz"))) == 4
+
+    assert convert_main(["--back", str(pred), "--test-inputs", str(nnunet_in), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "test" / "images").iterdir())
+    back = sitk.ReadImage(str(out / "cfos_001.mha"))
+    assert back.GetSpacing() == (0.75, 0.75, 2.5) and back.GetOrigin() == (-3.0, 4.0, 5.0)
+    mask = sitk.GetArrayFromImage(back)
+    assert mask.shape == shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    tif = tifffile.imread(out / "microglia_001.tif")
+    seg, _ = read_image(pred / "microglia_001.nii.gz")
+    np.testing.assert_array_equal(tif, (seg > 0).astype(np.uint8))
+
+    # a 2-channel (WGA + Evans blue) vessel input as one 4D TIFF -> _0000 and _0001
+    vessel = tmp_path / "vessel"
+    vessel.mkdir()
+    tifffile.imwrite(vessel / "vessel_001.tif", np.stack([np.full(shape, 5, np.uint16), np.full(shape, 7, np.uint16)]))
+    assert convert_main(["--test-inputs", str(vessel), "-o", str(tmp_path / "vessel_in")]) == 0
+    lists = create_lists_from_splitted_dataset_folder(str(tmp_path / "vessel_in"), ".nii.gz", num_processes=1)
+    assert [[Path(f).name for f in case] for case in lists] == [["vessel_001_0000.nii.gz", "vessel_001_0001.nii.gz"]]
+    assert read_image(tmp_path / "vessel_in" / "vessel_001_0001.nii.gz")[0].max() == 7
+
+    # mixed channel counts and missing predictions are refused by name
+    shutil.copy(vessel / "vessel_001.tif", tmp_path / "test" / "images" / "vessel_001.tif")
+    assert convert_main(["--test-inputs", str(tmp_path / "test"), "-o", str(tmp_path / "mixed")]) == 1
+    assert "different channel counts" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
+    (pred / "cfos_002.nii.gz").unlink()
+    assert convert_main(["--back", str(pred), "--test-inputs", str(nnunet_in), "-o", str(tmp_path / "o2")]) == 1
+    assert "no prediction for 1 of 4 test case(s): cfos_002" in capsys.readouterr().err

@@ -43,8 +43,8 @@ def test_results_hold_leaderboard_metrics(demo_run: Path):
         assert 0.0 <= aggregates["cfos_dice"] <= 1.0
         assert aggregates["cfos_betti_error_0"] >= 0
     # every stage ran and was timed
-    for stage in ("synthesize", "convert", "ingest", "plan", "pretrain", "finetune_scratch", "finetune_pretrained",
-                  "predict_scratch", "predict_pretrained", "predict_large", "total"):
+    for stage in ("synthesize", "convert", "ingest", "plan", "pretrain", "test_inputs", "finetune_scratch",
+                  "finetune_pretrained", "predict_scratch", "predict_pretrained", "predict_large", "total"):
         assert results["timings"][stage] > 0, stage
 
 

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "DatasetNNN_SELMA3D_<Structure>, in $nnUNet_raw.",
         epilog=f"Default dataset IDs: {DEFAULT_IDS_TEXT}.",
     )
-    p.add_argument("-i", "--input", required=True, help="root folder of the SELMA3D download")
+    p.add_argument("-i", "--input", default=None,
+                   help="root folder of the SELMA3D download (annotated patches -> nnU-Net raw datasets)")
     p.add_argument("-o", "--output", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--ids", nargs="+", type=_id_pair, default=[], metavar="SUBSET=ID",
                    help="dataset ID per subset, structure or 'combined', e.g. VessAP_vessel=502 combined=720")
@@ -55,11 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", nargs="+", default=None, help="convert only these subsets (names as on disk)")
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets of the same name")
     p.add_argument("-v", "--verbose", action="store_true", help="log every file")
+    test = p.add_argument_group(
+        "challenge test inputs (instead of -i)",
+        "nnUNetv2_predict finds only CASE_0000.nii.gz files ('0 cases' in a folder of cfos_001.mha): "
+        "--test-inputs IN -o NNUNET_IN writes IN's .mha/.tif inputs as CASE_0000.nii.gz (+ _0001 for a "
+        "second channel, e.g. a 4D vessel input) at unit spacing; after nnUNetv2_predict -i NNUNET_IN -o PRED, "
+        "--back PRED --test-inputs NNUNET_IN -o OUT writes the predictions under the inputs' names, formats "
+        "and geometry (binary 0/1 masks)")
+    test.add_argument("--test-inputs", default=None, metavar="FOLDER",
+                      help="challenge-style test inputs (or, with --back, the folder written from them)")
+    test.add_argument("--back", default=None, metavar="PREDICTIONS",
+                      help="nnUNetv2_predict output folder to turn back into challenge-named files (needs "
+                           "--test-inputs and -o)")
+    test.add_argument("--dtype", choices=("uint8", "int8"), default="uint8",
+                      help="pixel type of the --back masks (default uint8, the 2024 edition; 2025: int8)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.test_inputs is not None or args.back is not None:
+        return _convert_test_inputs(parser, args)
+    if args.input is None:
+        parser.error("-i/--input is required (or --test-inputs for challenge test inputs)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         # the per-file remapping lines are worth seeing even without -v
@@ -73,6 +93,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for structure, folder in out.items():
         print(f"{structure}: {folder}")
+    return 0
+
+
+def _convert_test_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--test-inputs IN -o NNUNET_IN, or --back PRED --test-inputs NNUNET_IN -o OUT."""
+    from nnunetv2_selma.dataset_conversion.challenge_inputs import (
+        challenge_inputs_to_nnunet,
+        predictions_to_challenge,
+    )
+
+    if args.input is not None:
+        parser.error("-i converts annotated patches; --test-inputs/--back convert test inputs: give one of them")
+    if args.test_inputs is None or args.output is None:
+        parser.error("--test-inputs FOLDER and -o FOLDER are both required here")
+    try:
+        if args.back is not None:
+            written = predictions_to_challenge(args.back, args.test_inputs, args.output, dtype=args.dtype)
+            print(f"{len(written)} prediction(s) written to {args.output} under the test inputs' names")
+        else:
+            inputs = challenge_inputs_to_nnunet(args.test_inputs, args.output)
+            print(f"{len(inputs)} case(s) written to {args.output} as CASE_0000.nii.gz "
+                  f"({inputs[0].n_channels} channel(s)); next: nnUNetv2_predict -i {args.output} -o PRED ..., "
+                  f"then nnUNetv2_selma_convert --back PRED --test-inputs {args.output} -o OUT")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
