@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from nnunetv2_selma.cli._args import add_debug_flag, cli_command, positive_float, positive_int
 from nnunetv2_selma.dataset_conversion.annotated import (
     DEFAULT_FIRST_ID,
     DEFAULT_IDS_TEXT,
@@ -44,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--ids", nargs="+", type=_id_pair, default=[], metavar="SUBSET=ID",
                    help="dataset ID per subset, structure or 'combined', e.g. VessAP_vessel=502 combined=720")
-    p.add_argument("--first-id", type=int, default=DEFAULT_FIRST_ID,
+    p.add_argument("--first-id", type=positive_int, default=DEFAULT_FIRST_ID,
                    help=f"shift all default IDs so that the first is this one (default {DEFAULT_FIRST_ID})")
     p.add_argument("--vessel-channel", nargs="+", type=_channel, default=None, metavar="C",
                    help="keep only these channels of multi-channel (vessel) subsets: 0/WGA, 1/EvansBlue "
                         "(default: both)")
     p.add_argument("--combined", action="store_true",
                    help="also write one dataset of all single-channel structures (label 'structure')")
-    p.add_argument("--spacing", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
+    p.add_argument("--spacing", nargs=3, type=positive_float, default=None, metavar=("Z", "Y", "X"),
                    help="voxel spacing to write (default 1 1 1: SELMA3D gives none)")
     p.add_argument("--subsets", nargs="+", default=None, help="convert only these subsets (names as on disk)")
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets of the same name")
@@ -70,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "--test-inputs and -o)")
     test.add_argument("--dtype", choices=("uint8", "int8"), default="uint8",
                       help="pixel type of the --back masks (default uint8, the 2024 edition; 2025: int8)")
+    add_debug_flag(p)
     return p
 
 
+@cli_command
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

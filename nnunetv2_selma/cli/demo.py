@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 
+from nnunetv2_selma.cli._args import add_debug_flag, cli_command, nonneg_int
 
+
+@cli_command
 def main(argv: list[str] | None = None) -> int:
     from nnunetv2_selma.demo import PROFILES, StageError, run_demo
 
@@ -18,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default="selma_demo", help="output folder (default ./selma_demo; replaced)")
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="size of the run (default quick)")
     parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="seed of the synthetic data")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:

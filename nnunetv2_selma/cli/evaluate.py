@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
+from nnunetv2_selma.cli._args import add_debug_flag, cli_command, positive_int
 from nnunetv2_selma.evaluation.leaderboard import CATEGORY_ALIASES, EDITION_NAMES
 
 
@@ -13,14 +15,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edition", required=True, choices=EDITION_NAMES, help="whose metrics to compute")
     parser.add_argument("--category", choices=sorted(CATEGORY_ALIASES), default=None,
                         help="force every case into this structure category instead of reading it from the case name")
-    parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("-np", "--num-processes", type=positive_int, default=min(4, os.cpu_count() or 1),
                         help="worker processes, one case each (default: min(4, CPUs))")
     parser.add_argument("--allow-missing", action="store_true",
                         help="score a missing prediction as an empty mask (with a warning) instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_debug_flag(parser)
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_command
+def main(argv: list[str] | None = None) -> int:
     """Score a folder of predictions (e.g. ``nnUNetv2_predict`` output) against the references."""
     from nnunetv2_selma.evaluation.folders import evaluate_folders
 
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.output}")
 
 
-def rank_main(argv: list[str] | None = None) -> None:
+@cli_command
+def rank_main(argv: list[str] | None = None) -> int:
     """Rank several prediction folders (or evaluation result JSONs) the way the challenge ranked teams."""
     from nnunetv2_selma.evaluation.folders import rank_predictions
 
@@ -62,4 +67,4 @@ def rank_main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

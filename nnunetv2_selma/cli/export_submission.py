@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from nnunetv2_selma.cli._args import add_debug_flag, cli_command
 from nnunetv2_selma.submission.export import DEFAULT_BASE_IMAGE, DEFAULT_BASE_PYTHON, export_submission
 from nnunetv2_selma.submission.interface import EDITIONS
 
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to pack (default: every fold with the checkpoint)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     p.add_argument("--default", default=None, help="model for inputs without a known prefix (default: the first)")
-    p.add_argument("--disable-mirroring", action="store_true", help="no test-time mirroring (faster)")
+    p.add_argument("--disable_tta", "--disable-mirroring", dest="disable_mirroring", action="store_true",
+                   help="no test-time mirroring in the container (faster). Default: mirroring on, as "
+                        "nnUNetv2_predict (whose --disable_tta this is)")
     p.add_argument("--base-image", default=DEFAULT_BASE_IMAGE, help=f"base image (default {DEFAULT_BASE_IMAGE})")
     p.add_argument("--base-python", default=DEFAULT_BASE_PYTHON,
                    help=f"CPython major.minor of the base image (default {DEFAULT_BASE_PYTHON})")
@@ -49,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing build folder written by this command (it holds .selma_submission); "
                         "any other folder is refused")
+    add_debug_flag(p)
     return p
 
 
+@cli_command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

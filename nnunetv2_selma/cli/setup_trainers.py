@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from nnunetv2_selma.cli._args import add_debug_flag, cli_command
 from nnunetv2_selma.nnunet_ext import export_line, install_pth, remove_pth, shim_folder
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_command
+def main(argv: list[str] | None = None) -> int:
     """Write (default), remove, or print the set-up that adds our trainer folder to ``nnUNet_extTrainer``."""
     parser = argparse.ArgumentParser(
         description="Register the nnunetv2-selma trainers with nnU-Net. By default writes a .pth file into "
@@ -20,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site-dir", default=None, help="site-packages folder to write to (default: this "
                         "interpreter's)")
     parser.add_argument("--remove", action="store_true", help="remove the .pth file again")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.print_only:
         print(export_line())
@@ -32,4 +36,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from nnunetv2_selma.cli._args import add_debug_flag, cli_command, nonneg_int, positive_float, positive_int
 from nnunetv2_selma.synthetic.download import DEFAULT_CASES_PER_SUBSET, LAYOUTS, PATCH_FORMATS, write_download
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_command
+def main(argv: list[str] | None = None) -> int:
     """Parse arguments and call :func:`nnunetv2_selma.synthetic.download.write_download`."""
     p = argparse.ArgumentParser(prog="nnUNetv2_selma_synthesize", description=__doc__)
     p.add_argument("out_dir", help="folder to create (must be absent or empty unless --overwrite)")
     p.add_argument("--layout", choices=LAYOUTS, default="challenge", help="annotated-patch layout")
-    p.add_argument("--cases", type=int, default=DEFAULT_CASES_PER_SUBSET,
+    p.add_argument("--cases", type=positive_int, default=DEFAULT_CASES_PER_SUBSET,
                    help=f"annotated patches per subset (default {DEFAULT_CASES_PER_SUBSET}: nnU-Net's 5-fold "
                         "cross-validation needs at least 5 cases; with fewer, train only fold 'all')")
-    p.add_argument("--patch-scale", type=float, default=0.25, help="scale of the real 2024 patch shapes (1 = real)")
-    p.add_argument("--unannotated-shape", type=int, nargs=3, default=(64, 128, 128), metavar=("Z", "Y", "X"))
-    p.add_argument("--unannotated-per-structure", type=int, default=1)
+    p.add_argument("--patch-scale", type=positive_float, default=0.25,
+                   help="scale of the real 2024 patch shapes (1 = real)")
+    p.add_argument("--unannotated-shape", type=positive_int, nargs=3, default=(64, 128, 128), metavar=("Z", "Y", "X"))
+    p.add_argument("--unannotated-per-structure", type=nonneg_int, default=1)
     p.add_argument("--dtype", choices=("uint16", "int16"), default="uint16", help="unannotated slice dtype")
     p.add_argument("--format", choices=PATCH_FORMATS, default=".nii.gz", help="annotated patch file format")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slab", type=int, default=32, help="planes rendered at once for unannotated volumes")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--slab", type=positive_int, default=32, help="planes rendered at once for unannotated volumes")
     p.add_argument("--no-test-inputs", action="store_true", help="skip the challenge-style test inputs")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    add_debug_flag(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -43,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

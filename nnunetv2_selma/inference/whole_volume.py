@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Sequence
@@ -270,6 +271,14 @@ class _Histogram:
         return s1 / n, math.sqrt((n * s2 - s1 * s1) / (n * n))  # exact integers until the last division
 
 
+def _refuse_non_finite(source: VolumeSource, values: np.ndarray, region: tuple[slice, slice, slice]) -> None:
+    """Raise ValueError naming the slice file (or the volume and plane) of the first NaN/inf voxel."""
+    z = region[0].start + int(np.flatnonzero(~np.isfinite(values).all(axis=(1, 2)))[0])
+    where = source.series.files[z] if source.kind == "slices" else f"{source.path} (plane z={z})"
+    raise ValueError(f"{where}: found NaN or infinite voxels; expected finite intensities (nnU-Net's "
+                     f"normalisation and the network cannot use them). Fix or re-export that plane.")
+
+
 def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: Sequence[Sequence[float]] | None = None,
                              max_voxels: int = 2**24, progress: bool = True) -> dict:
     """Intensity statistics and non-zero bounding box of a volume, streamed region by region.
@@ -306,6 +315,9 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
     regions = list(_row_regions(shape, max_voxels))
     for region in tqdm(regions, desc="statistics", disable=not progress, leave=False):
         arrays = [s.read(region) for s in sources]
+        for s, a in zip(sources, arrays):
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                _refuse_non_finite(s, a, region)
         has_zero = False
         for a, h, m in zip(arrays, histograms, moments):
             if h is not None:
@@ -356,6 +368,17 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
 # ----------------------------------------------------------------------------------------------
 # the model: nnU-Net's predictor, run on the tiles of one block
 # ----------------------------------------------------------------------------------------------
+#: what torch.load raises for a truncated, corrupted or foreign file (zip reader, pickle, short read)
+_UNREADABLE_CHECKPOINT = (RuntimeError, OSError, EOFError, KeyError, TypeError, pickle.UnpicklingError)
+
+
+def _unreadable_checkpoint_message(path: Path | str, error: BaseException) -> str:
+    reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence says it all
+    return (f"{path}: unreadable nnU-Net checkpoint ({type(error).__name__}: {reason}); the file is "
+            f"truncated, corrupted or not a checkpoint of nnUNetv2_train. Copy it again from the training "
+            f"machine (compare its size) or pick another one with -chk.")
+
+
 def read_model_configuration(model_folder: str | Path, folds: Sequence[int | str],
                              checkpoint_name: str = "checkpoint_final.pth"):
     """``(plans_manager, configuration_manager, dataset_json, configuration_name)`` of a model folder,
@@ -368,11 +391,16 @@ def read_model_configuration(model_folder: str | Path, folds: Sequence[int | str
         if not (model_folder / name).is_file():
             raise FileNotFoundError(f"{model_folder / name}: missing; expected an nnU-Net model folder "
                                     f"(nnUNet_results/DatasetXXX/Trainer__Plans__Configuration)")
+    for fold in folds:
+        checkpoint_path = model_folder / f"fold_{fold}" / checkpoint_name
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"{checkpoint_path}: missing; folds {list(folds)} were asked for")
     checkpoint_path = model_folder / f"fold_{folds[0]}" / checkpoint_name
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_path}: missing; folds {list(folds)} were asked for")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    configuration_name = checkpoint["init_args"]["configuration"]
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        configuration_name = checkpoint["init_args"]["configuration"]
+    except _UNREADABLE_CHECKPOINT as e:
+        raise ValueError(_unreadable_checkpoint_message(checkpoint_path, e)) from e
     plans_manager = PlansManager(json.loads((model_folder / "plans.json").read_text()))
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
     return plans_manager, plans_manager.get_configuration(configuration_name), dataset_json, configuration_name
@@ -422,7 +450,11 @@ class BlockPredictor:
                                              use_mirroring=use_mirroring,
                                              perform_everything_on_device=self.device.type == "cuda",
                                              device=self.device, verbose=False, allow_tqdm=False)
-        self.predictor.initialize_from_trained_model_folder(str(model_folder), list(folds), checkpoint_name)
+        try:
+            self.predictor.initialize_from_trained_model_folder(str(model_folder), list(folds), checkpoint_name)
+        except _UNREADABLE_CHECKPOINT as e:
+            paths = ", ".join(str(Path(model_folder) / f"fold_{f}" / checkpoint_name) for f in folds)
+            raise ValueError(_unreadable_checkpoint_message(paths, e)) from e
         self.predictor.network = self.predictor.network.to(self.device)
         self.predictor.network.eval()
 

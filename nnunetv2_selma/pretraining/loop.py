@@ -120,11 +120,11 @@ def do_compile(device: torch.device) -> bool:
 
 
 def plans_patch_size(plans: dict | str | Path, configuration: str) -> tuple[int, ...]:
-    """Patch size (z, y, x) of ``configuration`` in the plans (dict or .json path)."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    """Patch size (z, y, x) of ``configuration`` in the plans (dict or .json path); a malformed plans file
+    raises ValueError naming it (see :func:`nnunetv2_selma.network.read_plans_configuration`)."""
+    from nnunetv2_selma.network import read_plans_configuration
 
-    return tuple(int(p) for p in PlansManager(str(plans) if not isinstance(plans, dict) else plans)
-                 .get_configuration(configuration).patch_size)
+    return tuple(int(p) for p in read_plans_configuration(plans, configuration)[1].patch_size)
 
 
 def split_batch_size(global_batch: int, world_size: int) -> list[int]:
