@@ -311,3 +311,21 @@ def test_settings_come_from_models_json_and_environment(build):
 def test_entrypoint_reports_a_missing_models_json(tmp_path):
     result = _run_entrypoint(tmp_path / "in", tmp_path / "out", tmp_path / "nowhere")
     assert result.returncode == 1 and "models.json" in result.stderr and "SELMA_MODELS_DIR" in result.stderr
+
+
+def test_entrypoint_names_a_truncated_checkpoint(build, tmp_path):
+    """An interrupted copy of a checkpoint was 'OSError: [Errno 22]' or a zip-reader error naming no file."""
+    import shutil
+
+    resources = tmp_path / "resources"
+    shutil.copytree(build / "resources", resources)
+    checkpoint = sorted(resources.rglob("checkpoint_final.pth"))[0]
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    in_dir = tmp_path / "in" / "images" / EDITIONS["2024"].input_slug
+    in_dir.mkdir(parents=True)
+    model_name = checkpoint.parent.parent.name
+    sitk.WriteImage(sitk.GetImageFromArray(_image(0)), str(in_dir / f"{model_name}_001.mha"))
+    result = _run_entrypoint(tmp_path / "in", tmp_path / "out", resources)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "unreadable checkpoint" in result.stderr and str(checkpoint) in result.stderr, result.stderr[-3000:]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -162,8 +163,15 @@ def load_predictor(model: PackedModel, device: str = "cpu", use_mirroring: bool 
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=device == "cuda", device=torch.device(device),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=True)
-    predictor.initialize_from_trained_model_folder(str(model.folder), use_folds=model.folds,
-                                                   checkpoint_name=model.checkpoint)
+    try:
+        predictor.initialize_from_trained_model_folder(str(model.folder), use_folds=model.folds,
+                                                       checkpoint_name=model.checkpoint)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        # torch reports a truncated file as "OSError: [Errno 22]" or a zip-reader error, naming no file
+        paths = ", ".join(str(model.folder / f"fold_{fold}" / model.checkpoint) for fold in model.folds)
+        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+        raise SubmissionError(f"model {model.name!r}: unreadable checkpoint among {paths} ({type(e).__name__}: "
+                              f"{reason}); it is truncated or corrupted: export the submission again") from e
     return predictor
 
 
