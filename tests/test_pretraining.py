@@ -22,8 +22,8 @@ from nnunetv2_selma.checkpoints import load_pretrained_weights
 from nnunetv2_selma.network import build_network
 from nnunetv2_selma.pretraining.data import PretrainingBatches
 from nnunetv2_selma.pretraining.loop import FINAL, LATEST, LOG, PROGRESS, PretrainingSchedule, pretrain
-from nnunetv2_selma.pretraining.masking import EncoderMaskHooks, random_block_mask
-from nnunetv2_selma.pretraining.methods import MaskedImageModeling, get_method
+from nnunetv2_selma.pretraining.masking import EncoderMaskHooks, masked_instance_norm, random_block_mask
+from nnunetv2_selma.pretraining.methods import MaskedImageModeling, auto_block_size, get_method
 
 DATASET_ID = 540
 DATASET_NAME = f"Dataset{DATASET_ID}_SelmaSSL"
@@ -114,6 +114,57 @@ def test_block_mask_ratio_and_encoder_stays_empty(plans):
     for h in capture:
         h.remove()
     hooks.remove()
+
+
+def test_sparse_normalisation_uses_visible_voxels_only(plans):
+    # the function: equal to instance norm of the visible half alone, zero on the masked half
+    norm = torch.nn.InstanceNorm3d(4, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 4, 8, 6, 6) * 3 + 5
+    visible = torch.zeros(2, 1, 8, 6, 6)
+    visible[:, :, :3] = 1.0
+    y = masked_instance_norm(x, visible, norm)
+    with torch.no_grad():
+        assert torch.allclose(y[:, :, :3], norm(x[:, :, :3]), atol=1e-5)
+    assert y[:, :, 3:].abs().max() == 0
+
+    # the hooks: every encoder normalisation of a masked forward pass sees visible statistics
+    # (per channel mean = bias, zero at masked voxels); dense masking (before 0.2) does not
+    mask = torch.from_numpy(random_block_mask((32, 32, 32), 8, 0.75, np.random.default_rng(3)))
+    visible = 1.0 - mask.float()
+    for sparse in (True, False):
+        network = build_network(plans, num_output_channels=1)
+        hooks = EncoderMaskHooks(network, sparse=sparse)
+        seen = []
+        norms = [m for m in network.encoder.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+        capture = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.append((m, o.detach().clone()))) for m in norms]
+        hooks.visible = visible
+        with torch.no_grad():
+            network(torch.randn(1, 1, 32, 32, 32) * visible + 2.0 * visible)
+        for h in capture:
+            h.remove()
+        hooks.remove()
+        module, out = seen[0]  # the stem's normalisation, full resolution
+        v = visible.bool().expand_as(out)
+        visible_mean = (out * v).sum((2, 3, 4)) / v.sum((2, 3, 4))
+        if sparse:
+            assert out.masked_select(~v).abs().max() == 0
+            assert torch.allclose(visible_mean[0], module.bias, atol=1e-4)
+        else:
+            assert not torch.allclose(visible_mean[0], module.bias, atol=1e-2)
+
+
+def test_mae_block_size_follows_the_patch():
+    assert auto_block_size((32, 32, 32)) == 8 and auto_block_size((160, 160, 160)) == 16
+    assert auto_block_size((128, 128, 128)) == 16 and auto_block_size((16, 64, 64)) == 4
+    method = MaskedImageModeling()
+    batch = method.make_batch(np.zeros((2, 1, 32, 32, 32), np.float32), np.random.default_rng(0))
+    # 4 x 4 x 4 blocks of 8^3: 48 of 64 masked
+    grid = batch["mask"][:, 0, ::8, ::8, ::8]
+    assert grid.shape == (2, 4, 4, 4) and (grid.reshape(2, -1).sum(1) == 48).all()
+    assert MaskedImageModeling(**method.params()).params() == method.params()
 
 
 def test_sampler_is_deterministic_per_iteration(store, plans):

@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--configuration", default="3d_fullres", help="plans configuration (default 3d_fullres)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--method", default="mae", help="pretraining method: mae (default) or denoise")
-    parser.add_argument("--block-size", type=positive_int, default=16,
-                        help="mae: masking block edge in voxels (default 16)")
+    parser.add_argument("--block-size", type=positive_int, default=None,
+                        help="mae: masking block edge in voxels (default: min(16, smallest patch edge // 4))")
+    parser.add_argument("--dense-norm", action="store_true",
+                        help="mae: mask stage outputs only and normalise over all voxels (before 0.2; default: "
+                             "sparse normalisation over visible voxels, as Spark)")
     parser.add_argument("--mask-ratio", type=open_fraction, default=0.75,
                         help="mae: fraction of blocks masked (default 0.75)")
     parser.add_argument("--noise-std", type=positive_float, default=0.5, help="denoise: noise std (default 0.5)")
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     from nnunetv2_selma.pretraining.loop import PretrainingSchedule, pretrain
     from nnunetv2_selma.pretraining.methods import get_method
 
-    params = {"mae": {"block_size": args.block_size, "mask_ratio": args.mask_ratio},
+    params = {"mae": {"block_size": args.block_size, "mask_ratio": args.mask_ratio,
+                    "sparse_norm": not args.dense_norm},
               "denoise": {"noise_std": args.noise_std}}.get(args.method, {})
     method = get_method(args.method, **params)
     schedule = PretrainingSchedule(

@@ -99,6 +99,33 @@ def visible_at(visible: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Ten
     return pool(visible, spatial_shape)
 
 
+def masked_instance_norm(x: torch.Tensor, visible: torch.Tensor, norm: nn.modules.instancenorm._InstanceNorm
+                         ) -> torch.Tensor:
+    """Instance normalisation over the *visible* voxels only (Spark's sparse normalisation).
+
+    Parameters
+    ----------
+    x : tensor (B, C, *spatial), the norm's input (masked voxels hold zeros)
+    visible : tensor (B, 1, *spatial), 1 where visible, at ``x``'s resolution
+    norm : the ``nn.InstanceNorm3d`` / ``2d`` module whose ``eps`` and affine parameters are used
+
+    Returns
+    -------
+    tensor like ``x``: ``(x - mean_v) / sqrt(var_v + eps) * weight + bias`` with mean and variance
+    over the visible voxels of each sample and channel, zero at masked voxels.
+    """
+    dims = tuple(range(2, x.ndim))
+    v = visible.to(x.dtype)
+    count = v.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (x * v).sum(dim=dims, keepdim=True) / count
+    var = (((x - mean) * v) ** 2).sum(dim=dims, keepdim=True) / count
+    y = (x - mean) * torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        shape = (1, -1) + (1,) * len(dims)
+        y = y * norm.weight.view(shape) + norm.bias.view(shape)
+    return y * v
+
+
 class EncoderMaskHooks:
     """Keep masked regions at zero through every encoder stage (sparse-convolution emulation).
 
@@ -107,14 +134,24 @@ class EncoderMaskHooks:
     module's output is multiplied by the visibility map downsampled to its resolution; while it
     is ``None`` the hooks do nothing, so the same network can run unmasked (e.g. for evaluation).
 
+    With ``sparse=True`` (the default) the emulation goes down to every layer, as Spark's sparse
+    convolutions and sparse normalisation do: the output of every convolution of the encoder is
+    masked again, and every instance normalisation of the encoder takes its mean and variance
+    over the visible voxels only and is zero at masked ones. Without it, a stage's normalisation
+    sees 75 % zeros during pretraining and none during fine-tuning, so the statistics the encoder
+    learns to expect are not the ones it meets downstream.
+
     Parameters
     ----------
     network : nn.Module
         A dynamic-network-architectures U-Net, unwrapped (not DDP, not compiled); the hooks
         keep working after the caller wraps it.
+    sparse : bool
+        Mask after every encoder convolution and normalise over visible voxels (default); False
+        masks stage outputs only (the behaviour before version 0.2, kept to measure the difference).
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, sparse: bool = True) -> None:
         encoder = getattr(network, "encoder", None)
         if encoder is None or not hasattr(encoder, "stages"):
             raise TypeError(
@@ -122,14 +159,27 @@ class EncoderMaskHooks:
                 "dynamic-network-architectures U-Net (ResidualEncoderUNet or PlainConvUNet)"
             )
         self.visible: torch.Tensor | None = None
+        self.sparse = bool(sparse)
         modules = [encoder.stem] if getattr(encoder, "stem", None) is not None else []
         modules += list(encoder.stages)
         self._handles = [m.register_forward_hook(self._hook) for m in modules]
+        if self.sparse:
+            for m in encoder.modules():
+                if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+                    self._handles.append(m.register_forward_hook(self._norm_hook))
+                elif isinstance(m, nn.modules.conv._ConvNd):
+                    self._handles.append(m.register_forward_hook(self._hook))
 
     def _hook(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor | None:
         if self.visible is None:
             return None
         return output * visible_at(self.visible, output.shape[2:]).to(output.dtype)
+
+    def _norm_hook(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor | None:
+        if self.visible is None:
+            return None
+        x = args[0]
+        return masked_instance_norm(x, visible_at(self.visible, x.shape[2:]), module).to(output.dtype)
 
     def remove(self) -> None:
         """Remove the hooks from the network."""

@@ -73,42 +73,60 @@ class PretrainingMethod(abc.ABC):
         return {"name": self.name, **self.params()}
 
 
+def auto_block_size(patch_size) -> int:
+    """Masking block edge for a patch: ``min(16, smallest patch edge // 4)``, at least 1.
+
+    16 is nnssl's block for its 160^3 (and our 128^3) patches; a small patch gets smaller blocks so
+    that it holds at least 4 blocks per axis (64 in all, 16 of them visible at a ratio of 0.75).
+    With 16^3 blocks a 32^3 patch (the cpu preset) holds 8 blocks, 2 visible, and the
+    reconstruction task degenerates into guessing three quarters of the patch from two corners.
+    """
+    return max(1, min(16, min(int(p) for p in patch_size) // 4))
+
+
 class MaskedImageModeling(PretrainingMethod):
     """Spark3D-style masked image modelling for CNN U-Nets (the default method).
 
     Blocks of ``block_size``^3 voxels are masked with probability ``mask_ratio``; masked voxels
-    are zero at the input and stay zero through every encoder stage (see
-    :class:`~nnunetv2_selma.pretraining.masking.EncoderMaskHooks`); the U-Net decoder plus a
-    1x1x1 head (the network's ``seg_layers`` with one output channel) reconstructs the
-    normalised input; the loss is the mean squared error over masked voxels only.
+    are zero at the input and stay zero through every encoder layer, with normalisation over
+    visible voxels only (see :class:`~nnunetv2_selma.pretraining.masking.EncoderMaskHooks`); the
+    U-Net decoder plus a 1x1x1 head (the network's ``seg_layers`` with one output channel)
+    reconstructs the normalised input; the loss is the mean squared error over masked voxels only.
 
     Parameters
     ----------
-    block_size : int
-        Edge length of a masking block in voxels (16 as in nnssl's Spark3D / MAE).
+    block_size : int or None
+        Edge length of a masking block in voxels; None (default) picks :func:`auto_block_size`
+        of the patch (16 for the M and L presets as in nnssl, 8 for the cpu preset's 32^3).
     mask_ratio : float in [0, 1)
         Fraction of blocks masked (0.75 as in nnssl).
+    sparse_norm : bool
+        Sparse-convolution emulation down to every encoder layer, with instance normalisation
+        over visible voxels (default True, Spark's sparse normalisation); False masks stage outputs
+        only, as versions before 0.2 did.
     """
 
     name = "mae"
 
-    def __init__(self, block_size: int = 16, mask_ratio: float = 0.75) -> None:
+    def __init__(self, block_size: int | None = None, mask_ratio: float = 0.75, sparse_norm: bool = True) -> None:
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        if int(block_size) < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.block_size = int(block_size)
+        if block_size is not None and int(block_size) < 1:
+            raise ValueError(f"block_size must be >= 1 (or None for automatic), got {block_size}")
+        self.block_size = None if block_size is None else int(block_size)
         self.mask_ratio = float(mask_ratio)
+        self.sparse_norm = bool(sparse_norm)
         self._hooks: EncoderMaskHooks | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"block_size": self.block_size, "mask_ratio": self.mask_ratio}
+        return {"block_size": self.block_size, "mask_ratio": self.mask_ratio, "sparse_norm": self.sparse_norm}
 
     def attach(self, network: nn.Module) -> None:
-        self._hooks = EncoderMaskHooks(network)
+        self._hooks = EncoderMaskHooks(network, sparse=self.sparse_norm)
 
     def make_batch(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        mask = random_block_mask(images.shape[2:], self.block_size, self.mask_ratio, rng, batch_size=images.shape[0])
+        block = self.block_size if self.block_size is not None else auto_block_size(images.shape[2:])
+        mask = random_block_mask(images.shape[2:], block, self.mask_ratio, rng, batch_size=images.shape[0])
         return {"image": images, "mask": mask}
 
     def loss(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -47,14 +47,15 @@ class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
     pretraining_method : str
         Name in :data:`nnunetv2_selma.pretraining.methods.METHODS`.
     pretraining_method_params : dict
-        Keyword arguments of the method (``block_size``, ``mask_ratio`` for ``"mae"``).
+        Keyword arguments of the method (``block_size`` (None: automatic), ``mask_ratio``, ``sparse_norm`` for
+        ``"mae"``).
     pretraining_iterations, pretraining_batch_size, pretraining_learning_rate : schedule;
         ``pretraining_batch_size=None`` takes the plans' batch size.
     pretraining_checkpoint_every, pretraining_num_workers : run settings (not in the cache key).
     """
 
     pretraining_method: str = "mae"
-    pretraining_method_params: dict = {"block_size": 16, "mask_ratio": 0.75}
+    pretraining_method_params: dict = {"block_size": None, "mask_ratio": 0.75, "sparse_norm": True}
     pretraining_iterations: int = 10000
     pretraining_batch_size: int | None = None
     pretraining_learning_rate: float = 1e-3

@@ -1,0 +1,474 @@
+"""Label-efficiency study: does self-supervised pretraining pay when labels are few? (issue 12)
+
+    .venv/bin/python benchmarks/bench_ssl_benefit.py --profile smoke|cpu|gpu [--work DIR] [--jobs N]
+        [--arms scratch mae denoise ...] [--seeds N] [-o results.json]
+
+Everything goes through the commands a user types, as subprocesses with this study's own
+``nnUNet_raw/_preprocessed/_results`` folders:
+
+1. a generated SELMA3D-like download (annotated patches of nuclei, c-Fos, plaques; unannotated
+   volumes of every structure) plus the real two-channel light-sheet volume of
+   ``../shared/realdata/cellfinder_mouse_brain`` (linked in as ``unannotated_cells/cellfinder``);
+2. ``nnUNetv2_selma_convert`` -> one nnU-Net dataset per structure, ``nnUNetv2_selma_ingest`` -> one
+   pretraining store, ``nnUNetv2_selma_plan --preset P`` -> the same network for every dataset;
+3. per seed and pretraining arm ``nnUNetv2_selma_pretrain --seed S`` on the store;
+4. per structure, k in the profile's label counts, seed and arm: ``nnUNetv2_train D 3d_fullres FOLD
+   -tr TRAINER -p PLANS [-pretrained_weights CKPT]``. Each (k, seed) is one fold of a
+   ``splits_final.json`` written before training: its training cases are k patches drawn with the
+   seed from the training pool, its validation cases are the held-out test patches (the same for
+   every k, seed and arm), so nnU-Net's own final validation scores the held-out set;
+5. nuclei models are also run with ``nnUNetv2_predict`` on the held-out c-Fos patches (an unseen
+   structure, as in the 2024 test phase).
+
+Pairing: seed s fixes the pretraining seed and the fine-tuning subset, so ``arm - scratch`` at the
+same (structure, k, seed) differs only in the initial weights (nnU-Net's own training is not
+seeded: its initialisation and sampling differ between any two runs, which the seeds' spread
+contains). The 95% CI of the mean paired difference is a two-level bootstrap (seeds, then test
+cases within a seed) of per-case Dice differences.
+
+Writes into ``--work`` (resumable: finished runs are kept, a rerun does the rest) and ``-o``:
+``results.json`` (``rows``, ``paired``, profile, timings, machine), a markdown table next to it and
+``<stem>.png`` (Dice against k, one line per arm, CI bands). Progress bar and ``study.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REALDATA = HERE.parent.parent / "shared" / "realdata" / "cellfinder_mouse_brain"
+log = logging.getLogger("bench_ssl_benefit")
+
+#: structure -> (subset of the 2024 download, dataset id)
+STRUCTURES = {"nuclei": ("shannel_cells", 701), "vessel": ("VessAP_vessel", 702), "cfos": ("cFos-Active_Neurons", 703),
+              "plaques": ("AD_plaques", 704)}
+#: the unseen-structure test: models fine-tuned on the key are tested on the value's held-out patches
+UNSEEN = {"nuclei": "cfos"}
+
+#: arm -> pretraining command-line flags (None: from scratch). "mae" is the plugin's default method.
+ARMS: dict[str, list[str] | None] = {
+    "scratch": None,
+    "mae": ["--method", "mae"],
+    "denoise": ["--method", "denoise"],
+    # the method before issue 12 (16^3 blocks, normalisation over masked zeros): kept to measure the fix
+    "mae_v01": ["--method", "mae", "--block-size", "16", "--dense-norm"],
+    # one suspect at a time
+    "mae_dense_norm": ["--method", "mae", "--dense-norm"],
+    "mae_block16": ["--method", "mae", "--block-size", "16"],
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    preset: str
+    structures: tuple[str, ...]
+    ks: tuple  # ints and "all"
+    n_pool: int  # annotated patches a fine-tuning subset is drawn from ("all" = every one)
+    n_test: int  # held-out patches per structure
+    seeds: int
+    arms: tuple[str, ...]
+    pretrain_iterations: int
+    pretrain_batch: int
+    trainer: str
+    patch_scale: float
+    unannotated_shape: tuple[int, int, int]
+    jobs: int
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+
+PROFILES = {p.name: p for p in (
+    Profile("smoke", "cpu", ("nuclei",), (1, "all"), 2, 2, 2, ("scratch", "mae"), 8, 2,
+            "nnUNetTrainerSelma_1epoch_2it", 0.25, (32, 96, 96), 2),
+    Profile("cpu", "cpu", ("nuclei", "cfos", "plaques"), (1, 2, 4, "all"), 8, 4, 3, ("scratch", "mae", "denoise"),
+            300, 4, "nnUNetTrainerSelma_8epochs_25it", 0.25, (64, 128, 128), 2),
+    Profile("gpu", "M", ("nuclei", "cfos"), (1, "all"), 8, 4, 2, ("scratch", "mae"), 1000, 2,
+            "nnUNetTrainerSelma_8epochs_25it", 0.64, (128, 256, 256), 1, device="cuda"),
+)}
+
+
+def k_label(k) -> str:
+    return "all" if k == "all" else str(int(k))
+
+
+def bootstrap_mean_ci(per_seed: list[np.ndarray], n_boot: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the values and a two-level bootstrap 95% CI (resample seeds, then values within a seed).
+
+    ``per_seed``: one array of values (e.g. per-test-case Dice differences) per seed.
+    """
+    per_seed = [np.asarray(v, dtype=float) for v in per_seed if len(v)]
+    if not per_seed:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(np.mean([v.mean() for v in per_seed]))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        picks = rng.integers(len(per_seed), size=len(per_seed))
+        boots[b] = np.mean([per_seed[i][rng.integers(len(per_seed[i]), size=len(per_seed[i]))].mean() for i in picks])
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return mean, float(lo), float(hi)
+
+
+def dice(ref: np.ndarray, pred: np.ndarray) -> float:
+    ref, pred = ref > 0, pred > 0
+    denom = ref.sum() + pred.sum()
+    return 1.0 if denom == 0 else float(2 * np.logical_and(ref, pred).sum() / denom)
+
+
+class Study:
+    def __init__(self, prof: Profile, work: Path, arms: tuple[str, ...], seeds: int, jobs: int) -> None:
+        self.prof, self.work, self.arms, self.seeds, self.jobs = prof, work, arms, seeds, jobs
+        self.raw, self.pre, self.rows_dir = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "rows"
+        self.logs = work / "logs"
+        for d in (self.raw, self.pre, self.rows_dir, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        from nnunetv2_selma.nnunet_ext import shim_folder
+
+        self.env = {**os.environ, "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.pre),
+                    "nnUNet_results": str(work / "nnUNet_results_unused"),
+                    "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1" if jobs > 1 else "2"),
+                    "nnUNet_def_n_proc": "2", "nnUNet_compile": "false" if prof.device == "cpu" else "true",
+                    "nnUNet_extTrainer": os.pathsep.join(
+                        p for p in (str(shim_folder()), os.environ.get("nnUNet_extTrainer")) if p)}
+        self.plans = f"nnUNetSelmaPlans_{prof.preset}"
+        self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # -- running commands ---------------------------------------------------------------------
+    def run(self, name: str, cmd: list[str], env: dict | None = None) -> float:
+        t = time.perf_counter()
+        with open(self.logs / f"{name}.log", "w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
+        seconds = time.perf_counter() - t
+        if proc.returncode != 0:
+            tail = "\n".join((self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        with self._lock:
+            stage = name.split("__")[0]
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        return seconds
+
+    @staticmethod
+    def script(name: str) -> str:
+        candidate = Path(sys.executable).with_name(name)
+        return str(candidate) if candidate.exists() else name
+
+    # -- stage 1-2: data, datasets, store, plans ---------------------------------------------
+    def prepare(self) -> None:
+        prof = self.prof
+        download = self.work / "download"
+        if not (download / "synthetic_summary.json").is_file():
+            from nnunetv2_selma.synthetic.download import write_download
+
+            t = time.perf_counter()
+            shutil.rmtree(download, ignore_errors=True)
+            write_download(download, cases_per_subset=prof.n_pool + prof.n_test, patch_scale=prof.patch_scale,
+                           unannotated_shape=prof.unannotated_shape, seed=2026, test_inputs=False)
+            self.timings["synthesize"] = time.perf_counter() - t
+        real = download / "unannotated_cells" / "cellfinder"
+        if REALDATA.is_dir() and not real.exists():
+            real.parent.mkdir(parents=True, exist_ok=True)
+            real.symlink_to(REALDATA, target_is_directory=True)
+        elif not REALDATA.is_dir():
+            log.warning("real light-sheet volume %s not found: the store holds generated volumes only", REALDATA)
+        subsets = [STRUCTURES[s][0] for s in self.all_structures()]
+        if not all(self.dataset_name(s) for s in self.all_structures()):
+            self.run("convert", [self.script("nnUNetv2_selma_convert"), "-i", str(download), "-o", str(self.raw),
+                                 "--subsets", *subsets, "--overwrite",
+                                 "--ids", *(f"{STRUCTURES[s][0]}={STRUCTURES[s][1]}" for s in self.all_structures())])
+        self.store = self.work / "store"
+        if not (self.store / "manifest.json").is_file():
+            self.run("ingest", [self.script("nnUNetv2_selma_ingest"), "-i", str(download), "-o", str(self.store),
+                                "-np", "2"])
+        ids = [str(STRUCTURES[s][1]) for s in self.all_structures()]
+        if not all((self.pre / self.dataset_name(s) / f"{self.plans}.json").is_file() for s in self.all_structures()):
+            self.run("plan", [self.script("nnUNetv2_selma_plan"), "-d", *ids, "--preset", prof.preset, "-np", "2"])
+        self.cases = {s: self.write_splits(s) for s in self.all_structures()}
+
+    def all_structures(self) -> list[str]:
+        extra = [UNSEEN[s] for s in self.prof.structures if s in UNSEEN and UNSEEN[s] not in self.prof.structures]
+        return list(self.prof.structures) + extra
+
+    def dataset_name(self, structure: str) -> str | None:
+        did = STRUCTURES[structure][1]
+        found = sorted(p.name for p in self.raw.glob(f"Dataset{did}_*") if p.is_dir())
+        return found[0] if found else None
+
+    def write_splits(self, structure: str) -> dict:
+        """One fold per (k, seed): k pool patches for training, the held-out patches for validation."""
+        name = self.dataset_name(structure)
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (self.raw / name / "labelsTr").glob("*.nii.gz"))
+        pool, test = cases[: self.prof.n_pool], cases[self.prof.n_pool: self.prof.n_pool + self.prof.n_test]
+        if len(pool) < self.prof.n_pool or len(test) < self.prof.n_test:
+            raise RuntimeError(f"{name}: {len(cases)} cases, need {self.prof.n_pool} + {self.prof.n_test}")
+        splits, folds = [], {}
+        for ki, k in enumerate(self.prof.ks):
+            for s in range(self.seeds):
+                n = len(pool) if k == "all" else int(k)
+                rng = np.random.default_rng([s, ki, STRUCTURES[structure][1]])
+                train = sorted(pool) if k == "all" else sorted(rng.choice(pool, size=n, replace=False).tolist())
+                folds[(k_label(k), s)] = len(splits)
+                splits.append({"train": train, "val": list(test)})
+        path = self.pre / name / "splits_final.json"
+        if not path.is_file() or json.loads(path.read_text()) != splits:
+            path.write_text(json.dumps(splits, indent=1))
+        return {"pool": pool, "test": test, "folds": folds}
+
+    # -- stage 3: pretraining ------------------------------------------------------------------
+    def pretrain(self, arm: str, seed: int) -> Path:
+        out = self.work / "pretraining" / f"{arm}_seed{seed}"
+        final = out / "checkpoint_final.pth"
+        if final.is_file():
+            return final
+        plans_file = self.pre / self.dataset_name(self.prof.structures[0]) / f"{self.plans}.json"
+        self.run(f"pretrain__{arm}_seed{seed}", [
+            self.script("nnUNetv2_selma_pretrain"), "--store", str(self.store), "--plans", str(plans_file),
+            "-o", str(out), *ARMS[arm], "--iterations", str(self.prof.pretrain_iterations),
+            "--batch-size", str(self.prof.pretrain_batch), "--seed", str(1000 + seed), "--device", self.prof.device,
+            "--checkpoint-every", str(max(1, self.prof.pretrain_iterations // 4)), "--no-progress", "--continue"])
+        return final
+
+    # -- stage 4-5: fine-tuning and scoring -----------------------------------------------------
+    def finetune(self, structure: str, k, seed: int, arm: str, checkpoint: Future | None) -> dict:
+        run_id = f"{structure}_k{k_label(k)}_{arm}_seed{seed}"
+        row_file = self.rows_dir / f"{run_id}.json"
+        if row_file.is_file():
+            return json.loads(row_file.read_text())
+        weights = checkpoint.result() if checkpoint is not None else None
+        name = self.dataset_name(structure)
+        fold = self.cases[structure]["folds"][(k_label(k), seed)]
+        results = self.work / f"nnUNet_results_{arm}"
+        model = results / name / f"{self.prof.trainer}__{self.plans}__3d_fullres"
+        shutil.rmtree(model / f"fold_{fold}", ignore_errors=True)
+        cmd = [self.script("nnUNetv2_train"), str(STRUCTURES[structure][1]), "3d_fullres", str(fold),
+               "-tr", self.prof.trainer, "-p", self.plans, "-device", self.prof.device]
+        if weights is not None:
+            cmd += ["-pretrained_weights", str(weights)]
+        seconds = self.run(f"finetune__{run_id}", cmd, env={"nnUNet_results": str(results)})
+        rows = [self.score(structure, k, seed, arm, fold, model, model / f"fold_{fold}" / "validation",
+                           structure, seconds)]
+        if structure in UNSEEN:
+            target = UNSEEN[structure]
+            pred_dir = model / f"fold_{fold}" / f"unseen_{target}"
+            self.run(f"predict__{run_id}", [
+                self.script("nnUNetv2_predict"), "-i", str(self.test_input_folder(target)), "-o", str(pred_dir),
+                "-d", str(STRUCTURES[structure][1]), "-c", "3d_fullres", "-f", str(fold), "-tr", self.prof.trainer,
+                "-p", self.plans, "-device", self.prof.device, "--disable_progress_bar", "-npp", "1", "-nps", "1",
+                *(["--disable_tta"] if self.prof.device == "cpu" else [])], env={"nnUNet_results": str(results)})
+            rows.append(self.score(target, k, seed, arm, fold, model, pred_dir, structure, seconds))
+        row_tmp = row_file.with_suffix(".tmp")
+        row_tmp.write_text(json.dumps(rows, indent=1))
+        os.replace(row_tmp, row_file)
+        return rows
+
+    def test_input_folder(self, structure: str) -> Path:
+        """The held-out patches of ``structure`` as an nnU-Net input folder (links to imagesTr)."""
+        folder = self.work / "test_inputs" / structure
+        with self._lock:
+            if not folder.is_dir():
+                tmp = folder.with_name(folder.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                images = self.raw / self.dataset_name(structure) / "imagesTr"
+                for case in self.cases[structure]["test"]:
+                    for f in images.glob(f"{case}_*.nii.gz"):
+                        (tmp / f.name).symlink_to(f)
+                tmp.rename(folder)
+        return folder
+
+    def score(self, test: str, k, seed: int, arm: str, fold: int, model: Path, pred_dir: Path, trained_on: str,
+              seconds: float) -> dict:
+        from nnunetv2_selma.io import read_image
+
+        labels = self.raw / self.dataset_name(test) / "labelsTr"
+        per_case = {}
+        for case in self.cases[test]["test"]:
+            ref, _ = read_image(labels / f"{case}.nii.gz")
+            pred, _ = read_image(pred_dir / f"{case}.nii.gz")
+            per_case[case] = dice(ref, pred)
+        return {"structure": test if test == trained_on else f"{trained_on}->{test}", "trained_on": trained_on,
+                "tested_on": test, "k": k if k == "all" else int(k),
+                "n_train": len(self.cases[trained_on]["pool"]) if k == "all" else int(k),
+                "arm": arm, "seed": seed, "dice": float(np.mean(list(per_case.values()))), "per_case_dice": per_case,
+                "fold": fold, "finetune_seconds": round(seconds, 1), "model_folder": str(model)}
+
+    def execute(self) -> list[dict]:
+        from tqdm import tqdm
+
+        pretrained_arms = [a for a in self.arms if ARMS[a] is not None]
+        tasks = []
+        with ThreadPoolExecutor(self.jobs) as pool:
+            # FIFO: pretraining first, then scratch fine-tuning, then fine-tuning that waits for its checkpoint;
+            # a thread only ever waits on a pretraining job another thread has already started
+            checkpoints = {(a, s): pool.submit(self.pretrain, a, s) for s in range(self.seeds) for a in pretrained_arms}
+            order = sorted(self.arms, key=lambda a: ARMS[a] is not None)
+            for arm in order:
+                for s in range(self.seeds):
+                    for structure in self.prof.structures:
+                        for k in self.prof.ks:
+                            tasks.append(pool.submit(self.finetune, structure, k, s, arm, checkpoints.get((arm, s))))
+            rows: list[dict] = []
+            with tqdm(total=len(tasks), desc="fine-tuning runs", dynamic_ncols=True) as bar:
+                for fut in tasks:
+                    rows.extend(fut.result())
+                    bar.update(1)
+            for fut in checkpoints.values():
+                fut.result()
+        return rows
+
+
+def paired_differences(rows: list[dict]) -> list[dict]:
+    """Per tested structure, k and method: mean of (method - scratch) with a bootstrap 95% CI."""
+    by = {(r["structure"], k_label(r["k"]), r["arm"], r["seed"]): r for r in rows}
+    out = []
+    keys = sorted({(r["structure"], k_label(r["k"])) for r in rows})
+    methods = sorted({r["arm"] for r in rows} - {"scratch"})
+    for structure, k in keys:
+        for method in methods:
+            per_seed, seeds = [], []
+            for (s_, k_, a_, seed), r in by.items():
+                if (s_, k_, a_) != (structure, k, method) or (structure, k, "scratch", seed) not in by:
+                    continue
+                base = by[(structure, k, "scratch", seed)]["per_case_dice"]
+                per_seed.append(np.array([r["per_case_dice"][c] - base[c] for c in sorted(base)]))
+                seeds.append(seed)
+            if not per_seed:
+                continue
+            mean, lo, hi = bootstrap_mean_ci(per_seed)
+            out.append({"structure": structure, "k": k if k == "all" else int(k), "method": method,
+                        "mean_diff": mean, "ci_low": lo, "ci_high": hi, "n_seeds": len(seeds),
+                        "per_seed_diff": [float(d.mean()) for d in per_seed]})
+    return out
+
+
+def arm_summary(rows: list[dict]) -> dict:
+    """(structure, k, arm) -> mean Dice over seeds with a bootstrap 95% CI (seeds, then cases)."""
+    groups: dict[tuple, list[np.ndarray]] = {}
+    for r in rows:
+        groups.setdefault((r["structure"], k_label(r["k"]), r["arm"]), []).append(
+            np.array(list(r["per_case_dice"].values())))
+    return {key: bootstrap_mean_ci(v) for key, v in groups.items()}
+
+
+def write_table(results: dict, path: Path) -> str:
+    summary = arm_summary(results["rows"])
+    arms = list(dict.fromkeys(r["arm"] for r in results["rows"]))
+    structures = list(dict.fromkeys(r["structure"] for r in results["rows"]))
+    ks = list(dict.fromkeys(k_label(r["k"]) for r in results["rows"]))
+    lines = ["| tested on | k | " + " | ".join(f"{a} Dice" for a in arms)
+             + " | " + " | ".join(f"{a} − scratch [95% CI]" for a in arms if a != "scratch") + " |",
+             "|---|---|" + "---|" * (2 * len(arms) - 1)]
+    paired = {(p["structure"], k_label(p["k"]), p["method"]): p for p in results["paired"]}
+    for s in structures:
+        for k in ks:
+            cells = []
+            for a in arms:
+                m = summary.get((s, k, a))
+                cells.append(f"{m[0]:.3f}" if m else "")
+            for a in arms:
+                if a == "scratch":
+                    continue
+                p = paired.get((s, k, a))
+                cells.append(f"{p['mean_diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]" if p else "")
+            lines.append(f"| {s} | {k} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = arm_summary(results["rows"])
+    structures = list(dict.fromkeys(r["structure"] for r in results["rows"]))
+    arms = list(dict.fromkeys(r["arm"] for r in results["rows"]))
+    ks = list(dict.fromkeys(k_label(r["k"]) for r in results["rows"]))
+    n_all = {r["structure"]: r["n_train"] for r in results["rows"] if r["k"] == "all"}
+    fig, axes = plt.subplots(1, len(structures), figsize=(4.2 * len(structures), 4), squeeze=False)
+    for ax, s in zip(axes[0], structures):
+        x = np.arange(len(ks))
+        for a in arms:
+            vals = [summary.get((s, k, a), (np.nan,) * 3) for k in ks]
+            mean = np.array([v[0] for v in vals])
+            ax.plot(x, mean, marker="o", label=a)
+            ax.fill_between(x, [v[1] for v in vals], [v[2] for v in vals], alpha=0.2)
+        ax.set_xticks(x, [f"all ({n_all.get(s, '?')})" if k == "all" else k for k in ks])
+        ax.set_xlabel("labelled patches k")
+        ax.set_ylabel("held-out Dice")
+        ax.set_title(s)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"label efficiency, profile {results['profile']['name']} "
+                 f"({results['profile']['seeds']} seeds, bands: bootstrap 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    parser.add_argument("--work", default=None, help="working folder (default /tmp/selma_ssl_benefit_<profile>)")
+    parser.add_argument("-o", "--output", default=None, help="results .json (default WORK/results.json)")
+    parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS), help="override the profile's arms")
+    parser.add_argument("--structures", nargs="+", default=None, choices=sorted(STRUCTURES))
+    parser.add_argument("--ks", nargs="+", default=None, help="override the label counts (ints and 'all')")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: the profile's)")
+    args = parser.parse_args(argv)
+
+    prof = PROFILES[args.profile]
+    if args.structures:
+        prof = Profile(**{**asdict(prof), "structures": tuple(args.structures)})
+    if args.ks:
+        prof = Profile(**{**asdict(prof), "ks": tuple(k if k == "all" else int(k) for k in args.ks)})
+    arms = tuple(args.arms or prof.arms)
+    if "scratch" not in arms:
+        parser.error("--arms must include scratch (every difference is paired against it)")
+    seeds = args.seeds or prof.seeds
+    if seeds < 1 or (args.jobs is not None and args.jobs < 1):
+        parser.error("--seeds and --jobs must be >= 1")
+    work = Path(args.work or f"/tmp/selma_ssl_benefit_{prof.name}").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(work / "study.log"), logging.StreamHandler()])
+    log.info("profile %s, arms %s, %d seeds, work %s", prof.name, arms, seeds, work)
+    t0 = time.perf_counter()
+    study = Study(prof, work, arms, seeds, args.jobs or prof.jobs)
+    study.prepare()
+    rows = study.execute()
+    results = {"profile": {**asdict(prof), "arms": list(arms), "seeds": seeds}, "rows": rows,
+               "paired": paired_differences(rows), "timings": {**study.timings, "total": time.perf_counter() - t0},
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+               "command": " ".join(sys.argv)}
+    out = Path(args.output) if args.output else work / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    table = write_table(results, out.with_suffix(".md"))
+    plot(results, out.with_suffix(".png"))
+    print(table)
+    print(f"results: {out}  table: {out.with_suffix('.md')}  plot: {out.with_suffix('.png')}  "
+          f"({results['timings']['total'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
