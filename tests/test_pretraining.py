@@ -21,7 +21,16 @@ import torch
 from nnunetv2_selma.checkpoints import load_pretrained_weights
 from nnunetv2_selma.network import build_network
 from nnunetv2_selma.pretraining.data import PretrainingBatches
-from nnunetv2_selma.pretraining.loop import FINAL, LATEST, LOG, PROGRESS, PretrainingSchedule, pretrain
+from nnunetv2_selma.pretraining.loop import (
+    FINAL,
+    LATEST,
+    LOG,
+    PROGRESS,
+    PretrainingSchedule,
+    build_pretraining_network,
+    pretrain,
+    weights_digest,
+)
 from nnunetv2_selma.pretraining.masking import EncoderMaskHooks, masked_instance_norm, random_block_mask
 from nnunetv2_selma.pretraining.methods import MaskedImageModeling, auto_block_size, get_method
 
@@ -139,7 +148,9 @@ def test_sparse_normalisation_uses_visible_voxels_only(plans):
         hooks = EncoderMaskHooks(network, sparse=sparse)
         seen = []
         norms = [m for m in network.encoder.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
-        capture = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.append((m, o.detach().clone()))) for m in norms]
+        # clone: the LeakyReLU after each norm works in place
+        capture = [m.register_forward_hook(lambda m, a, o, seen=seen: seen.append((m, o.detach().clone())))
+                   for m in norms]
         hooks.visible = visible
         with torch.no_grad():
             network(torch.randn(1, 1, 32, 32, 32) * visible + 2.0 * visible)
@@ -248,6 +259,17 @@ def test_continue_after_kill_resumes_from_saved_iteration(store, plans, tmp_path
     assert done["scheduler"]["last_epoch"] == 6
     assert torch.load(out / FINAL, map_location="cpu", weights_only=True)["selma"]["iterations_done"] == 6
 
+    # the same run without interruption ends with bitwise the same weights (CPU, fixed seeds, same batches)
+    straight = tmp_path / "straight"
+    cmd_straight = [straight if c == str(out) else c for c in cmd]
+    subprocess.run([str(c) for c in cmd_straight], env=_env(), check=True, timeout=180, stdout=subprocess.DEVNULL)
+    resumed_w = torch.load(out / FINAL, map_location="cpu", weights_only=True)["network_weights"]
+    straight_w = torch.load(straight / FINAL, map_location="cpu", weights_only=True)["network_weights"]
+    assert resumed_w.keys() == straight_w.keys()
+    assert all(torch.equal(resumed_w[k], straight_w[k]) for k in straight_w)
+    assert torch.load(straight / LATEST, map_location="cpu", weights_only=False)["history"]["loss"] == \
+        done["history"]["loss"]
+
 
 def test_checkpoints_and_json_records_get_the_umask_mode_not_0600(tmp_path):
     from nnunetv2_selma.checkpoints import atomic_torch_save
@@ -309,6 +331,13 @@ def test_ddp_two_gloo_processes(store, plans, tmp_path):
     ckpt = torch.load(tmp_path / LATEST, map_location="cpu", weights_only=False)
     assert ckpt["world_size"] == 2 and ckpt["sampler"]["iteration"] == 3 and len(ckpt["history"]["loss"]) == 3
     assert "2 process(es)" in (tmp_path / LOG).read_text()
+    # both replicas hold bitwise identical weights after 3 steps on different data: gradients were synchronised
+    digests = torch.load(final, map_location="cpu", weights_only=True)["selma"]["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert f"weights identical on all 2 ranks (digest {digests[0]:#018x})" in (tmp_path / LOG).read_text()
+    # ... and they moved away from the (seeded, shared) initialisation
+    initial = build_pretraining_network(plans, "3d_fullres", get_method("mae"), schedule.seed)
+    assert weights_digest(initial) != digests[0]
 
 
 def _train(fold: int, store: Path) -> subprocess.CompletedProcess:

@@ -367,16 +367,39 @@ def _run(
         bar.close()
         del loader
 
+    rank_digests = None
+    if is_ddp:
+        # DDP keeps the replicas identical only if every gradient was synchronised: prove it at the end
+        mine = torch.tensor([weights_digest(network)], dtype=torch.int64, device=device)
+        gathered = [torch.zeros_like(mine) for _ in range(world_size)]
+        dist.all_gather(gathered, mine)
+        rank_digests = [int(t.item()) for t in gathered]
+        if len(set(rank_digests)) != 1:
+            raise RuntimeError(f"DDP replicas diverged: weight digests per rank {rank_digests}; gradients were "
+                               f"not synchronised (a bug: please report it with {out / LOG})")
+        log(f"weights identical on all {world_size} ranks (digest {rank_digests[0]:#018x})")
     if rank == 0:
         meta = dict(metadata)
         meta.update({"method": method.name, "method_params": method.params(), "schedule": schedule.key_dict(),
                      "iterations_done": iteration, "patch_size": list(patch_size), "configuration": configuration,
-                     "final_loss": history["loss"][-1] if history["loss"] else None})
+                     "final_loss": history["loss"][-1] if history["loss"] else None,
+                     "rank_weight_digests": rank_digests})
         save_pretrained_checkpoint(out / FINAL, network, meta)
         log(f"saved {out / FINAL}")
     if is_ddp:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def weights_digest(network: torch.nn.Module) -> int:
+    """A 63-bit digest of every parameter and buffer's bytes (equal digests: bitwise equal weights)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(network.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest(), "little") >> 1
 
 
 def _free_port() -> int:
