@@ -24,7 +24,7 @@ Pairing: seed s fixes the pretraining seed and the fine-tuning subset, so ``arm 
 same (structure, k, seed) differs only in the initial weights (nnU-Net's own training is not
 seeded: its initialisation and sampling differ between any two runs, which the seeds' spread
 contains). The 95% CI of the mean paired difference is a two-level bootstrap (seeds, then test
-cases within a seed) of per-case Dice differences.
+cases within a seed) of per-case Dice differences (``nnunetv2_selma.evaluation.stats``).
 
 Writes into ``--work`` (resumable: finished runs are kept, a rerun does the rest) and ``-o``:
 ``results.json`` (``rows``, ``paired``, profile, timings, machine), a markdown table next to it and
@@ -104,24 +104,6 @@ PROFILES = {p.name: p for p in (
 
 def k_label(k) -> str:
     return "all" if k == "all" else str(int(k))
-
-
-def bootstrap_mean_ci(per_seed: list[np.ndarray], n_boot: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of the values and a two-level bootstrap 95% CI (resample seeds, then values within a seed).
-
-    ``per_seed``: one array of values (e.g. per-test-case Dice differences) per seed.
-    """
-    per_seed = [np.asarray(v, dtype=float) for v in per_seed if len(v)]
-    if not per_seed:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(np.mean([v.mean() for v in per_seed]))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        picks = rng.integers(len(per_seed), size=len(per_seed))
-        boots[b] = np.mean([per_seed[i][rng.integers(len(per_seed[i]), size=len(per_seed[i]))].mean() for i in picks])
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return mean, float(lo), float(hi)
 
 
 def dice(ref: np.ndarray, pred: np.ndarray) -> float:
@@ -333,36 +315,33 @@ class Study:
 
 
 def paired_differences(rows: list[dict]) -> list[dict]:
-    """Per tested structure, k and method: mean of (method - scratch) with a bootstrap 95% CI."""
-    by = {(r["structure"], k_label(r["k"]), r["arm"], r["seed"]): r for r in rows}
+    """Per tested structure, k and method: mean of (method - scratch) with a two-level bootstrap 95% CI."""
+    from nnunetv2_selma.evaluation.stats import paired_difference
+
+    scores: dict[tuple, dict] = {}
+    for r in rows:
+        scores.setdefault((r["structure"], k_label(r["k"]), r["arm"]), {})[r["seed"]] = r["per_case_dice"]
     out = []
-    keys = sorted({(r["structure"], k_label(r["k"])) for r in rows})
-    methods = sorted({r["arm"] for r in rows} - {"scratch"})
-    for structure, k in keys:
-        for method in methods:
-            per_seed, seeds = [], []
-            for (s_, k_, a_, seed), r in by.items():
-                if (s_, k_, a_) != (structure, k, method) or (structure, k, "scratch", seed) not in by:
-                    continue
-                base = by[(structure, k, "scratch", seed)]["per_case_dice"]
-                per_seed.append(np.array([r["per_case_dice"][c] - base[c] for c in sorted(base)]))
-                seeds.append(seed)
-            if not per_seed:
-                continue
-            mean, lo, hi = bootstrap_mean_ci(per_seed)
-            out.append({"structure": structure, "k": k if k == "all" else int(k), "method": method,
-                        "mean_diff": mean, "ci_low": lo, "ci_high": hi, "n_seeds": len(seeds),
-                        "per_seed_diff": [float(d.mean()) for d in per_seed]})
+    for (structure, k, arm), by_seed in sorted(scores.items()):
+        base = scores.get((structure, k, "scratch"))
+        if arm == "scratch" or base is None:
+            continue
+        d = paired_difference(by_seed, base)
+        out.append({"structure": structure, "k": k if k == "all" else int(k), "method": arm,
+                    "mean_diff": d["mean_diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
+                    "n_seeds": d["n_repeats"], "n_test_cases": d["n_cases"], "per_seed_diff": d["per_repeat_diff"]})
     return out
 
 
 def arm_summary(rows: list[dict]) -> dict:
     """(structure, k, arm) -> mean Dice over seeds with a bootstrap 95% CI (seeds, then cases)."""
+    from nnunetv2_selma.evaluation.stats import hierarchical_bootstrap_ci
+
     groups: dict[tuple, list[np.ndarray]] = {}
     for r in rows:
         groups.setdefault((r["structure"], k_label(r["k"]), r["arm"]), []).append(
             np.array(list(r["per_case_dice"].values())))
-    return {key: bootstrap_mean_ci(v) for key, v in groups.items()}
+    return {key: hierarchical_bootstrap_ci(v) for key, v in groups.items()}
 
 
 def write_table(results: dict, path: Path) -> str:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class DemoProfile:
     pretrain_batch: int
     finetune_trainer: str  # same trainer (same budget) for both arms
     folds: tuple[int, ...]  # each fold is one repeat of the comparison
+    labelled: int  # labelled patches each repeat fine-tunes on (drawn per repeat); 0: nnU-Net's 5-fold split
     block: tuple[int, int, int]  # whole-volume inference block
     description: str
 
@@ -60,13 +62,13 @@ PROFILES: dict[str, DemoProfile] = {
     p.name: p
     for p in (
         DemoProfile("smoke", "cpu", 0.16, 5, (48, 96, 96), 1, 2, (32, 48, 48), 4, 2,
-                    "nnUNetTrainerSelma_1epoch_2it", (0,), (32, 48, 48),
+                    "nnUNetTrainerSelma_1epoch_2it", (0,), 2, (32, 48, 48),
                     "seconds-scale check of every stage (used by the tests)"),
         DemoProfile("quick", "cpu", 0.2, 8, (64, 128, 128), 1, 6, (48, 64, 64), 300, 4,
-                    "nnUNetTrainerSelma_8epochs_25it", (0, 1), (32, 128, 128),
-                    "whole pipeline in about 15 minutes on a 2-core CPU"),
+                    "nnUNetTrainerSelma_8epochs_25it", (0, 1, 2), 2, (32, 128, 128),
+                    "whole pipeline in about 15 minutes on a 2-core CPU; few labels (2 patches per repeat)"),
         DemoProfile("full", "M", 1.0, 12, (256, 512, 512), 2, 12, (100, 100, 100), 5000, 2,
-                    "nnUNetTrainerSelma_100epochs", (0, 1, 2), (256, 256, 256),
+                    "nnUNetTrainerSelma_100epochs", (0, 1, 2), 4, (256, 256, 256),
                     "sized for one GPU (hours)"),
     )
 }
@@ -106,6 +108,22 @@ def _script(name: str) -> str:
     """Path of a console script installed beside this interpreter (falls back to PATH)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
+
+
+def write_few_label_splits(raw_dataset: Path, splits_file: Path, labelled: int, repeats: Sequence[int],
+                           seed: int) -> list[dict]:
+    """nnU-Net's ``splits_final.json`` for a few-label comparison: fold r trains on ``labelled`` cases
+    drawn with ``(seed, r)`` and validates on all the others. Both arms read the same file, so repeat r
+    fine-tunes the same patches in both."""
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (raw_dataset / "labelsTr").glob("*.nii.gz"))
+    if len(cases) <= labelled:
+        raise ValueError(f"{raw_dataset}: {len(cases)} labelled cases; a few-label split of {labelled} needs more")
+    splits = [{"train": [], "val": []} for _ in range(max(repeats) + 1)]
+    for r in repeats:
+        train = sorted(np.random.default_rng([seed, r]).choice(cases, size=labelled, replace=False).tolist())
+        splits[r] = {"train": train, "val": [c for c in cases if c not in train]}
+    splits_file.write_text(json.dumps(splits, indent=1))
+    return splits
 
 
 def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device: str = "cpu",
@@ -177,6 +195,10 @@ def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device:
     dataset_name = next(p.name for p in folders["nnUNet_preprocessed"].iterdir()
                         if p.name.startswith(f"Dataset{DEMO_DATASET_ID}_"))
     plans_file = folders["nnUNet_preprocessed"] / dataset_name / f"{plans_name}.json"
+    if prof.labelled:
+        write_few_label_splits(folders["nnUNet_raw"] / dataset_name,
+                               folders["nnUNet_preprocessed"] / dataset_name / "splits_final.json",
+                               prof.labelled, prof.folds, seed)
 
     # 5. self-supervised pretraining on the store (masked image modelling), same network as fine-tuning
     pretrain_dir = out / "pretraining"
@@ -253,6 +275,30 @@ def _validation_dice(fold_dir: Path) -> float | None:
     return float(json.loads(summary.read_text())["foreground_mean"]["Dice"])
 
 
+def _validation_per_case(fold_dir: Path) -> dict[str, float]:
+    """Per-case foreground Dice of nnU-Net's own validation of a fold (label 1)."""
+    summary = fold_dir / "validation" / "summary.json"
+    if not summary.exists():
+        return {}
+    rows = json.loads(summary.read_text())["metric_per_case"]
+    return {Path(r["reference_file"]).name.split(".")[0]: float(r["metrics"]["1"]["Dice"]) for r in rows}
+
+
+def paired_comparisons(results: dict) -> dict[str, dict]:
+    """pretrained - scratch per repeat and case, on the c-Fos test and on nnU-Net's nuclei validation."""
+    from nnunetv2_selma.evaluation.stats import paired_difference
+
+    def scores(arm: str, which: str) -> dict:
+        folds = results[arm]["folds"]
+        if which == "test":
+            return {f: {c: float(v["dice"]) for c, v in folds[f]["evaluation"]["cases"].items()} for f in folds}
+        return {f: _validation_per_case(results[arm]["model_folder"] / f"fold_{f}") for f in folds}
+
+    return {"c-Fos test (unseen structure)": paired_difference(scores("pretrained", "test"), scores("scratch", "test")),
+            "nuclei validation (held-out patches)": paired_difference(scores("pretrained", "validation"),
+                                                                      scores("scratch", "validation"))}
+
+
 def _mean_metric(arm_result: dict, key: str) -> tuple[float, float]:
     values = [f["evaluation"]["aggregates"][key] for f in arm_result["folds"].values()]
     return float(np.mean(values)), float(np.std(values))
@@ -261,6 +307,7 @@ def _mean_metric(arm_result: dict, key: str) -> tuple[float, float]:
 def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases: dict, test_dir: Path,
                  pretrain_dir: Path, volume_dir: Path, volume_out: Path, timings: dict) -> Path:
     """Write ``report.md`` with the comparison table, the stage timings and the pictures."""
+    from nnunetv2_selma.evaluation.stats import verdict
     from nnunetv2_selma.io import read_image, strip_image_suffix
     from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 
@@ -268,7 +315,8 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
     figures.mkdir(exist_ok=True)
     lines = [f"# nnunetv2-selma demo report ({prof.name} profile, {device})", "",
              f"Profile: {prof.description}. Preset `{prof.preset}`, fine-tuning trainer "
-             f"`{prof.finetune_trainer}` for both arms, folds {list(prof.folds)}, "
+             f"`{prof.finetune_trainer}` for both arms, repeats (folds) {list(prof.folds)}"
+             + (f" of {prof.labelled} labelled patches each" if prof.labelled else "") + ", "
              f"{prof.pretrain_iterations} pretraining iterations (batch {prof.pretrain_batch}).", "",
              "## Scratch versus self-supervised pretraining", "",
              f"Fine-tuned on synthetic nuclei (`{FINETUNE_SUBSET}`), tested on {len(cases)} synthetic c-Fos "
@@ -284,13 +332,21 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
         spread = len(res["folds"]) > 1
         lines.append(f"| {arm} | {dice_m:.3f}" + (f" ± {dice_s:.3f}" if spread else "")
                      + f" | {b0_m:.2f}" + (f" ± {b0_s:.2f}" if spread else "") + f" | {val} |")
-    lines += ["", "What this does and does not show: both arms use the same trainer, schedule, data and "
-              "test set; only the initial weights differ. With "
-              f"{len(prof.folds)} fold(s) and {len(cases)} test cases on synthetic data, a difference of a few "
-              "Dice points is within run-to-run noise (nnU-Net training is not seeded); the numbers show that "
-              "the pipeline runs end to end and that pretrained weights load and train, not that pretraining "
-              "helps on real SELMA3D data. The `full` profile (GPU, three folds) is the one sized for that question."
-              + (" Test-time mirroring is off on CPU to fit the budget." if device == "cpu" else ""),
+    paired = paired_comparisons(results)
+    few = f"{prof.labelled} labelled patches per repeat" if prof.labelled else "nnU-Net's 5-fold split"
+    lines += ["", f"### Paired difference, pretrained − scratch ({few}, {len(prof.folds)} repeat(s))", "",
+              "| scored on | mean difference | 95% CI | per repeat |", "|---|---|---|---|"]
+    for what, d in paired.items():
+        per = ", ".join(f"{v:+.3f}" for v in d["per_repeat_diff"].values())
+        lines.append(f"| {what} | {d['mean_diff']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {per} |")
+    lines += ["", "Differences are taken per repeat and test case (each repeat fine-tunes both arms on the same "
+              "patches); the interval is a two-level bootstrap over repeats and cases. "
+              + verdict(paired["c-Fos test (unseen structure)"]), "",
+              "What this does and does not show: both arms use the same trainer, schedule, data and test set; "
+              "only the initial weights differ. nnU-Net's training is not seeded, so each repeat also carries "
+              "training noise. The data are synthetic: the numbers show how the arms compare here, not on real "
+              "SELMA3D data. `benchmarks/bench_ssl_benefit.py` is the study across structures, label counts and "
+              "seeds." + (" Test-time mirroring is off on CPU to fit the budget." if device == "cpu" else ""),
               "", "In the whole-volume picture, foreground outside the tissue shows what fine-tuning on in-tissue "
               "patches alone does not teach: the black outside never appears in the training patches.", ""]
 
@@ -336,7 +392,7 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
     report = out / "report.md"
     report.write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(
-        {"profile": asdict(prof), "device": device, "timings": timings,
+        {"profile": asdict(prof), "device": device, "timings": timings, "paired": paired,
          "arms": {arm: {str(f): {"aggregates": v["evaluation"]["aggregates"], "validation_dice": v["validation"]}
                         for f, v in res["folds"].items()} for arm, res in results.items()}}, indent=1))
     return report

@@ -35,6 +35,21 @@ def test_report_has_both_arms_and_pictures(demo_run: Path):
         assert f"figures/{picture}" in report
 
 
+def test_report_states_the_paired_few_label_difference(demo_run: Path):
+    report = (demo_run / "report.md").read_text()
+    results = json.loads((demo_run / "results.json").read_text())
+    test = results["paired"]["c-Fos test (unseen structure)"]
+    assert test["n_repeats"] == len(PROFILES["smoke"].folds) and test["n_cases"] == PROFILES["smoke"].test_cases
+    assert test["ci_low"] <= test["mean_diff"] <= test["ci_high"]
+    assert f"| c-Fos test (unseen structure) | {test['mean_diff']:+.3f} |" in report
+    assert "The 95% interval" in report
+    # the few-label split: the fold fine-tuned on exactly `labelled` patches, validated on the others
+    splits = json.loads((demo_run / "nnUNet_preprocessed" / "Dataset701_SELMA3D_Nuclei" / "splits_final.json")
+                        .read_text())
+    assert len(splits[0]["train"]) == PROFILES["smoke"].labelled
+    assert not set(splits[0]["train"]) & set(splits[0]["val"])
+
+
 def test_results_hold_leaderboard_metrics(demo_run: Path):
     results = json.loads((demo_run / "results.json").read_text())
     assert set(results["arms"]) == {"scratch", "pretrained"}
