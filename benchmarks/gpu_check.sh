@@ -10,6 +10,8 @@
 #      cuda with -pretrained_weights; GPU-saved checkpoints loading without a GPU; nnU-Net's DDP path
 #      (run_ddp) with our trainer; nnUNetv2_predict on cuda
 #   3. whole-volume block inference on cuda against stock nnUNetPredictor
+#   4. the label-efficiency study's gpu profile (bench_ssl_benefit.py --profile gpu), reduced to fit;
+#      a second call on a warm machine resumes it
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -24,13 +26,16 @@ mk() { printf '#!/usr/bin/env python3\nimport sys\nfrom %s import %s\nif __name_
 mk nnUNetv2_train nnunetv2.run.run_training run_training_entry
 mk nnUNetv2_predict nnunetv2.inference.predict_from_raw_data predict_entry_point
 mk nnUNetv2_selma_plan nnunetv2_selma.cli.plan main
+mk nnUNetv2_selma_convert nnunetv2_selma.cli.convert main
+mk nnUNetv2_selma_ingest nnunetv2_selma.cli.ingest main
+mk nnUNetv2_selma_pretrain nnunetv2_selma.cli.pretrain main
 export PATH=/tmp/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 echo "setup $(( $(date +%s) - T0 )) s"
 # seconds each section may take (the device lends ~10 minutes a call); a section cut short still
 # leaves what it wrote under $OUT
-for spec in ${SECTIONS:-pretraining:240 integration:200 inference:90}; do
+for spec in ${SECTIONS:-pretraining:150 integration:150 inference:60 ssl_benefit:220}; do
   part=${spec%%:*}; limit=${spec##*:}
   t=$(date +%s)
   echo "=== section $part (limit $limit s)"
