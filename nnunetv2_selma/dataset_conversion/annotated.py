@@ -42,6 +42,7 @@ from nnunetv2_selma.dataset_conversion.annotated_discovery import (
     discover_annotated,
 )
 from nnunetv2_selma.io import read_image, write_image
+from nnunetv2_selma.structures import SUBSETS
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +55,17 @@ class StructureInfo:
     """What a known subset holds: the structure name, its ID slot and its channel (stain) names."""
 
     structure: str
-    slot: int  # dataset ID = first ID + slot
+    slot: int | None  # dataset ID = first ID + slot; None: numbered with the subsets not listed
     channel_names: tuple[str, ...]
 
 
-#: Known subsets (names exactly as on disk) -> structure. Default dataset ID = ``DEFAULT_FIRST_ID + slot``:
-#: Nuclei 701, Vessels 702, cFos 703, Plaques 704, BloodVessels 705, Microglia 706, Axons 707,
-#: Combined 710, subsets not listed here 711, 712, ... in sorted subset order.
+#: Known subsets (names exactly as on disk, every edition; from :data:`nnunetv2_selma.structures.SUBSETS`)
+#: -> structure. Default dataset ID = ``DEFAULT_FIRST_ID + slot``: Nuclei 701 (shannel_cells, cell_nuclei),
+#: Vessels 702, cFos 703 (cFos-Active_Neurons, cfos_neuron), Plaques 704, BloodVessels 705, Microglia 706,
+#: Axons 707 (axon, axonalmarker), PeripheralNerves 708, LymphaticVessels 709, Combined 710, other subsets
+#: (gutnerve, protein and those not listed) 711, 712, ... in sorted subset order.
 KNOWN_SUBSETS: dict[str, StructureInfo] = {
-    "shannel_cells": StructureInfo("Nuclei", 0, ("PropidiumIodide",)),
-    "VessAP_vessel": StructureInfo("Vessels", 1, ("WGA", "EvansBlue")),
-    "cFos-Active_Neurons": StructureInfo("cFos", 2, ("cFos",)),
-    "AD_plaques": StructureInfo("Plaques", 3, ("CongoRed",)),
-    # 2025/2026 releases name patches by structure; their stains are not published, hence "LSM".
-    "blood_vessel": StructureInfo("BloodVessels", 4, ("LSM",)),
-    "microglia": StructureInfo("Microglia", 5, ("LSM",)),
-    "axon": StructureInfo("Axons", 6, ("LSM",)),
+    name: StructureInfo(s.dataset_structure, s.slot, s.channel_names) for name, s in SUBSETS.items()
 }
 COMBINED_STRUCTURE = "Combined"
 COMBINED_SLOT = 9
@@ -77,7 +73,7 @@ UNKNOWN_FIRST_SLOT = 10
 
 #: The default dataset IDs, for ``--help`` and the README.
 DEFAULT_IDS_TEXT = ", ".join(
-    [f"{k} ({v.structure}) {DEFAULT_FIRST_ID + v.slot}" for k, v in KNOWN_SUBSETS.items()]
+    [f"{k} ({v.structure}) {DEFAULT_FIRST_ID + v.slot}" for k, v in KNOWN_SUBSETS.items() if v.slot is not None]
     + [f"combined {DEFAULT_FIRST_ID + COMBINED_SLOT}",
        f"other subsets {DEFAULT_FIRST_ID + UNKNOWN_FIRST_SLOT}+ in sorted order"]
 )
@@ -105,9 +101,11 @@ def _channel_names(subset: str, n_channels: int) -> list[str]:
 def default_dataset_ids(subsets: Sequence[str], combined: bool = False,
                         first_id: int = DEFAULT_FIRST_ID) -> dict[str, int]:
     """Dataset ID per subset (and ``"combined"`` if asked): ``first_id + slot`` (see :data:`KNOWN_SUBSETS`)."""
-    unknown = sorted(s for s in subsets if s not in KNOWN_SUBSETS)
-    ids = {s: first_id + (KNOWN_SUBSETS[s].slot if s in KNOWN_SUBSETS else UNKNOWN_FIRST_SLOT + unknown.index(s))
-           for s in subsets}
+    def slot(s: str) -> int | None:
+        return KNOWN_SUBSETS[s].slot if s in KNOWN_SUBSETS else None
+
+    unknown = sorted(s for s in subsets if slot(s) is None)
+    ids = {s: first_id + (slot(s) if slot(s) is not None else UNKNOWN_FIRST_SLOT + unknown.index(s)) for s in subsets}
     if combined:
         ids["combined"] = first_id + COMBINED_SLOT
     return ids

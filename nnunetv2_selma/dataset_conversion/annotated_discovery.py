@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunetv2_selma.io import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
+from nnunetv2_selma.structures import SUBSETS
 
 logger = logging.getLogger(__name__)
 
@@ -258,4 +259,7 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
     for sub in subsets.values():
         logger.info("found subset %s: %d cases, %d channel(s), layout %s", sub.name, len(sub.cases),
                     sub.n_channels, "+".join(sorted(sub.layouts)))
+        if sub.name not in SUBSETS:
+            # converted all the same (named after its words); said so that a misspelt prefix is noticed
+            logger.info("subset %s is not a known SELMA3D subset (known: %s)", sub.name, ", ".join(SUBSETS))
     return dict(sorted(subsets.items()))

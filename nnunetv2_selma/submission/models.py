@@ -28,18 +28,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunetv2_selma.structures import model_prefixes
+
 log = logging.getLogger(__name__)
 
 MODELS_JSON = "models.json"
 
-#: canonical structure -> file-name prefixes known from SELMA3D's data (subset and folder names)
-KNOWN_STRUCTURE_PREFIXES: dict[str, tuple[str, ...]] = {
-    "cfos": ("cfos", "c_fos", "cfos_active_neurons"),
-    "microglia": ("microglia",),
-    "vessel": ("vessel", "vessels", "vessap", "vessap_vessel", "blood_vessel"),
-    "nuclei": ("nuclei", "nucleus", "cell_nuclei", "shannel", "shannel_cells"),
-    "plaques": ("plaques", "plaque", "ad_plaques", "ab_plaque", "amyloid"),
-}
+#: canonical structure -> file-name prefixes known from SELMA3D's data (subset and folder names), every
+#: edition; from the one table in :mod:`nnunetv2_selma.structures`
+KNOWN_STRUCTURE_PREFIXES: dict[str, tuple[str, ...]] = model_prefixes()
 
 
 def normalize_name(name: str) -> str:

@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.io import apply_default_mode, write_image
+from nnunetv2_selma.structures import STRUCTURES, SUBSETS, subsets_of_edition, unannotated_folder_structures
 from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 from nnunetv2_selma.synthetic.volumes import LightSheetScene, canonical_structure, n_channels
 
 log = logging.getLogger(__name__)
 
-SUBSETS_2024 = {"shannel_cells": "nuclei", "VessAP_vessel": "vessel", "cFos-Active_Neurons": "cfos",
-                "AD_plaques": "plaques"}
+#: 2024 subset (as on disk) -> the structure drawn, from the one table in nnunetv2_selma.structures
+SUBSETS_2024 = {name: STRUCTURES[SUBSETS[name].structure].synthetic for name in subsets_of_edition("2024")}
 LAYOUTS = ("challenge", "bia", "prefixed")
 # real 2024 patch shapes (z, y, x); AD_plaques is an assumption (not confirmed by the organisers)
 PATCH_SHAPES_2024 = {"shannel_cells": (200, 200, 200), "VessAP_vessel": (50, 500, 500),
@@ -45,7 +46,7 @@ PATCH_SHAPES_2024 = {"shannel_cells": (200, 200, 200), "VessAP_vessel": (50, 500
 # the challenge download spreads subsets over several brains; nobody may hard-code brain_1
 BRAIN_OF_SUBSET = {"shannel_cells": 1, "VessAP_vessel": 2, "cFos-Active_Neurons": 1, "AD_plaques": 3}
 MASK_ENCODINGS = ((0, 1), (0, 255), (0, 95, 255))
-UNANNOTATED_STRUCTURES = ("ab_plaque", "cfos", "nucleus", "vessel")
+UNANNOTATED_STRUCTURES = tuple(sorted(unannotated_folder_structures()))
 PATCH_FORMATS = (".nii.gz", ".mha")
 MIN_PATCH_EDGE = 16
 #: nnU-Net's 5-fold cross-validation (KFold(5)) needs at least 5 training cases per dataset

@@ -22,9 +22,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
+from nnunetv2_selma.structures import unannotated_folder_structures
+
+#: what the generator can draw (the ``synthetic`` field of :data:`nnunetv2_selma.structures.STRUCTURES`)
 STRUCTURES = ("vessel", "nuclei", "cfos", "plaques", "microglia")
 # names the unannotated download uses for its folders -> the structure drawn
-STRUCTURE_ALIASES = {"ab_plaque": "plaques", "nucleus": "nuclei", "cfos": "cfos", "vessel": "vessel"}
+STRUCTURE_ALIASES = unannotated_folder_structures()
 
 _CAMERA_OFFSET = 100.0  # dark level of an sCMOS camera, in counts
 _READ_NOISE = 3.0
