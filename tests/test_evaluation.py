@@ -167,6 +167,7 @@ def cube(shape, start, size=4) -> np.ndarray:
 
 
 def test_panoptic_quality_hand_values():
+    """2026 PQ is panoptica's pq_dsc: SQ = mean Dice of the pairs matched at IoU >= 0.3."""
     shape = (16, 16, 16)
     g = two_blobs(shape)
     assert m.panoptic_quality(g, g) == pytest.approx(1.0)
@@ -174,20 +175,86 @@ def test_panoptic_quality_hand_values():
     one[10:14, 10:14, 10:14] = False
     assert m.panoptic_quality(one, g) == pytest.approx(2 / 3)  # SQ 1, RQ 1 / (1 + 0.5)
     ref = cube(shape, (4, 4, 4))
-    # shifted by 2: IoU 32/96 = 1/3 >= 0.3, matched: PQ = SQ * RQ = 1/3 * 1
-    assert m.panoptic_quality(cube(shape, (4, 4, 6)), ref) == pytest.approx(1 / 3)
+    # shifted by 2: IoU 32/96 = 1/3 >= 0.3, matched; Dice 64/128: PQ = SQ * RQ = 1/2 * 1 (IoU-based SQ: 1/3)
+    assert m.panoptic_quality(cube(shape, (4, 4, 6)), ref) == pytest.approx(0.5, abs=1e-9)
     # shifted by 3: IoU 16/112 < 0.3, unmatched: one FP and one FN
     assert m.panoptic_quality(cube(shape, (4, 4, 7)), ref) == pytest.approx(0.0)
-    empty = np.zeros(shape, bool)
-    assert m.panoptic_quality(empty, empty) == 1.0
-    assert m.panoptic_quality(empty, g) == 0.0
-    assert m.panoptic_quality(g, empty) == 0.0
     # instances are 26-connected components: corner-touching cubes are ONE instance
     c = corner_touching()
     assert m.panoptic_quality(c, c) == pytest.approx(1.0)
     left = c.copy()
-    left[3:5, 3:5, 3:5] = False  # the first cube alone: IoU 8/16 with the single reference instance
-    assert m.panoptic_quality(left, c) == pytest.approx(0.5)
+    left[3:5, 3:5, 3:5] = False  # the first cube alone: IoU 8/16 with the single instance, Dice 16/24
+    assert m.panoptic_quality(left, c) == pytest.approx(2 / 3, abs=1e-9)
+
+
+def test_panoptic_quality_corner_against_edge_touching_cubes_is_half():
+    """The issue's example: two 3^3 cubes touching at a corner vs. at an edge, one instance each.
+
+    Shared: the first cube, 27 of 54 voxels each. IoU 27/81 = 1/3 >= 0.3 matches them; Dice
+    54/108 = 1/2, so pq_dsc = 1/2 (an IoU-based SQ would give 1/3).
+    """
+    ref = np.zeros((12, 12, 12), bool)
+    ref[1:4, 1:4, 1:4] = ref[4:7, 4:7, 4:7] = True  # corner-touching
+    pred = np.zeros_like(ref)
+    pred[1:4, 1:4, 1:4] = pred[4:7, 4:7, 1:4] = True  # edge-touching
+    assert m.panoptic_quality(pred, ref) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_panoptic_quality_threshold_is_iou_at_least_0_3_and_empty_cases():
+    ref = np.zeros((4, 4, 16), bool)
+    ref[1, 1, 2:12] = True  # a 10-voxel line
+    pred = np.zeros_like(ref)
+    pred[1, 1, 2:5] = True  # 3 of its voxels: IoU exactly 3/10 matches, Dice 6/13
+    assert m.panoptic_quality(pred, ref) == pytest.approx(6 / 13, abs=1e-9)
+    pred[1, 1, 4] = False  # 2 voxels: IoU 0.2, unmatched
+    assert m.panoptic_quality(pred, ref) == 0.0
+    empty = np.zeros_like(ref)
+    assert math.isnan(m.panoptic_quality(empty, empty))  # both empty: NaN, as panoptica and the leaderboard
+    assert m.panoptic_quality(empty, ref) == 0.0
+    assert m.panoptic_quality(ref, empty) == 0.0
+
+
+def test_centerline_dice_2026_hand_values_and_nan_edge_cases():
+    line = np.zeros((5, 5, 16), bool)
+    line[2, 2, 2:12] = True  # its skeleton is itself
+    assert m.centerline_dice(line, line) == 1.0
+    half = np.zeros_like(line)
+    half[2, 2, 2:7] = True
+    # tprec = |P ∩ S(G)| / |S(G)| = 5/10, tsens = |G ∩ S(P)| / |S(P)| = 5/5: 2 * 0.5 / 1.5, no 1e-6 term
+    assert m.centerline_dice(half, line) == pytest.approx(2 / 3, abs=1e-12)
+    empty = np.zeros_like(line)
+    assert math.isnan(m.centerline_dice(empty, empty))
+    assert math.isnan(m.centerline_dice(empty, line))  # an empty skeleton
+    assert math.isnan(m.centerline_dice(line, empty))
+    far = np.zeros_like(line)
+    far[0, 0, 2:12] = True
+    assert math.isnan(m.centerline_dice(far, line))  # disjoint: both overlaps 0
+    even = np.zeros((8, 8, 8), bool)
+    even[3:5, 3:5, 3:5] = True  # a 2^3 cube: its skeleton vanishes
+    assert not m.skeleton(even).any() and math.isnan(m.centerline_dice(even, even))
+    assert m.cldice(empty, empty) == pytest.approx(1.0)  # the 2024 formula keeps its smoothing
+
+
+def test_centerline_dice_agrees_with_panoptica_case_by_case():
+    """Our 2026 clDice against the function the organisers call, NaN where theirs is NaN."""
+    import warnings
+
+    from panoptica.metrics.cldice import _compute_centerline_dice_coefficient
+
+    rng = np.random.default_rng(3)
+    shapes = [ball(), hollow_shell(), torus(), two_blobs(), corner_touching(), bar(), np.zeros((8, 8, 8), bool)]
+    pairs = [(a, a) for a in shapes] + [(torus(), ball()), (bar(), np.roll(bar(), 2, axis=2)),
+                                       (ball(), np.zeros((30, 30, 30), bool))]
+    for _ in range(6):
+        noisy = rng.random((20, 20, 20)) > 0.6
+        pairs.append((noisy, np.roll(noisy, 1, axis=0) | (rng.random((20, 20, 20)) > 0.9)))
+    for pred, ref in pairs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # theirs divides 0 by 0
+            theirs = float(_compute_centerline_dice_coefficient(reference=ref.astype(np.uint8),
+                                                                prediction=pred.astype(np.uint8)))
+        ours = m.centerline_dice(pred, ref)
+        assert (math.isnan(theirs) and math.isnan(ours)) or abs(theirs - ours) <= 1e-9, (theirs, ours)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,9 +270,20 @@ def test_panoptic_quality_hand_values():
         ("2025", "AD_plaques_patchvolume_023", "isolated"),
         ("2025", "shannel_cells_patchvolume_002", "isolated"),
         ("2025", "blood_vessel_patchvolume_019", "contiguous"),
+        ("2025", "microglia_patchvolume_004", "contiguous"),
         ("2026", "VessAP_vessel_patchvolume_001", "contiguous"),
-        ("2026", "microglia_patchvolume_004", "contiguous"),
         ("2026", "cFos_patchvolume_004", "isolated"),
+        # the organisers' ten 2026 prefixes; microglia is isolated in 2026
+        ("2026", "microglia_patchvolume_004", "isolated"),
+        ("2026", "AD_plaques_patchvolume_023", "isolated"),
+        ("2026", "cell_nuclei_patchvolume_001", "isolated"),
+        ("2026", "cfos_neuron_patchvolume_002", "isolated"),
+        ("2026", "protein_patchvolume_003", "isolated"),
+        ("2026", "axonalmarker_patchvolume_001", "contiguous"),
+        ("2026", "blood_vessel_patchvolume_019", "contiguous"),
+        ("2026", "gutnerve_patchvolume_005", "contiguous"),
+        ("2026", "lymphatic_vessel_patchvolume_006", "contiguous"),
+        ("2026", "peripheral_nerve_patchvolume_007", "contiguous"),
     ],
 )
 def test_case_category_from_name(edition, case, category):
@@ -252,10 +330,14 @@ def test_rank_teams_directions_ties_and_category_means():
     assert r["teams"]["B"]["rank"] == 1.0
     # two categories: the final score is the mean of the category mean ranks
     two = {
-        "A": {"isolated_dice": 0.9, "isolated_pq": 0.9, "contiguous_dice": 0.1, "contiguous_cldice": 0.1},
-        "B": {"isolated_dice": 0.1, "isolated_pq": 0.1, "contiguous_dice": 0.9, "contiguous_cldice": 0.2},
+        "A": {"isolated_dice": 0.9, "isolated_betti_error_0": 1.0, "contiguous_dice": 0.1,
+              "contiguous_betti_error_0": 1.0, "contiguous_betti_error_1": 1.0, "contiguous_cldice": 0.1,
+              "contiguous_hd95": 9.0},
+        "B": {"isolated_dice": 0.1, "isolated_betti_error_0": 2.0, "contiguous_dice": 0.9,
+              "contiguous_betti_error_0": 0.0, "contiguous_betti_error_1": 0.0, "contiguous_cldice": 0.2,
+              "contiguous_hd95": 1.0},
     }
-    r = lb.rank_teams(two, "2026")
+    r = lb.rank_teams(two, "2025")
     assert r["teams"]["A"]["category_scores"] == {"isolated": 1.0, "contiguous": 2.0}
     assert r["teams"]["A"]["score"] == r["teams"]["B"]["score"] == 1.5
     assert r["teams"]["A"]["rank"] == r["teams"]["B"]["rank"] == 1.5
@@ -336,7 +418,8 @@ def test_evaluate_command_2024_on_nnunet_style_folder(folders, capsys):
 @pytest.mark.parametrize("edition, keys", [
     ("2025", {"isolated_dice", "isolated_betti_error_0", "contiguous_dice", "contiguous_betti_error_0",
               "contiguous_betti_error_1", "contiguous_cldice", "contiguous_hd95"}),
-    ("2026", {"isolated_dice", "isolated_pq", "contiguous_dice", "contiguous_cldice"}),
+    # 2026: microglia is isolated, so every case of this folder is; mean and std per metric
+    ("2026", {"iso_dice_mean", "iso_dice_std", "iso_panoptic_quality_mean", "iso_panoptic_quality_std"}),
 ])
 def test_later_editions_on_perfect_predictions(folders, edition, keys):
     from nnunetv2_selma.evaluation.folders import evaluate_folders
@@ -344,7 +427,7 @@ def test_later_editions_on_perfect_predictions(folders, edition, keys):
     result = evaluate_folders(folders["gt"], folders["perfect"], edition, None, num_processes=1, progress=False)
     assert set(result["aggregates"]) == keys
     for key, value in result["aggregates"].items():
-        best = 0.0 if ("error" in key or "hd95" in key) else 1.0
+        best = 0.0 if ("error" in key or "hd95" in key or key.endswith("_std")) else 1.0
         assert value == pytest.approx(best), key
 
 
@@ -354,7 +437,8 @@ def test_forced_category(folders):
     result = evaluate_folders(folders["gt"], folders["perfect"], "2026", None, category="isolated",
                               num_processes=1, progress=False)
     assert result["n_cases"] == {"isolated": 3, "contiguous": 0}
-    assert set(result["aggregates"]) == {"isolated_dice", "isolated_pq"}
+    assert set(result["aggregates"]) == {"iso_dice_mean", "iso_dice_std", "iso_panoptic_quality_mean",
+                                         "iso_panoptic_quality_std"}
 
 
 def test_missing_prediction_is_an_error_or_an_empty_prediction_with_warning(folders, tmp_path):
@@ -455,3 +539,95 @@ def test_rank_command_orders_perfect_first(folders, capsys):
                "--names", "pred", "perfect", "--edition", "2024", "-o", str(again)])
     assert json.loads(again.read_text())["order"] == ["perfect", "pred"]
     assert "perfect" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2026: the organisers' aggregates (mean and sample std, NaN-aware) and the four-subgroup ranking
+
+
+def test_aggregate_2026_mean_and_sample_std_over_finite_values():
+    cases = {
+        "cfos_neuron_a": {"category": "isolated", "dice": 1.0, "panoptic_quality": 1.0},
+        "cfos_neuron_b": {"category": "isolated", "dice": 0.5, "panoptic_quality": float("nan")},
+        "AD_plaques_c": {"category": "isolated", "dice": 0.0, "panoptic_quality": 0.0},
+        "gutnerve_d": {"category": "contiguous", "dice": 0.8, "cldice": 0.6},
+    }
+    agg, n_cases = lb.aggregate(cases, "2026")
+    assert n_cases == {"isolated": 3, "contiguous": 1}
+    assert agg["iso_dice_mean"] == pytest.approx(0.5, abs=1e-12)
+    assert agg["iso_dice_std"] == pytest.approx(0.5, abs=1e-12)  # sqrt((0.25 + 0 + 0.25) / (3 - 1))
+    assert agg["iso_panoptic_quality_mean"] == pytest.approx(0.5, abs=1e-12)  # the NaN case left out
+    assert agg["iso_panoptic_quality_std"] == pytest.approx(math.sqrt(0.5), abs=1e-12)  # over 1.0 and 0.0
+    assert agg["con_dice_mean"] == pytest.approx(0.8) and math.isnan(agg["con_dice_std"])  # one value
+    assert agg["con_cldice_mean"] == pytest.approx(0.6) and math.isnan(agg["con_cldice_std"])
+    warnings = "\n".join(lb.aggregate_warnings(cases, "2026"))
+    assert "iso_panoptic_quality: 1 of 3 case(s) are NaN (cfos_neuron_b)" in warnings
+    assert "con_dice_std: fewer than two finite values" in warnings
+    assert lb.aggregate_warnings(cases | {"cfos_x": {"category": "dot-like", "dice": 1.0}}, "2024") == []
+    sub = lb.subgroup_aggregate(cases, "2026")
+    assert sub["dense_iso_dice_mean"] == pytest.approx(0.75) and sub["sparse_iso_dice_mean"] == 0.0
+    assert sub["dense_iso_panoptic_quality_mean"] == 1.0 and sub["sparse_con_cldice_mean"] == pytest.approx(0.6)
+
+
+def test_rank_teams_2026_four_subgroups_then_structure_types():
+    def team(di, si, dc, sc):  # one value per subgroup, used for both of its metrics
+        out = {}
+        for sub, v in (("dense_iso", di), ("sparse_iso", si), ("dense_con", dc), ("sparse_con", sc)):
+            second = "panoptic_quality" if sub.endswith("iso") else "cldice"
+            out[f"{sub}_dice_mean"] = out[f"{sub}_{second}_mean"] = v
+        return out
+
+    teams = {"A": team(0.9, 0.9, 0.9, 0.1), "B": team(0.1, 0.1, 0.5, 0.9), "C": team(0.5, 0.5, 0.1, 0.5)}
+    r = lb.rank_teams(teams, "2026")
+    # subgroup mean ranks: A 1, 1, 1, 3; B 3, 3, 2, 1; C 2, 2, 3, 2
+    assert r["teams"]["A"]["subgroup_scores"] == {"dense_iso": 1.0, "sparse_iso": 1.0, "dense_con": 1.0,
+                                                  "sparse_con": 3.0}
+    assert r["teams"]["A"]["category_scores"] == {"isolated": 1.0, "contiguous": 2.0}
+    assert r["teams"]["B"]["category_scores"] == {"isolated": 3.0, "contiguous": 1.5}
+    assert r["teams"]["A"]["score"] == 1.5 and r["teams"]["B"]["score"] == 2.25 and r["teams"]["C"]["score"] == 2.25
+    assert r["order"] == ["A", "B", "C"] and r["teams"]["B"]["rank"] == r["teams"]["C"]["rank"] == 2.5
+    # a NaN mean (every case NaN) ranks last instead of poisoning the ranks
+    teams["A"]["sparse_con_cldice_mean"] = float("nan")
+    teams["B"]["sparse_con_cldice_mean"] = 0.0
+    r = lb.rank_teams(teams, "2026")
+    assert r["teams"]["A"]["metric_ranks"]["sparse_con_cldice_mean"] == 3.0
+
+
+def test_evaluate_2026_folder_nan_cases_new_prefixes_and_rank(tmp_path):
+    """gutnerve/peripheral_nerve accepted, microglia isolated, NaN per case, warnings, no crash."""
+    from nnunetv2_selma.evaluation.folders import evaluate_folders, rank_predictions
+
+    gt, good, bad = tmp_path / "gt", tmp_path / "good", tmp_path / "bad"
+    for d in (gt, good, bad):
+        d.mkdir()
+    shape = (8, 12, 24)
+    line = np.zeros(shape, np.uint8)
+    line[4, 6, 2:20] = 1
+    blobs = two_blobs(shape).astype(np.uint8)
+    empty = np.zeros(shape, np.uint8)
+    refs = {"gutnerve_patchvolume_001": line, "peripheral_nerve_patchvolume_002": line,
+            "microglia_patchvolume_003": blobs, "cfos_neuron_patchvolume_004": empty,
+            "AD_plaques_patchvolume_005": blobs}
+    for case, ref in refs.items():
+        write_image(gt / f"{case}.nii.gz", ref)
+        write_image(good / f"{case}.nii.gz", ref)
+        write_image(bad / f"{case}.nii.gz", empty)
+    result = evaluate_folders(gt, bad, "2026", tmp_path / "bad.json", num_processes=1, progress=False)
+    assert result["n_cases"] == {"isolated": 3, "contiguous": 2}
+    cases = result["cases"]
+    assert math.isnan(cases["cfos_neuron_patchvolume_004"]["panoptic_quality"])  # both empty
+    assert cases["cfos_neuron_patchvolume_004"]["dice"] == 1.0
+    assert math.isnan(cases["gutnerve_patchvolume_001"]["cldice"])  # empty prediction skeleton
+    assert cases["microglia_patchvolume_003"]["panoptic_quality"] == 0.0
+    agg = result["aggregates"]
+    assert agg["iso_panoptic_quality_mean"] == 0.0 and math.isnan(agg["con_cldice_mean"])
+    warnings = "\n".join(result["warnings"])
+    assert "case cfos_neuron_patchvolume_004: panoptic quality is NaN" in warnings
+    assert "con_cldice: 2 of 2 case(s) are NaN (gutnerve_patchvolume_001, peripheral_nerve_patchvolume_002)" in warnings
+    assert set(result["subgroup_aggregates"]) == {
+        "dense_iso_dice_mean", "dense_iso_panoptic_quality_mean", "sparse_iso_dice_mean",
+        "sparse_iso_panoptic_quality_mean", "sparse_con_dice_mean", "sparse_con_cldice_mean"}
+    ranking = rank_predictions([good, tmp_path / "bad.json"], "2026", tmp_path / "rank.json", reference_folder=gt,
+                               names=["good", "bad"], num_processes=1, progress=False)
+    assert ranking["order"] == ["good", "bad"] and ranking["teams"]["good"]["score"] == 1.0
+    assert set(ranking["teams"]["good"]["subgroup_scores"]) == {"dense_iso", "sparse_iso", "sparse_con"}

@@ -136,7 +136,7 @@ def evaluate_folders(
     edition : "2024", "2025" or "2026"
     output_json : where to write the result (written atomically); None writes nothing
     category : force every case into "isolated"/"dot-like" or "contiguous"/"tree-like" instead of
-        telling it from the case name (:data:`leaderboard.CASE_NAME_PREFIXES`)
+        telling it from the case name (the prefixes of :mod:`nnunetv2_selma.structures`)
     num_processes : worker processes; 1 scores in this process
     allow_missing : score a missing prediction as an empty one (with a warning) instead of failing
     csv_path : per-case CSV; defaults to ``output_json`` with suffix ``.csv``
@@ -144,8 +144,9 @@ def evaluate_folders(
 
     Returns
     -------
-    dict with ``edition``, ``reference``, ``prediction``, ``aggregates`` (leaderboard key names),
-    ``n_cases`` (per category), ``cases`` (case -> category, metric values and that case's
+    dict with ``edition``, ``reference``, ``prediction``, ``aggregates`` (leaderboard key names;
+    2026: mean and std, NaN-aware), ``n_cases`` (per category), ``subgroup_aggregates`` (2026 only:
+    the dense/sparse x iso/con means the ranking ranks), ``cases`` (case -> category, metric values and that case's
     ``warnings``) and ``warnings`` (every warning, each naming its case).
 
     Raises
@@ -172,7 +173,7 @@ def evaluate_folders(
         warnings.append(f"case {case}: prediction {preds[case].name} has no reference; ignored")
     categories = {case: lb.case_category(case, edition, category).name for case in refs}
 
-    if any("pq" in lb.EDITIONS[edition][c].metrics for c in set(categories.values())):
+    if any("panoptic_quality" in lb.EDITIONS[edition][c].metrics for c in set(categories.values())):
         import panoptica  # noqa: F401  -- slow import (torch); once here, inherited by forked workers
 
     jobs = [(case, refs[case], preds.get(case), edition, categories[case]) for case in sorted(refs)]
@@ -201,16 +202,19 @@ def evaluate_folders(
     cases = {case: cases[case] for case in sorted(cases)}
     for case, values in cases.items():
         warnings += [f"case {case}: {w}" for w in values["warnings"]]
+    warnings += lb.aggregate_warnings(cases, edition)
     for w in warnings:
         logger.warning(w)
 
     aggregates, n_cases = lb.aggregate(cases, edition)
+    subgroups = lb.subgroup_aggregate(cases, edition)
     result = {
         "edition": edition,
         "reference": str(Path(reference_folder).resolve()),
         "prediction": str(Path(prediction_folder).resolve()),
         "aggregates": aggregates,
         "n_cases": n_cases,
+        **({"subgroup_aggregates": subgroups} if subgroups else {}),
         "cases": cases,
         "warnings": warnings,
     }
@@ -291,19 +295,27 @@ def rank_predictions(
         if case_sets[name] != case_sets[first]:
             diff = sorted(set(case_sets[name]) ^ set(case_sets[first]))
             raise ValueError(f"teams {first!r} and {name!r} were scored on different cases ({', '.join(diff[:10])})")
-    ranking = lb.rank_teams({name: r["aggregates"] for name, r in results.items()}, edition)
+    if edition in lb.MEAN_STD_EDITIONS:  # 2026 ranks subgroup means (older result files lack them)
+        ranked_on = {name: r.get("subgroup_aggregates") or lb.subgroup_aggregate(r["cases"], edition)
+                     for name, r in results.items()}
+    else:
+        ranked_on = {name: r["aggregates"] for name, r in results.items()}
+    ranking = lb.rank_teams(ranked_on, edition)
     write_json_atomic(output_json, ranking, indent=2)
 
     metric_keys = list(ranking["teams"][first]["metric_ranks"])
     category_names = list(ranking["teams"][first]["category_scores"])
+    subgroup_names = list(ranking["teams"][first]["subgroup_scores"])
 
     def write(f):
         writer = csv.writer(f)
         writer.writerow(["team", "rank", "score", *[f"{c}_mean_rank" for c in category_names],
+                         *[f"{g}_mean_rank" for g in subgroup_names],
                          *metric_keys, *[f"{k}_rank" for k in metric_keys]])
         for team in ranking["order"]:
             t = ranking["teams"][team]
             writer.writerow([team, t["rank"], t["score"], *[t["category_scores"][c] for c in category_names],
+                             *[t["subgroup_scores"][g] for g in subgroup_names],
                              *[t["aggregates"][k] for k in metric_keys], *[t["metric_ranks"][k] for k in metric_keys]])
 
     write_atomic(output_json.with_suffix(".csv"), write)

@@ -8,7 +8,8 @@ Which edition uses what (see :mod:`nnunetv2_selma.evaluation.leaderboard`):
 
 * 2024: Dice, Betti-0/Betti-1 errors, clDice.
 * 2025: Dice, Betti errors, clDice, HD95.
-* 2026: Dice, panoptic quality (PQ), clDice.
+* 2026: Dice, panoptic quality with Dice-based SQ (panoptica's ``pq_dsc``), clDice without
+  smoothing (panoptica's centerline Dice); both NaN in their edge cases, as on the leaderboard.
 
 The definitions of Dice, Betti numbers, Betti errors and clDice are the 2024 official ones
 (reproduced in ``SELMA3D.md``, section "Evaluation"); the later editions reuse them.
@@ -257,26 +258,29 @@ def _panoptica_evaluator(iou_threshold: float):
     from panoptica.utils.citation_reminder import disable_citation_reminder
 
     disable_citation_reminder()  # it prints a banner into every worker's output otherwise
+    # the organisers' 2026 configuration: cc3d components (cca_backend=None picks cc3d in 3D),
+    # matching on IoU >= threshold (NaiveThresholdMatching's default metric, not strict), DSC per pair
     return Panoptica_Evaluator(
         expected_input=InputType.SEMANTIC,
-        instance_approximator=ConnectedComponentsInstanceApproximator(),
+        instance_approximator=ConnectedComponentsInstanceApproximator(cca_backend=None),
         instance_matcher=NaiveThresholdMatching(matching_metric=Metric.IOU, matching_threshold=iou_threshold),
-        instance_metrics=[Metric.IOU],
-        global_metrics=[Metric.DSC],
+        instance_metrics=[Metric.DSC],
         log_times=False,
         verbose=False,
     )
 
 
 def panoptic_quality(pred: np.ndarray, ref: np.ndarray, iou_threshold: float = PQ_IOU_THRESHOLD) -> float:
-    """Panoptic quality of two binary masks, computed by ``panoptica`` (2026 definition).
+    """Panoptic quality with Dice-based segmentation quality, panoptica's ``pq_dsc`` (2026 definition).
 
     Binary masks have no instance labels, so instances are approximated by connected
     components (panoptica's ``ConnectedComponentsInstanceApproximator``, cc3d, 26-connected
     in 3D). Components are matched one-to-one when their IoU is at least ``iou_threshold``
-    (``NaiveThresholdMatching``, 0.3 in the 2026 rules). Then::
+    (``NaiveThresholdMatching``, 0.3 in the 2026 code; IoU exactly 0.3 matches). Then::
 
-        PQ = SQ * RQ,  SQ = mean IoU of matched pairs,  RQ = TP / (TP + FP/2 + FN/2)
+        PQ = SQ * RQ,  SQ = mean Dice of matched pairs,  RQ = TP / (TP + FP/2 + FN/2)
+
+    SQ is the mean Dice, not the mean IoU of the textbook PQ: the organisers report ``pq_dsc``.
 
     Parameters
     ----------
@@ -285,15 +289,43 @@ def panoptic_quality(pred: np.ndarray, ref: np.ndarray, iou_threshold: float = P
 
     Returns
     -------
-    float in [0, 1]. Both empty gives 1.0 (panoptica returns NaN there; 1.0 matches the Dice
-    rule for a correct empty answer and keeps means defined); exactly one empty gives 0.0.
+    float in [0, 1], or NaN when both masks are empty (as panoptica and the leaderboard give);
+    exactly one empty gives 0.0.
     """
     pred, ref = binary_pair(pred, ref)
     if not (pred.any() or ref.any()):
-        return 1.0
+        return float("nan")
     results = _panoptica_evaluator(iou_threshold).evaluate(pred.astype(np.uint8), ref.astype(np.uint8))
     (result,) = results.values()
-    value = float(result.pq)
-    if np.isnan(value):  # only when panoptica finds no instance at all, handled above
-        raise RuntimeError(f"panoptica returned PQ = NaN for masks with {pred.sum()} and {ref.sum()} voxels")
-    return value
+    return float(result.pq_dsc)
+
+
+def centerline_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Centerline Dice without smoothing, as panoptica computes it (2026 definition).
+
+    With S(.) the 3D skeleton (:func:`skeleton`)::
+
+        tprec = |P ∩ S(G)| / |S(G)|,  tsens = |G ∩ S(P)| / |S(P)|,
+        clDice = 2 tprec tsens / (tprec + tsens)
+
+    Unlike the 2024 formula (:func:`cldice`) there is no 1e-6 term, so the edge cases are NaN.
+
+    Parameters
+    ----------
+    pred, ref : ndarray, 3D, same shape; foreground is ``> 0``
+
+    Returns
+    -------
+    float in [0, 1], or NaN when either skeleton is empty (an empty mask, or an object whose
+    skeleton vanishes, such as a 2-voxel-wide bar) or when both overlaps are 0 (disjoint masks).
+    """
+    pred, ref = binary_pair(pred, ref)
+    skel_ref, skel_pred = skeleton(ref), skeleton(pred)
+    n_ref, n_pred = int(skel_ref.sum()), int(skel_pred.sum())
+    if n_ref == 0 or n_pred == 0:
+        return float("nan")
+    tprec = int(np.count_nonzero(pred & skel_ref)) / n_ref
+    tsens = int(np.count_nonzero(ref & skel_pred)) / n_pred
+    if tprec + tsens == 0:
+        return float("nan")
+    return 2.0 * tprec * tsens / (tprec + tsens)
