@@ -94,9 +94,9 @@ class Profile:
 
 PROFILES = {p.name: p for p in (
     Profile("smoke", "cpu", ("nuclei",), (1, "all"), 2, 2, 2, ("scratch", "mae"), 8, 2,
-            "nnUNetTrainerSelma_1epoch_2it", 0.25, (32, 96, 96), 2),
+            "nnUNetTrainerSelma_1epoch_2it", 0.25, (32, 96, 96), 1),
     Profile("cpu", "cpu", ("nuclei", "cfos", "plaques"), (1, 2, 4, "all"), 8, 4, 3, ("scratch", "mae", "denoise"),
-            300, 4, "nnUNetTrainerSelma_8epochs_25it", 0.25, (64, 128, 128), 2),
+            300, 4, "nnUNetTrainerSelma_6epochs_25it_noTTA", 0.25, (64, 128, 128), 1),
     # reduced to fit the device check's budget (benchmarks/gpu_check.sh, section ssl_benefit)
     Profile("gpu", "M", ("nuclei",), (1, "all"), 8, 4, 2, ("scratch", "mae"), 500, 2,
             "nnUNetTrainerSelma_8epochs_25it", 0.64, (128, 256, 256), 1, device="cuda"),
@@ -229,7 +229,7 @@ class Study:
     # -- stage 4-5: fine-tuning and scoring -----------------------------------------------------
     def finetune(self, structure: str, k, seed: int, arm: str, checkpoint: Future | None) -> dict:
         run_id = f"{structure}_k{k_label(k)}_{arm}_seed{seed}"
-        row_file = self.rows_dir / f"{run_id}.json"
+        row_file = self.rows_dir / self.prof.trainer / f"{run_id}.json"
         if row_file.is_file():
             return json.loads(row_file.read_text())
         weights = checkpoint.result() if checkpoint is not None else None
@@ -254,6 +254,7 @@ class Study:
                 "-p", self.plans, "-device", self.prof.device, "--disable_progress_bar", "-npp", "1", "-nps", "1",
                 *(["--disable_tta"] if self.prof.device == "cpu" else [])], env={"nnUNet_results": str(results)})
             rows.append(self.score(target, k, seed, arm, fold, model, pred_dir, structure, seconds))
+        row_file.parent.mkdir(parents=True, exist_ok=True)
         row_tmp = row_file.with_suffix(".tmp")
         row_tmp.write_text(json.dumps(rows, indent=1))
         os.replace(row_tmp, row_file)
@@ -288,7 +289,8 @@ class Study:
                 "tested_on": test, "k": k if k == "all" else int(k),
                 "n_train": len(self.cases[trained_on]["pool"]) if k == "all" else int(k),
                 "arm": arm, "seed": seed, "dice": float(np.mean(list(per_case.values()))), "per_case_dice": per_case,
-                "fold": fold, "finetune_seconds": round(seconds, 1), "model_folder": str(model)}
+                "fold": fold, "trainer": self.prof.trainer, "finetune_seconds": round(seconds, 1),
+                "model_folder": str(model)}
 
     def execute(self) -> list[dict]:
         from tqdm import tqdm
@@ -412,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structures", nargs="+", default=None, choices=sorted(STRUCTURES))
     parser.add_argument("--ks", nargs="+", default=None, help="override the label counts (ints and 'all')")
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: the profile's)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs at once (default 1: on 2 cores, two nnU-Net runs oversubscribe the CPU and each "
+                             "takes 3-4x longer; parallel runs pay on a machine with many cores)")
     args = parser.parse_args(argv)
 
     prof = PROFILES[args.profile]

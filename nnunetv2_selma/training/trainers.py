@@ -50,6 +50,7 @@ __all__ = [
     "nnUNetTrainerSelma_250epochs",
     "nnUNetTrainerSelma_500epochs",
     "nnUNetTrainerSelma_8epochs_25it",
+    "nnUNetTrainerSelma_6epochs_25it_noTTA",
 ]
 
 #: environment variable naming a pretrained checkpoint to load when a Selma trainer initialises
@@ -175,15 +176,18 @@ class nnUNetTrainerSelma(nnUNetTrainer):
         log, every tensor in the training log only.
 
         Returns the report of :func:`nnunetv2_selma.checkpoints.load_pretrained_weights`;
-        raises its ``ValueError`` (mismatching tensor with both shapes, nothing loadable).
+        raises its ``ValueError`` (mismatching tensor with both shapes, nothing loadable, an nnssl
+        checkpoint whose adaptation plan differs from these plans' network, a Primus checkpoint).
         """
         if not self.was_initialized:
             self.initialize()
         try:
             # one summary line on the console; the per-tensor report (hundreds of lines) in the log file only
+            # the plans' architecture: an nnssl checkpoint's adaptation plan is checked against it
             report = load_pretrained_weights(
                 self.network, path, log=self.print_to_log_file,
-                detail=lambda line: self.print_to_log_file(line, also_print_to_console=False))
+                detail=lambda line: self.print_to_log_file(line, also_print_to_console=False),
+                architecture=self.configuration_manager.configuration.get("architecture"))
         except (ValueError, FileNotFoundError) as e:
             self.print_to_log_file(f"ERROR loading pretrained weights: {e}")
             raise
@@ -244,3 +248,20 @@ class nnUNetTrainerSelma_8epochs_25it(nnUNetTrainerSelma):
     schedule_epochs = 8
     schedule_iterations = 25
     schedule_val_iterations = 5
+
+
+class nnUNetTrainerSelma_6epochs_25it_noTTA(nnUNetTrainerSelma):
+    """CPU study schedule (``benchmarks/bench_ssl_benefit.py --profile cpu``): 6 epochs of 25 iterations,
+    5 validation iterations, warm-up 1 epoch, and no test-time mirroring in nnU-Net's final validation
+    and in predictions with the model (training still mirrors as augmentation). On a 2-core CPU the
+    mirrored validation of four 50^3 patches took longer than the training itself (75 s against 30 s)."""
+
+    schedule_epochs = 6
+    schedule_iterations = 25
+    schedule_val_iterations = 5
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None  # read by the final validation and saved for nnUNetv2_predict
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
