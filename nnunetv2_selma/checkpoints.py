@@ -18,6 +18,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -107,11 +108,122 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
         raise
 
 
+#: what torch.load raises for a truncated, corrupted or foreign file (zip reader, pickle, short read)
+_UNREADABLE = (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError)
+
+
+@dataclass
+class PretrainedCheckpoint:
+    """What a checkpoint file holds, whichever tool wrote it.
+
+    Attributes
+    ----------
+    path : Path
+    weights : dict of str to Tensor
+        CPU tensors, wrapper prefixes removed (nnssl / nnU-Net / ours: the whole network, decoder included).
+    metadata : dict
+        Our ``"selma"`` entry (``{}`` for other files).
+    nnssl_plan : dict or None
+        The ``nnssl_adaptation_plan`` of an nnssl checkpoint, else None.
+    source : str
+        ``"selma"`` (ours), ``"nnssl"``, ``"nnunet"`` (an nnU-Net training) or ``"state_dict"``.
+    trainer_name : str
+        nnssl's / nnU-Net's ``trainer_name`` entry when present.
+    """
+
+    path: Path
+    weights: dict
+    metadata: dict
+    nnssl_plan: dict | None
+    source: str
+    trainer_name: str = ""
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        # weights_only first: loading a checkpoint should not run arbitrary code
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # nnU-Net's own checkpoints hold plans / init args that the safe loader refuses; they
+        # come from a training of the user's, so fall back like nnU-Net does
+        pass
+    except _UNREADABLE as e:
+        raise ValueError(_unreadable(path, e)) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except _UNREADABLE as e:
+        raise ValueError(_unreadable(path, e)) from None
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+    return (f"{path}: unreadable checkpoint ({type(error).__name__}: {reason}); the file is truncated, corrupted or "
+            f"not a torch checkpoint ({path.stat().st_size} bytes). Download or copy it again and compare its size.")
+
+
+def checkpoint_fingerprint(path: str | os.PathLike) -> str:
+    """A content digest of a checkpoint file (hex, 20 chars): the same bytes anywhere give the same key."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=10)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> PretrainedCheckpoint:
+    """Read a checkpoint onto the CPU and say what wrote it (ours, nnssl, nnU-Net or a plain state dict).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        If it is truncated or not a torch file, holds no recognisable weights, or is an nnssl
+        checkpoint without its ``nnssl_adaptation_plan``.
+    """
+    from nnunetv2_selma.nnssl_format import PLAN_KEY, is_nnssl_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
+    checkpoint = _torch_load(path)
+    if isinstance(checkpoint, Mapping) and "network_weights" in checkpoint:
+        weights = checkpoint["network_weights"]
+        if not isinstance(weights, Mapping):
+            raise ValueError(f"{path}: 'network_weights' is a {type(weights).__name__}, expected a state dict")
+        plan = None
+        if "selma" in checkpoint and PLAN_KEY not in checkpoint:
+            source = "selma"
+        elif is_nnssl_checkpoint(checkpoint):  # ours exported to nnssl's format count as nnssl: the plan is checked
+            plan = checkpoint.get(PLAN_KEY)
+            if not isinstance(plan, Mapping):
+                raise ValueError(
+                    f"{path}: an nnssl checkpoint (trainer {checkpoint.get('trainer_name')!r}) without "
+                    f"'{PLAN_KEY}'; without it nothing says which network the weights belong to. Use the "
+                    f"checkpoint_final.pth of an nnssl release (it embeds the plan) or add the plan with nnssl's "
+                    f"nnssl/utilities/add_adaptation_plan.py.")
+            plan = dict(plan)
+            source = "nnssl"
+        else:
+            source = "nnunet"
+        return PretrainedCheckpoint(path, strip_wrapper_prefixes(weights), dict(checkpoint.get("selma") or {}),
+                                    plan, source, str(checkpoint.get("trainer_name") or ""))
+    if isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return PretrainedCheckpoint(path, strip_wrapper_prefixes(checkpoint), {}, None, "state_dict")
+    found = sorted(checkpoint.keys()) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+    raise ValueError(
+        f"{path}: expected a checkpoint with 'network_weights' (nnU-Net / nnssl / nnunetv2-selma) or a plain "
+        f"state dict, found {found}"
+    )
+
+
 def read_checkpoint_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read the weights of a checkpoint onto the CPU, whatever device saved them.
 
     Accepts our pretraining checkpoints, nnU-Net's ``checkpoint_final.pth`` / ``checkpoint_best.pth``
-    (``"network_weights"``), and plain state dicts (``torch.save(net.state_dict())``).
+    (``"network_weights"``), nnssl's checkpoints and plain state dicts (``torch.save(net.state_dict())``).
 
     Returns
     -------
@@ -123,31 +235,10 @@ def read_checkpoint_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Te
     Raises
     ------
     FileNotFoundError, ValueError
-        If the file is missing or holds no recognisable weights.
+        See :func:`read_checkpoint`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
-    try:
-        # weights_only first: loading a checkpoint should not run arbitrary code
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # nnU-Net's own checkpoints hold plans / init args that the safe loader refuses; they
-        # come from a training of the user's, so fall back like nnU-Net does
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    metadata = {}
-    if isinstance(checkpoint, Mapping) and "network_weights" in checkpoint:
-        weights = checkpoint["network_weights"]
-        metadata = checkpoint.get("selma") or {}
-    elif isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
-        weights = checkpoint
-    else:
-        found = sorted(checkpoint.keys()) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ValueError(
-            f"{path}: expected a checkpoint with 'network_weights' (nnU-Net / nnunetv2-selma) or a plain "
-            f"state dict, found {found}"
-        )
-    return strip_wrapper_prefixes(weights), dict(metadata)
+    checkpoint = read_checkpoint(path)
+    return checkpoint.weights, checkpoint.metadata
 
 
 def _is_head(key: str) -> bool:
@@ -180,16 +271,42 @@ def _adapt_input_channels(weight: torch.Tensor, channels: int) -> tuple[torch.Te
     raise ValueError(f"cannot map {source} pretrained input channels onto {channels}")
 
 
+def _nnssl_stem_and_encoder(
+    checkpoint: PretrainedCheckpoint, module: torch.nn.Module
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The stem and encoder tensors of an nnssl checkpoint under this network's names, and the names of
+    the first convolution's weight (``keys_to_in_proj``) there."""
+    from nnunetv2_selma.nnssl_format import KEY_TO_ENCODER, KEY_TO_STEM, KEYS_TO_IN_PROJ
+
+    plan = checkpoint.nnssl_plan or {}
+    ours = {"stem": getattr(module, "key_to_stem", KEY_TO_STEM), "encoder": getattr(module, "key_to_encoder",
+                                                                                       KEY_TO_ENCODER)}
+    theirs = {"stem": plan.get("key_to_stem") or KEY_TO_STEM, "encoder": plan.get("key_to_encoder") or KEY_TO_ENCODER}
+    selected: dict[str, torch.Tensor] = {}
+    for part in ("stem", "encoder"):
+        prefix = theirs[part] + "."
+        for key, value in checkpoint.weights.items():
+            if key.startswith(prefix):
+                selected[ours[part] + "." + key[len(prefix):]] = value
+        if not any(k.startswith(ours[part] + ".") for k in selected):
+            raise ValueError(f"{checkpoint.path}: the nnssl plan's key_to_{part} {theirs[part]!r} names no tensor of "
+                             f"'network_weights' (e.g. {sorted(checkpoint.weights)[:3]}); the file is inconsistent")
+    in_proj = [k + ".weight" for k in plan.get("keys_to_in_proj") or KEYS_TO_IN_PROJ]
+    in_proj = {ours["stem"] + k[len(theirs["stem"]):] if k.startswith(theirs["stem"]) else k for k in in_proj}
+    return selected, in_proj
+
+
 def load_pretrained_weights(
     network: torch.nn.Module, path: str | os.PathLike, log: Callable[..., object] = print,
-    detail: Callable[..., object] | None = None,
+    detail: Callable[..., object] | None = None, architecture: Mapping | None = None,
+    whole_network: bool = False,
 ) -> dict:
     """Load pretrained weights into ``network``, checking every tensor and reporting the outcome.
 
     Rules, in order, for every tensor of the network:
 
     * segmentation heads (``.seg_layers.``) are skipped: the pretraining head has another number
-      of outputs and the task's head must start fresh;
+      of outputs and the task's head must start fresh (unless ``whole_network``);
     * a tensor with the same name and shape is loaded;
     * the first convolution is adapted when only its number of input channels differs (for
       example a 1-channel pretraining used for the 2-channel ``VessAP_vessel`` data);
@@ -197,13 +314,21 @@ def load_pretrained_weights(
       no decoder tensor at all); the decoder keeps its random initialisation;
     * anything else is an error.
 
+    An nnssl checkpoint (OpenMind foundation models, see :mod:`nnunetv2_selma.nnssl_format`) is
+    recognised by its ``nnssl_adaptation_plan``. Its plan is first checked against ``architecture``
+    hyperparameter by hyperparameter; then only its stem and encoder (``key_to_stem``,
+    ``key_to_encoder``) are loaded, the first convolution (``keys_to_in_proj``) repeated per input
+    channel and divided by their number, and the decoder keeps its random initialisation. That is what
+    nnU-Net master's ``nnUNetv2_train_pretrained`` does, and why: contrastive checkpoints (VoCo,
+    SimCLR...) never trained their decoder, and the OpenMind fine-tuning results start it at random.
+
     Parameters
     ----------
     network : torch.nn.Module
         Target network; DDP and ``torch.compile`` wrappers are unwrapped. Tensors are copied onto
         the network's own device and dtype.
     path : str or PathLike
-        Checkpoint (see :func:`read_checkpoint_weights`); it is read with ``map_location="cpu"``,
+        Checkpoint (see :func:`read_checkpoint`); it is read with ``map_location="cpu"``,
         so checkpoints saved on a GPU load on a CPU-only machine.
     log : callable
         Called once, with the one-line summary (tensors loaded / adapted / skipped and why).
@@ -211,31 +336,62 @@ def load_pretrained_weights(
         Called with one string per tensor (``loaded``/``adapted``/``skipped`` and the reason), e.g.
         a trainer's log file only; None drops them (the returned report holds them all). A network
         has hundreds of tensors: they belong in a log file, not on the console.
+    architecture : mapping, optional
+        The ``architecture`` entry of the network's plans configuration (``network_class_name``,
+        ``arch_kwargs``), against which an nnssl plan is checked. Without it an nnssl checkpoint is
+        checked by tensor shapes only.
+    whole_network : bool
+        Also load heads and, from an nnssl checkpoint, the decoder, where names and shapes match
+        (continuing a pretraining: ``nnUNetv2_selma_pretrain --init``).
 
     Returns
     -------
     dict
-        ``{"loaded": [keys...], "skipped": {key: reason}, "adapted": {key: how}}``; checkpoint
-        tensors the network does not have are listed in ``skipped`` too.
+        ``{"loaded": [keys...], "skipped": {key: reason}, "adapted": {key: how}, "source": str,
+        "notes": [str]}``; checkpoint tensors the network does not have are listed in ``skipped`` too.
 
     Raises
     ------
     ValueError
         Naming the first tensor whose shape differs (with both shapes), the first tensor
-        missing from a checkpoint that is not encoder-only, or when nothing beyond the
-        segmentation heads would load (the checkpoint belongs to another architecture).
+        missing from a checkpoint that is not encoder-only, the first hyperparameter in which an
+        nnssl plan differs from ``architecture``, a Primus (transformer) nnssl checkpoint, or when
+        nothing beyond the segmentation heads would load (the checkpoint belongs to another
+        architecture).
     """
     module = unwrap_network(network)
-    weights, metadata = read_checkpoint_weights(path)
+    checkpoint = read_checkpoint(path)
+    weights, metadata = checkpoint.weights, checkpoint.metadata
     target = module.state_dict()
     aliases = _alias_groups(module)
     keys = list(target.keys())
-    checkpoint_has_decoder = any(
-        k.startswith("decoder.") and not k.startswith("decoder.encoder.") and not _is_head(k) for k in weights
-    )
+    notes: list[str] = []
+
+    def is_head(key: str) -> bool:
+        return _is_head(key) and not whole_network
+
     first = next((k for k in keys if target[k].ndim >= 3 and not _is_head(k)), None)
     # the stem conv has several names (conv.weight, all_modules.0.weight, decoder.encoder....)
     first_conv = set(aliases.get(first, [])) if first is not None else set()
+    decoder_reason = "not in checkpoint (encoder-only checkpoint): keeps its random initialisation"
+    if checkpoint.source == "nnssl":
+        from nnunetv2_selma.nnssl_format import check_adaptation_plan, pretrain_configuration
+
+        arch = architecture or {}
+        notes += check_adaptation_plan(checkpoint.nnssl_plan, arch.get("network_class_name"), arch.get("arch_kwargs"),
+                                       where=str(path))
+        _, config = pretrain_configuration(checkpoint.nnssl_plan)
+        if not whole_network:
+            weights, in_proj = _nnssl_stem_and_encoder(checkpoint, module)
+            first_conv |= {a for k in in_proj for a in aliases.get(k, [])}
+            decoder_reason = ("decoder of an nnssl checkpoint: not transferred, starts at random (as nnU-Net "
+                              "master's nnssl fine-tuning)")
+        name = checkpoint.nnssl_plan["architecture_plans"]["arch_class_name"]
+        metadata = {"method": f"nnssl {checkpoint.trainer_name or '?'}, {name}, pretraining patch "
+                              f"{config.get('patch_size')}, stem + encoder" + (" + decoder" if whole_network else "")}
+    checkpoint_has_decoder = any(
+        k.startswith("decoder.") and not k.startswith("decoder.encoder.") and not _is_head(k) for k in weights
+    )
 
     shared = [k for k in keys if not _is_head(k) and (k in weights or any(a in weights for a in aliases.get(k, [])))]
     if not shared:
@@ -250,13 +406,16 @@ def load_pretrained_weights(
     skipped: dict[str, str] = {}
     adapted: dict[str, str] = {}
     for key in keys:
-        if _is_head(key):
+        if is_head(key):
             skipped[key] = "segmentation head: never transferred, trained from scratch"
             continue
         source_key = key if key in weights else next((a for a in aliases.get(key, []) if a in weights), None)
         if source_key is None:
+            if _is_head(key):
+                skipped[key] = "head not in checkpoint: keeps its random initialisation"
+                continue
             if key.startswith("decoder.") and not checkpoint_has_decoder:
-                skipped[key] = "not in checkpoint (encoder-only checkpoint): keeps its random initialisation"
+                skipped[key] = decoder_reason
                 continue
             raise ValueError(
                 f"{path}: the checkpoint has no tensor {key!r} (shape {tuple(target[key].shape)} in this network); "
@@ -265,6 +424,9 @@ def load_pretrained_weights(
             )
         value = weights[source_key]
         if tuple(value.shape) != tuple(target[key].shape):
+            if _is_head(key):
+                skipped[key] = f"head of another shape {tuple(value.shape)} in the checkpoint: keeps its initialisation"
+                continue
             same_but_channels = (
                 key in first_conv
                 and value.ndim == target[key].ndim
@@ -296,19 +458,115 @@ def load_pretrained_weights(
     name = metadata.get("method", "")
     if detail is not None:
         detail(f"Loading pretrained weights from {path}" + (f" (pretraining method: {name})" if name else ""))
+        for note in notes:
+            detail(f"  note: {note}")
         for key in loaded:
             note = f"  [adapted: {adapted[key]}]" if key in adapted else ""
             detail(f"  loaded  {key} {tuple(target[key].shape)}{note}")
         for key, reason in skipped.items():
             detail(f"  skipped {key}: {reason}")
-    why = {"segmentation head": 0, "decoder tensors not in the encoder-only checkpoint": 0,
-           "in the checkpoint only": 0}
+    why: dict[str, int] = {}
     for reason in skipped.values():
-        key = ("segmentation head" if reason.startswith("segmentation head") else
-               "decoder tensors not in the encoder-only checkpoint" if reason.startswith("not in checkpoint") else
-               "in the checkpoint only")
-        why[key] += 1
+        label = ("segmentation head" if reason.startswith("segmentation head") else
+                 "decoder tensors not in the encoder-only checkpoint" if reason.startswith("not in checkpoint") else
+                 "decoder tensors (nnssl: decoder starts at random)" if reason.startswith("decoder of an nnssl") else
+                 "heads kept at their initialisation" if reason.startswith("head") else
+                 "in the checkpoint only")
+        why[label] = why.get(label, 0) + 1
     reasons = ", ".join(f"{n} {k}" for k, n in why.items() if n)
     log(f"Pretrained weights from {path}" + (f" ({name})" if name else "") + f": {len(loaded)} tensors loaded, "
         f"{len(adapted)} adapted, {len(skipped)} skipped" + (f" ({reasons})" if reasons else ""))
-    return {"loaded": loaded, "skipped": skipped, "adapted": adapted}
+    return {"loaded": loaded, "skipped": skipped, "adapted": adapted, "source": checkpoint.source, "notes": notes}
+
+
+def export_nnssl_checkpoint(
+    source: str | os.PathLike, destination: str | os.PathLike, plans: dict | str | os.PathLike | None = None,
+    configuration: str = "3d_fullres",
+) -> dict:
+    """Write one of our pretraining checkpoints in nnssl's format, with a correct adaptation plan.
+
+    The output is what nnssl saves (``network_weights`` with the whole network, ``decoder.encoder.*``
+    duplicates included, ``nnssl_adaptation_plan``, ``trainer_name``, ``init_args``, ``current_epoch``)
+    plus our ``"selma"`` metadata, in plain types only: nnU-Net master's ``nnUNetv2_train_pretrained``
+    reads it with ``torch.load(weights_only=True)``, and :func:`load_pretrained_weights` reads it back
+    as an nnssl checkpoint.
+
+    Parameters
+    ----------
+    source : path
+        A checkpoint of ``nnUNetv2_selma_pretrain`` (or of the trainer flag's cache).
+    destination : path
+        Output ``.pth`` (written atomically; parent folders created).
+    plans : plans dict or .json path, optional
+        The plans the checkpoint was pretrained with; needed only for checkpoints that do not record
+        their architecture (written before nnunetv2-selma 0.1 recorded it).
+    configuration : str
+        Plans configuration.
+
+    Returns
+    -------
+    dict
+        The adaptation plan written.
+
+    Raises
+    ------
+    ValueError
+        The source is already an nnssl checkpoint, records no architecture and no plans were given,
+        is not a ResidualEncoderUNet, or its tensors do not fit the architecture it records.
+    """
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from nnunetv2_selma.nnssl_format import PLAN_KEY, make_adaptation_plan
+
+    checkpoint = read_checkpoint(source)
+    if checkpoint.source == "nnssl":
+        raise ValueError(f"{source}: already an nnssl checkpoint (it has '{PLAN_KEY}'); nothing to export")
+    meta = dict(checkpoint.metadata)
+    architecture, patch_size = meta.get("architecture"), meta.get("patch_size")
+    normalization = ["ZScoreNormalization"]
+    plans_name = meta.get("plans_name") or "nnUNetSelmaPlans"
+    if plans is not None:
+        from nnunetv2_selma.network import read_plans_configuration
+
+        manager, config = read_plans_configuration(plans, configuration)
+        architecture, patch_size = config.configuration["architecture"], list(config.patch_size)
+        normalization = list(config.normalization_schemes)[:1] or normalization
+        plans_name = manager.plans.get("plans_name", plans_name)
+    if not architecture or not patch_size:
+        raise ValueError(f"{source}: the checkpoint does not record its network (source {checkpoint.source!r}); give "
+                         f"the plans it was pretrained with (--plans $nnUNet_preprocessed/DatasetXXX/"
+                         f"nnUNetSelmaPlans_<preset>.json)")
+    class_name = architecture.get("network_class_name", "")
+    if class_name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
+        raise ValueError(f"{source}: network {class_name!r}; nnssl's adaptation plan describes ResidualEncoderUNet "
+                         f"networks only")
+    weights = checkpoint.weights
+    stem_key = "encoder.stem.convs.0.conv.weight"
+    if stem_key not in weights:
+        raise ValueError(f"{source}: no {stem_key!r}; not a checkpoint of a residual-encoder U-Net")
+    channels = int(weights[stem_key].shape[1])
+    # prove the weights fit the plan: build the plans' network without memory (meta device) and compare
+    with torch.device("meta"):
+        reference = get_network_from_plans(class_name, architecture["arch_kwargs"],
+                                           architecture.get("_kw_requires_import", []), channels, 1,
+                                           allow_init=False, deep_supervision=False).state_dict()
+    for key, value in reference.items():
+        if key.startswith("encoder.") and (key not in weights or tuple(weights[key].shape) != tuple(value.shape)):
+            found = tuple(weights[key].shape) if key in weights else "missing"
+            raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
+                             f"{tuple(value.shape)}; the checkpoint does not belong to these plans")
+    plan = make_adaptation_plan(architecture["arch_kwargs"], patch_size, channels, configuration, normalization,
+                                plans_name=plans_name)
+    import json
+
+    plain_meta = json.loads(json.dumps(meta, default=str))  # weights_only-safe
+    atomic_torch_save({
+        "network_weights": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        PLAN_KEY: plan,
+        "trainer_name": f"nnunetv2_selma.{meta.get('method', 'pretraining')}",
+        "init_args": {"plans_name": plans_name, "configuration": configuration,
+                      "method_params": plain_meta.get("method_params")},
+        "current_epoch": int(meta.get("iterations_done") or 0),
+        "selma": plain_meta,
+    }, destination)
+    return plan
