@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c", "--continue", dest="continue_training", action="store_true",
                         help="resume from OUT/checkpoint_latest.pth (same iteration, optimizer, scheduler, sampler), "
                              "as nnUNetv2_train --c")
+    parser.add_argument("--init", default=None, metavar="CHECKPOINT",
+                        help="start from this checkpoint instead of a random initialisation (domain-adaptive "
+                             "pretraining): one of ours or an nnssl / OpenMind ResEnc-L checkpoint_final.pth, whose "
+                             "adaptation plan must match the plans' network (preset L); decoder and head are "
+                             "loaded too where they match")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log file only)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     final = pretrain(args.store, plans_file, args.output, method=method, schedule=schedule,
                      configuration=args.configuration, device=device, num_processes=args.num_gpus,
-                     continue_training=args.continue_training, show_progress=not args.no_progress)
+                     continue_training=args.continue_training, show_progress=not args.no_progress,
+                     init=args.init)
     print(f"pretraining checkpoint: {final}\n"
           f"fine-tune with: nnUNetv2_train DATASET {args.configuration} FOLD -tr nnUNetTrainerSelma "
           f"-p PLANS -pretrained_weights {final}")

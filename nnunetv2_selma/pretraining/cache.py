@@ -2,7 +2,8 @@
 
 A checkpoint is keyed by what determines it -- the architecture (network class, its keyword
 arguments, patch size), the store's contents (``PretrainingStore.fingerprint``), the method and
-its parameters, and the result-relevant schedule -- and *not* by the dataset or fold. Every fold
+its parameters, the result-relevant schedule and, when the pretraining starts from a checkpoint
+(``init``), that file's content fingerprint -- and *not* by the dataset or fold. Every fold
 of every SELMA structure dataset planned with the same preset therefore shares one pretraining.
 
 Layout: ``<cache_root>/<key>/`` holds the pretraining run (``checkpoint_final.pth``, log,
@@ -52,14 +53,24 @@ def cache_key_parts(
     store_fingerprint: str,
     method: PretrainingMethod,
     schedule: PretrainingSchedule,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The JSON-serialisable description the cache key hashes."""
-    return {
+    """The JSON-serialisable description the cache key hashes.
+
+    ``init`` (a checkpoint the pretraining starts from) enters as its content fingerprint, so the same
+    file anywhere gives the same key and another file another key; without it the key is unchanged.
+    """
+    parts = {
         "architecture": architecture_description(plans, configuration),
         "store": store_fingerprint,
         "method": method.describe(),
         "schedule": schedule.key_dict(),
     }
+    if init is not None:
+        from nnunetv2_selma.checkpoints import checkpoint_fingerprint
+
+        parts["init"] = checkpoint_fingerprint(init)
+    return parts
 
 
 def pretraining_cache_key(
@@ -68,9 +79,11 @@ def pretraining_cache_key(
     store_fingerprint: str,
     method: PretrainingMethod,
     schedule: PretrainingSchedule,
+    init: str | Path | None = None,
 ) -> str:
-    """Hex key (20 chars of a SHA-256) of a pretraining's architecture, store, method and schedule."""
-    return _key_of(cache_key_parts(plans, configuration, store_fingerprint, method, schedule))
+    """Hex key (20 chars of a SHA-256) of a pretraining's architecture, store, method, schedule and the
+    checkpoint it starts from (``init``, if any)."""
+    return _key_of(cache_key_parts(plans, configuration, store_fingerprint, method, schedule, init))
 
 
 def _key_of(parts: dict[str, Any]) -> str:
@@ -98,6 +111,7 @@ def get_or_pretrain(
     cache_root: str | Path | None = None,
     log: Callable[[str], Any] = print,
     show_progress: bool = True,
+    init: str | Path | None = None,
 ) -> Path:
     """Return the cached pretraining checkpoint for this setting, pretraining first if needed.
 
@@ -109,6 +123,7 @@ def get_or_pretrain(
     device : device of the pretraining run (single process)
     cache_root : default :func:`default_cache_root`
     log : receives one line saying whether the cache was reused or filled
+    init : checkpoint to start the pretraining from (ours or nnssl's); part of the key
 
     Returns
     -------
@@ -118,7 +133,7 @@ def get_or_pretrain(
 
     store = _open_store(store)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    parts = cache_key_parts(plans, configuration, store.fingerprint, method, schedule)
+    parts = cache_key_parts(plans, configuration, store.fingerprint, method, schedule, init)
     key = _key_of(parts)  # the same key as pretraining_cache_key, without parsing the plans again
     folder = root / key
     final = folder / FINAL
@@ -143,7 +158,7 @@ def get_or_pretrain(
             log(f"pretraining into cache {folder} (key {key})" + (", resuming an interrupted run" if resume else ""))
             pretrain(store, plans, folder, method=method, schedule=schedule, configuration=configuration,
                      device=device, continue_training=resume, show_progress=show_progress,
-                     metadata={"cache_key": key})
+                     metadata={"cache_key": key}, init=init)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return final

@@ -245,7 +245,7 @@ def _run(
 ) -> None:
     """Body of one pretraining process (rank ``rank`` of ``world_size``)."""
     # imported here, not at module level: checkpoints pulls in torch._dynamo (about 1 s)
-    from nnunetv2_selma.checkpoints import atomic_torch_save, save_pretrained_checkpoint
+    from nnunetv2_selma.checkpoints import atomic_torch_save, load_pretrained_weights, save_pretrained_checkpoint
 
     out = Path(output_dir)
     is_ddp = world_size > 1
@@ -270,15 +270,18 @@ def _run(
     iteration = 0
     history: dict[str, list[float]] = {"loss": [], "lr": [], "iteration_time": [], "data_wait": []}
 
+    init = metadata.get("init")
+    init_fingerprint = init["fingerprint"] if init else None
     latest = out / LATEST
     if continue_training and latest.is_file():
         ckpt = torch.load(latest, map_location="cpu", weights_only=False)
-        expected = {"method": method.describe(), "schedule": schedule.key_dict(), "world_size": world_size}
-        found = {k: ckpt[k] for k in expected}
+        expected = {"method": method.describe(), "schedule": schedule.key_dict(), "world_size": world_size,
+                    "init": init_fingerprint}
+        found = {k: ckpt.get(k) for k in expected}
         if found != expected:
             raise ValueError(
                 f"{latest}: cannot continue, it was written with {found} but this run has {expected}; "
-                f"use the same --method/--iterations/--batch-size/--num-gpus or a new output folder"
+                f"use the same --method/--iterations/--batch-size/--num-gpus/--init or a new output folder"
             )
         network.load_state_dict(ckpt["network"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -288,9 +291,14 @@ def _run(
         iteration = int(ckpt["sampler"]["iteration"])
         history = ckpt["history"]
         log(f"continuing from {latest}: resumed at iteration {iteration} of {schedule.iterations}")
-    elif continue_training and rank == 0:
-        # pretrain() already said so on the console; the log file gets it too
-        _Logger(out / LOG, None)(f"--continue given but {latest} does not exist: starting from iteration 0")
+    else:
+        if continue_training and rank == 0:
+            # pretrain() already said so on the console; the log file gets it too
+            _Logger(out / LOG, None)(f"--continue given but {latest} does not exist: starting from iteration 0")
+        if init is not None:
+            # domain-adaptive pretraining: start from a checkpoint (ours or nnssl's), heads and decoder included
+            load_pretrained_weights(network, init["path"], log=log if rank == 0 else (lambda *a: None),
+                                    architecture=metadata.get("architecture"), whole_network=True)
 
     if rank == 0:
         log(f"pretraining {method.describe()} on {patch_size} patches, schedule {schedule.to_dict()}, "
@@ -325,6 +333,7 @@ def _run(
             "method": method.describe(),
             "schedule": schedule.key_dict(),
             "world_size": world_size,
+            "init": init_fingerprint,
         }, latest)
         plot_progress(history, out / PROGRESS)
 
@@ -402,6 +411,19 @@ def weights_digest(network: torch.nn.Module) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
+def _check_init(init: str | Path, plans: dict | str, configuration: str, method: PretrainingMethod,
+                architecture: dict) -> dict:
+    """Load ``init`` once into a throw-away pretraining network (every error before any file is written);
+    return what the metadata records about it."""
+    from nnunetv2_selma.checkpoints import checkpoint_fingerprint, load_pretrained_weights
+
+    network = build_pretraining_network(plans, configuration, method, seed=0)
+    report = load_pretrained_weights(network, init, log=lambda *a: None, architecture=architecture,
+                                     whole_network=True)
+    return {"path": str(Path(init).resolve()), "fingerprint": checkpoint_fingerprint(init),
+            "source": report["source"], "tensors_loaded": len(report["loaded"])}
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -420,6 +442,7 @@ def pretrain(
     continue_training: bool = False,
     show_progress: bool = True,
     metadata: dict | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Pretrain the plans' network self-supervised on the store; return ``checkpoint_final.pth``.
 
@@ -436,6 +459,11 @@ def pretrain(
     continue_training : resume from ``output_dir/checkpoint_latest.pth`` when it exists
     show_progress : tqdm bar and echoed log lines
     metadata : extra entries stored in the final checkpoint's ``"selma"`` metadata
+    init : checkpoint to start from instead of a random initialisation (domain-adaptive pretraining):
+        one of ours, or an nnssl / OpenMind checkpoint whose adaptation plan matches the plans' network
+        (checked hyperparameter by hyperparameter). Every tensor whose name and shape match is loaded,
+        decoder and reconstruction head included; the first convolution is adapted to the input
+        channels. Recorded (with a content fingerprint) in the metadata and in ``checkpoint_latest.pth``.
 
     Returns
     -------
@@ -454,7 +482,11 @@ def pretrain(
                          f"{schedule.checkpoint_every}")
     if num_processes > 1 and device.type == "cuda" and torch.cuda.device_count() < num_processes:
         raise ValueError(f"{num_processes} GPUs requested, {torch.cuda.device_count()} visible")
-    plans_patch_size(plans_arg, configuration)
+    from nnunetv2_selma.network import read_plans_configuration
+
+    manager, config = read_plans_configuration(plans_arg, configuration)
+    architecture = config.configuration["architecture"]
+    init_meta = _check_init(init, plans_arg, configuration, method, architecture) if init is not None else None
     store_obj = _open_store(store)
     if not store_obj.volumes:
         raise ValueError(f"pretraining store {store} holds no volumes; run nnUNetv2_selma_ingest first")
@@ -466,6 +498,7 @@ def pretrain(
               file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"store": str(getattr(store_obj, "path", store)), "store_fingerprint": store_obj.fingerprint,
+            "architecture": architecture, "plans_name": manager.plans.get("plans_name"), "init": init_meta,
             **(metadata or {})}
     with open(out / "pretraining_config.json", "w") as f:
         json.dump({"method": method.describe(), "schedule": schedule.to_dict(), "configuration": configuration,

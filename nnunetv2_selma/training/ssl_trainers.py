@@ -26,6 +26,7 @@ from nnunetv2_selma.pretraining.methods import get_method
 from nnunetv2_selma.training.trainers import PRETRAINED_ENV, nnUNetTrainerSelma
 
 __all__ = [
+    "INIT_ENV",
     "STORE_ENV",
     "STORE_PLANS_KEY",
     "nnUNetTrainerSelmaMAE",
@@ -37,6 +38,8 @@ __all__ = [
 STORE_ENV = "nnUNet_selma_store"
 #: plans entry naming the pretraining store when the environment variable is not set
 STORE_PLANS_KEY = "selma_pretraining_store"
+#: environment variable naming a checkpoint the trainer flag's pretraining starts from
+INIT_ENV = "nnUNet_selma_pretraining_init"
 
 
 class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
@@ -52,6 +55,10 @@ class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
     pretraining_iterations, pretraining_batch_size, pretraining_learning_rate : schedule;
         ``pretraining_batch_size=None`` takes the plans' batch size.
     pretraining_checkpoint_every, pretraining_num_workers : run settings (not in the cache key).
+    pretraining_init : str or None
+        Checkpoint to start the pretraining from (domain-adaptive pretraining from an nnssl / OpenMind
+        ResEnc-L checkpoint or one of ours); its content fingerprint enters the cache key. None: the
+        environment variable ``nnUNet_selma_pretraining_init``, else a random initialisation.
     """
 
     pretraining_method: str = "mae"
@@ -61,6 +68,11 @@ class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
     pretraining_learning_rate: float = 1e-3
     pretraining_checkpoint_every: int = 500
     pretraining_num_workers: int | None = None
+    pretraining_init: str | None = None
+
+    def pretraining_start(self) -> str | None:
+        """The checkpoint pretraining starts from: ``pretraining_init`` or ``nnUNet_selma_pretraining_init``."""
+        return self.pretraining_init or os.environ.get(INIT_ENV) or None
 
     def pretraining_schedule(self) -> PretrainingSchedule:
         """The schedule the class attributes describe."""
@@ -99,6 +111,7 @@ class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
             configuration=self.configuration_name,
             device=self.device,
             log=self.print_to_log_file,
+            init=self.pretraining_start(),
         )
         super().initialize()
         self.print_to_log_file(f"fine-tuning from the pretraining checkpoint {checkpoint}")
