@@ -1,0 +1,282 @@
+"""Public 3D foundation models: nnssl / OpenMind checkpoints in, ours out (issue 16).
+
+No download: the nnssl checkpoint is built here in nnssl's documented layout (``AbstractTrainer.save_checkpoint``:
+the whole ResEnc-L state dict with its ``decoder.encoder.*`` duplicates, ``nnssl_adaptation_plan`` as
+``AdaptationPlan.serialize()`` writes it for ``BaseMAETrainer``, trainer name, init args, optimizer and logging
+entries), with random weights of the ResEnc-L of ``nnssl.architectures.architecture_registry.get_res_enc_l``
+built with dynamic-network-architectures. ResEnc-L is built once per module.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model_factory import _plans  # noqa: E402
+
+from nnunetv2_selma.checkpoints import (  # noqa: E402
+    export_nnssl_checkpoint,
+    load_pretrained_weights,
+    read_checkpoint,
+    save_pretrained_checkpoint,
+)
+from nnunetv2_selma.network import build_network  # noqa: E402
+from nnunetv2_selma.nnssl_format import check_adaptation_plan  # noqa: E402
+from nnunetv2_selma.training.planner import PRESETS  # noqa: E402
+
+#: an adaptation plan as nnssl's BaseMAETrainer serialises it (and as the OpenMind releases publish it)
+PUBLISHED_PLAN = {
+    "architecture_plans": {"arch_class_name": "ResEncL", "arch_kwargs": None, "arch_kwargs_requiring_import": None},
+    "pretrain_plan": {
+        "dataset_name": "Dataset745_OpenMind", "plans_name": "nnsslPlans",
+        "original_median_spacing_after_transp": [1, 1, 1], "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {"onemmiso": {
+            "data_identifier": "nnsslPlans_onemmiso", "preprocessor_name": "DefaultPreprocessor",
+            "spacing_style": "onemmiso", "normalization_schemes": ["ZScoreNormalization"],
+            "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_mask": "resample_data_or_seg_to_shape",
+            "resampling_fn_mask_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+            "spacing": [1, 1, 1], "patch_size": [160, 160, 160]}},
+        "experiment_planner_used": "nnsslPlanner",
+    },
+    "pretrain_num_input_channels": 1,
+    "recommended_downstream_patchsize": [160, 160, 160],
+    "key_to_encoder": "encoder.stages",
+    "key_to_stem": "encoder.stem",
+    "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+    "key_to_lpe": None,
+}
+
+
+def nnssl_resenc_l(input_channels: int = 1, num_classes: int = 1) -> ResidualEncoderUNet:
+    """nnssl's get_res_enc_l, written out with dynamic-network-architectures."""
+    return ResidualEncoderUNet(
+        input_channels=input_channels, n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320],
+        conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 6, strides=[[1, 1, 1]] + [[2, 2, 2]] * 5,
+        n_blocks_per_stage=[1, 3, 4, 6, 6, 6], num_classes=num_classes, n_conv_per_stage_decoder=[1] * 5,
+        conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+
+
+def nnssl_checkpoint(weights: dict, plan: dict | None) -> dict:
+    """The dict nnssl's AbstractTrainer.save_checkpoint writes."""
+    ckpt = {"network_weights": weights, "optimizer_state": {"state": {}, "param_groups": []},
+            "grad_scaler_state": None, "logging": {"train_losses": [0.5, 0.4]}, "_best_ema": 0.4,
+            "current_epoch": 1000, "init_args": {"configuration_name": "onemmiso", "fold": "all"},
+            "trainer_name": "BaseMAETrainer_BS8"}
+    if plan is not None:
+        ckpt["nnssl_adaptation_plan"] = plan
+    return ckpt
+
+
+def preset_plans(preset: str, channels: int = 1) -> dict:
+    p = PRESETS[preset]
+    plans = _plans("Dataset999_Foundation", f"nnUNetSelmaPlans_{preset}", p.patch_size, channels)
+    plans["configurations"]["3d_fullres"]["architecture"] = p.architecture()
+    return plans
+
+
+def architecture(plans: dict) -> dict:
+    return plans["configurations"]["3d_fullres"]["architecture"]
+
+
+@pytest.fixture(scope="module")
+def openmind(tmp_path_factory) -> dict:
+    """A ResEnc-L nnssl checkpoint on disk (random weights, nnssl's key layout and plan)."""
+    torch.manual_seed(16)
+    net = nnssl_resenc_l()
+    with torch.no_grad():  # norms away from their 1/0 init, so a copy is distinguishable from a fresh network
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("openmind") / "checkpoint_final.pth"
+    torch.save(nnssl_checkpoint(net.state_dict(), PUBLISHED_PLAN), path)
+    return {"path": path, "weights": {k: v.clone() for k, v in net.state_dict().items()}, "network": net}
+
+
+def test_preset_l_is_nnssl_resenc_l_in_every_hyperparameter():
+    plans = preset_plans("L")
+    # the plan check passes with nothing to note, and both build the same tensors
+    assert check_adaptation_plan(PUBLISHED_PLAN, architecture(plans)["network_class_name"],
+                                 architecture(plans)["arch_kwargs"]) == []
+    with torch.device("meta"):
+        ours = build_network(plans, num_output_channels=1).state_dict()
+        theirs = nnssl_resenc_l().state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert PRESETS["L"].patch_size == tuple(PUBLISHED_PLAN["recommended_downstream_patchsize"])
+
+
+def test_openmind_checkpoint_loads_stem_and_encoder_into_preset_l_for_two_channels(openmind):
+    weights = openmind["weights"]
+    assert any(k.startswith("decoder.encoder.") for k in weights)  # nnssl's layout: the duplicates are there
+    plans = preset_plans("L", channels=2)
+    torch.manual_seed(0)
+    net = build_network(plans, num_input_channels=2, num_output_channels=2)
+    lines, details = [], []
+    report = load_pretrained_weights(net, openmind["path"], log=lines.append, detail=details.append,
+                                     architecture=architecture(plans))
+    assert report["source"] == "nnssl"
+    state = net.state_dict()
+    stem = "encoder.stem.convs.0.conv.weight"
+    for key, value in state.items():
+        if key.startswith("encoder.") and key != stem and key != "encoder.stem.convs.0.all_modules.0.weight":
+            assert torch.equal(value, weights[key]), key
+    # the first convolution: repeated per channel and divided by 2 (as nnU-Net master)
+    assert torch.equal(state[stem], weights[stem].repeat(1, 2, 1, 1, 1) / 2)
+    assert stem in report["adapted"]
+    # decoder at random: not the checkpoint's
+    assert not torch.equal(state["decoder.stages.0.convs.0.conv.weight"],
+                           weights["decoder.stages.0.convs.0.conv.weight"])
+    assert report["skipped"]["decoder.stages.0.convs.0.conv.weight"].startswith("decoder of an nnssl checkpoint")
+    assert len(lines) == 1 and "nnssl BaseMAETrainer_BS8, ResEncL" in lines[0]
+    assert "decoder starts at random" in lines[0]
+    assert any("loaded  encoder.stages.5" in d for d in details)
+
+
+def test_mismatching_plan_is_refused_naming_the_hyperparameter(openmind, tmp_path):
+    wrong = copy.deepcopy(architecture(preset_plans("L")))
+    wrong["arch_kwargs"]["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 8]
+    with pytest.raises(ValueError, match=r"differs from this plans' network in n_blocks_per_stage: checkpoint "
+                                         r"\[1, 3, 4, 6, 6, 6\], plans \[1, 3, 4, 6, 6, 8\]"):
+        check_adaptation_plan(PUBLISHED_PLAN, wrong["network_class_name"], wrong["arch_kwargs"])
+    # through the loader, on the cpu preset: the first difference (n_stages) is named, nothing is loaded
+    plans = preset_plans("cpu")
+    net = build_network(plans)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="in n_stages: checkpoint 6, plans 4.*preset L"):
+        load_pretrained_weights(net, openmind["path"], log=lambda *a: None, architecture=architecture(plans))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    # a plan whose kwargs say the same with other spellings passes (class paths, ints for lists)
+    same = copy.deepcopy(PUBLISHED_PLAN)
+    same["architecture_plans"] = {"arch_class_name": "ResidualEncoderUNet", "arch_kwargs": {
+        **architecture(preset_plans("L"))["arch_kwargs"], "nonlin": "torch.nn.modules.activation.LeakyReLU",
+        "n_conv_per_stage_decoder": 2}, "arch_kwargs_requiring_import": ["conv_op", "norm_op", "nonlin"]}
+    arch_l = architecture(preset_plans("L"))
+    notes = check_adaptation_plan(same, arch_l["network_class_name"], arch_l["arch_kwargs"])
+    assert len(notes) == 1 and "n_conv_per_stage_decoder" in notes[0]
+
+
+def test_primus_missing_plan_and_truncated_file_are_refused(openmind, tmp_path):
+    plans = preset_plans("L")
+    primus = copy.deepcopy(PUBLISHED_PLAN)
+    primus.update(architecture_plans={"arch_class_name": "PrimusM", "arch_kwargs": None,
+                                      "arch_kwargs_requiring_import": None},
+                  key_to_encoder="eva", key_to_stem="down_projection", keys_to_in_proj=["down_projection.proj"],
+                  key_to_lpe="eva.pos_embed")
+    torch.save(nnssl_checkpoint({"eva.pos_embed": torch.zeros(1, 8, 4),
+                                 "down_projection.proj.weight": torch.zeros(4, 1, 8, 8, 8)}, primus),
+               tmp_path / "primus.pth")
+    with torch.device("meta"):
+        net = build_network(plans)
+    with pytest.raises(ValueError, match="PrimusM checkpoint is a transformer"):
+        load_pretrained_weights(net, tmp_path / "primus.pth", log=lambda *a: None, architecture=architecture(plans))
+    small = nnssl_resenc_l().encoder.stem.state_dict()
+    torch.save(nnssl_checkpoint({f"encoder.stem.{k}": v for k, v in small.items()}, None), tmp_path / "noplan.pth")
+    with pytest.raises(ValueError, match="noplan.pth: an nnssl checkpoint .* without 'nnssl_adaptation_plan'"):
+        read_checkpoint(tmp_path / "noplan.pth")
+    data = Path(openmind["path"]).read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="truncated.pth: unreadable checkpoint .* truncated"):
+        read_checkpoint(tmp_path / "truncated.pth")
+
+
+def test_export_to_nnssl_and_back(openmind, tmp_path):
+    # preset L: ours written as nnssl names ResEnc-L, read back exactly
+    ours = tmp_path / "ours_L.pth"
+    save_pretrained_checkpoint(ours, openmind["network"], {
+        "method": "mae", "architecture": architecture(preset_plans("L")), "patch_size": [160, 160, 160],
+        "plans_name": "nnUNetSelmaPlans_L", "iterations_done": 10})
+    exported = tmp_path / "nnssl_L.pth"
+    plan = export_nnssl_checkpoint(ours, exported)
+    assert plan["architecture_plans"] == PUBLISHED_PLAN["architecture_plans"]
+    raw = torch.load(exported, map_location="cpu", weights_only=True)  # what nnU-Net master does
+    assert raw["nnssl_adaptation_plan"]["key_to_lpe"] is None and raw["trainer_name"] == "nnunetv2_selma.mae"
+    assert set(raw["network_weights"]) == set(openmind["weights"])  # nnssl's key layout, duplicates included
+    assert all(torch.equal(raw["network_weights"][k], v) for k, v in openmind["weights"].items())
+    assert raw["selma"]["plans_name"] == "nnUNetSelmaPlans_L"
+
+    # cpu preset: "ResidualEncoderUNet" with its arguments; load back equal through the plan check
+    plans = preset_plans("cpu")
+    torch.manual_seed(1)
+    small = build_network(plans, num_output_channels=1)
+    save_pretrained_checkpoint(tmp_path / "ours_cpu.pth", small, {"method": "mae", "patch_size": [32, 32, 32]})
+    with pytest.raises(ValueError, match="does not record its network.*--plans"):
+        export_nnssl_checkpoint(tmp_path / "ours_cpu.pth", tmp_path / "x.pth")
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    plans_file = tmp_path / "plans.json"
+    plans_file.write_text(json.dumps(plans))
+    assert main([str(tmp_path / "ours_cpu.pth"), str(tmp_path / "nnssl_cpu.pth"), "--format", "nnssl",
+                 "--plans", str(plans_file)]) == 0
+    plan = read_checkpoint(tmp_path / "nnssl_cpu.pth").nnssl_plan
+    assert plan["architecture_plans"]["arch_class_name"] == "ResidualEncoderUNet"
+    assert plan["architecture_plans"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64]
+    assert plan["pretrain_plan"]["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
+    target = build_network(plans, num_output_channels=2)
+    load_pretrained_weights(target, tmp_path / "nnssl_cpu.pth", log=lambda *a: None,
+                            architecture=architecture(plans))
+    expected = small.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items() if k.startswith("encoder."))
+    # --init (whole network) from the exported file restores every tensor, heads included
+    again = build_network(plans, num_output_channels=1)
+    load_pretrained_weights(again, tmp_path / "nnssl_cpu.pth", log=lambda *a: None,
+                            architecture=architecture(plans), whole_network=True)
+    assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from nnunetv2_selma.dataset_conversion.ingest import ingest_store
+    from nnunetv2_selma.synthetic.download import write_unannotated_volume
+
+    root = tmp_path_factory.mktemp("foundation_store")
+    write_unannotated_volume(root / "download" / "unannotated_cfos" / "sample0", (40, 64, 64), "cfos", seed=0,
+                             picture=False)
+    assert ingest_store(root / "download", root / "store", progress=False).ok
+    return root / "store"
+
+
+def test_pretrain_init_continues_from_our_and_nnssl_checkpoints(store, tmp_path):
+    """--init: the run starts from the checkpoint (a learning rate of 1e-12 leaves it there), records it,
+    and the cache key changes with it."""
+    from nnunetv2_selma.cli.pretrain import main
+    from nnunetv2_selma.pretraining.cache import pretraining_cache_key
+    from nnunetv2_selma.pretraining.loop import PretrainingSchedule
+    from nnunetv2_selma.pretraining.methods import get_method
+    from nnunetv2_selma.training.ssl_trainers import nnUNetTrainerSelmaMAE
+
+    plans = preset_plans("cpu")
+    plans_file = tmp_path / "plans.json"
+    plans_file.write_text(json.dumps(plans))
+    torch.manual_seed(3)
+    start = build_network(plans, num_output_channels=1)
+    save_pretrained_checkpoint(tmp_path / "start.pth", start, {"method": "mae", "architecture": architecture(plans),
+                                                               "patch_size": [32, 32, 32]})
+    export_nnssl_checkpoint(tmp_path / "start.pth", tmp_path / "start_nnssl.pth")
+    expected = start.state_dict()
+    for name in ("start.pth", "start_nnssl.pth"):
+        out = tmp_path / f"run_{name}"
+        assert main(["--store", str(store), "--plans", str(plans_file), "-o", str(out), "--iterations", "1",
+                     "--batch-size", "1", "--lr", "1e-12", "--num-workers", "0", "-device", "cpu", "--no-progress",
+                     "--init", str(tmp_path / name)]) == 0
+        final = read_checkpoint(out / "checkpoint_final.pth")
+        assert final.metadata["init"]["source"] == ("selma" if name == "start.pth" else "nnssl")
+        for key, value in expected.items():
+            if value.is_floating_point() and "running" not in key:
+                assert torch.allclose(final.weights[key], value, atol=1e-6), key
+        assert f"Pretrained weights from {tmp_path / name}" in (out / "pretraining_log.txt").read_text()
+    # the trainer flag's cache key records the checkpoint it starts from
+    assert nnUNetTrainerSelmaMAE.pretraining_init is None
+    schedule = PretrainingSchedule(iterations=5)
+    keys = {pretraining_cache_key(plans, "3d_fullres", "s", get_method("mae"), schedule, init)
+            for init in (None, tmp_path / "start.pth", tmp_path / "start_nnssl.pth")}
+    assert len(keys) == 3
