@@ -92,8 +92,9 @@ class SelmaPreset:
         }
 
 
-#: the presets; M and L follow nnU-Net's ResEnc-M/L encoder (1,3,4,6,6,6 blocks, 32..320 features)
-#: with the isotropic patch sizes nnssl pretrains with (L: 160^3).
+#: the presets; the network of M and L is nnssl's ResEnc-L (OpenMind) in every hyperparameter
+#: (nnunetv2_selma.nnssl_format.RESENC_L_KWARGS; tests/test_foundation.py compares them), L with nnssl's
+#: 160^3 pretraining patch.
 PRESETS: dict[str, SelmaPreset] = {
     p.name: p
     for p in (
@@ -102,7 +103,7 @@ PRESETS: dict[str, SelmaPreset] = {
         SelmaPreset("M", (128, 128, 128), (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6), 2,
                     "ResEnc-M-like, ~10 GB GPU memory for training"),
         SelmaPreset("L", (160, 160, 160), (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6), 2,
-                    "ResEnc-L-like (nnssl's pretraining network), ~24 GB GPU memory for training"),
+                    "nnssl's ResEnc-L (OpenMind checkpoints load), ~24 GB GPU memory for training"),
     )
 }
 
