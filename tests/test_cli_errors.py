@@ -18,7 +18,7 @@ from model_factory import make_model_folder  # noqa: E402
 
 BIN = Path(sys.executable).parent
 COMMANDS = ["convert", "demo", "evaluate", "rank", "export_submission", "ingest", "plan", "setup_trainers",
-            "synthesize", "pretrain", "predict_large"]
+            "synthesize", "pretrain", "predict_large", "export_checkpoint"]
 
 
 def _run(command: str, *args, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -280,3 +280,13 @@ def test_pretrain_init_continues_from_our_and_nnssl_checkpoints(store, tmp_path)
     keys = {pretraining_cache_key(plans, "3d_fullres", "s", get_method("mae"), schedule, init)
             for init in (None, tmp_path / "start.pth", tmp_path / "start_nnssl.pth")}
     assert len(keys) == 3
+
+
+def test_export_command_errors_name_the_file(openmind, tmp_path, capsys):
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    assert main([str(tmp_path / "missing.pth"), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
+    assert "error: pretrained checkpoint" in capsys.readouterr().err
+    assert main([str(openmind["path"]), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
+    assert "already an nnssl checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o.pth").exists()
