@@ -69,6 +69,12 @@ def unit_fraction(text: str) -> float:
     return _number(text, float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
+def connectivity(text: str) -> int:
+    """A 3D voxel connectivity: 6 (faces), 18 (faces and edges) or 26 (faces, edges and corners)."""
+    return _number(text, int, "6, 18 or 26 (neighbours of a voxel: faces, +edges, +corners)",
+                   lambda v: v in (6, 18, 26))
+
+
 def fold(text: str) -> str:
     """An nnU-Net fold: an integer >= 0 or ``all`` (kept as text, as nnU-Net's ``-f``)."""
     if text == "all" or text.isdigit():

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     parser.add_argument("--stats", type=finite_float, nargs="+", default=None, metavar="MEAN STD",
                         help="intensity mean and std (> 0) per channel (skip measuring them)")
+    parser.add_argument("--objects", nargs="?", const="", default=None, metavar="DIR",
+                        help="then count and measure the objects of the output (nnUNetv2_selma_objects, intensities "
+                             "from the inputs) into DIR (default: <output>.objects)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                            use_mirroring=args.mirror, workers=args.workers, scheduler=args.scheduler,
                            checkpoint_name=args.checkpoint, intensity_stats=stats, progress=not args.quiet)
     print(output)
+    if args.objects is not None:
+        from nnunetv2_selma.inference.objects import measure_objects
+
+        objects_dir = args.objects or output.with_name(output.name + ".objects")
+        print(measure_objects(output, objects_dir, images=args.input, workers=args.workers,
+                              scheduler=args.scheduler, progress=not args.quiet))
     return 0
 
 

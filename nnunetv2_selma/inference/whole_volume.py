@@ -954,9 +954,11 @@ def _check_run_numbers(block_size, tile_step_size, workers, intensity_stats) -> 
                              f"and a finite std > 0")
 
 
-def _run_on_dask(job: BlockJob, pending: Sequence[Block], workers: int | None, scheduler: str | None,
-                 finished) -> None:
-    """Blocks as dask.distributed tasks; ``finished(index)`` is called here as each one completes."""
+def _run_on_dask(job, pending: Sequence, workers: int | None, scheduler: str | None, finished,
+                 task=None) -> None:
+    """Blocks as dask.distributed tasks ``task(job, block)`` (default :func:`run_block`), each returning the
+    block's index; ``finished(index)`` is called here as each one completes. ``objects`` uses it too."""
+    task = run_block if task is None else task
     from distributed import Client, LocalCluster, as_completed
 
     # distributed logs ~24 INFO lines per local cluster (start, each worker, shutdown) and, at shutdown, a
@@ -974,7 +976,7 @@ def _run_on_dask(job: BlockJob, pending: Sequence[Block], workers: int | None, s
         else:
             client = Client(scheduler)
         try:
-            futures = [client.submit(run_block, job, block, key=f"selma-block-{block.index}-{os.getpid()}",
+            futures = [client.submit(task, job, block, key=f"selma-{task.__name__}-{block.index}-{os.getpid()}",
                                      pure=False) for block in pending]
             for future in as_completed(futures):
                 finished(future.result())

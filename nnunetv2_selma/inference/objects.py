@@ -1,0 +1,605 @@
+"""Objects (connected components) of a mask of any size, with memory bounded by a block.
+
+How the labels stay consistent across block seams
+-------------------------------------------------
+The mask is cut into cubic blocks (default 256 voxels per side). Each block is labelled on its
+own with ``scipy.ndimage.label`` (the connectivity's structuring element) and reduced to a small
+table per local object: voxel count, first voxel (raster order), coordinate sums, bounding box,
+intensity sums and maxima per given image, plus the block's six faces of local labels and the
+z maximum-intensity projection of its region. That table is stored atomically in
+``OUT_DIR/.partial/blocks/`` (a killed run restarted with the same arguments skips the blocks
+already there).
+
+The merge then looks at every pair of blocks that touch by a face, an edge or a corner (13
+forward neighbours per block) and joins two local objects when a voxel of one is a neighbour of a
+voxel of the other under the connectivity (6: faces; 18: faces and edges; 26: corners too). The
+joins are resolved in one union-find pass (``scipy.sparse.csgraph.connected_components``) over
+all local objects, so the memory of the merge is the number of objects, not voxels. Global ids
+are assigned in raster order of each object's first voxel, which is the order
+``scipy.ndimage.label`` uses on the whole volume: the labels are identical to it (objects
+smaller than ``min_voxels`` are dropped and the ids stay consecutive).
+
+A second pass, only when instance labels are asked for, labels each block again (deterministic),
+maps local to global ids and writes them (uint32) through the same writers as ``predict_large``.
+
+Outputs in ``OUT_DIR``: ``objects.csv``, ``summary.json``, ``density.tif`` (objects per coarse
+voxel, counted at the centroid) and ``density_mip.png`` (MIP with the density over it).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_selma.inference.volume_io import (
+    SUPPORTED_OUTPUTS,
+    VolumeSource,
+    create_mask_writer,
+    open_volume,
+    volume_kind,
+)
+from nnunetv2_selma.inference.whole_volume import (
+    _cached,
+    _check_inputs_unchanged,
+    _run_on_dask,
+    _signature_mismatch,
+    input_content_signature,
+    load_block,
+    save_block,
+)
+from nnunetv2_selma.io import write_atomic, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+#: connectivity (neighbours of a voxel) -> rank of scipy's ``generate_binary_structure(3, rank)``
+CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
+#: block edge: labels (int32), mask, one image and temporaries stay under ~0.5 GB at 256^3
+DEFAULT_OBJECT_BLOCK = 256
+DEFAULT_DENSITY_VOXELS = 25
+PARTIAL_DIR = ".partial"
+PROGRESS_FILE = "progress.json"
+OBJECTS_CSV = "objects.csv"
+SUMMARY_JSON = "summary.json"
+DENSITY_TIFF = "density.tif"
+DENSITY_PICTURE = "density_mip.png"
+#: the 13 block offsets that, with their opposites, are all neighbours of a block
+_FORWARD = tuple(d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0))
+
+
+@dataclass(frozen=True)
+class ObjectBlock:
+    """One block of the grid: ``grid`` its position (z, y, x), ``region`` per axis ``(start, stop)``."""
+
+    index: int
+    grid: tuple[int, int, int]
+    region: tuple[tuple[int, int], ...]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in self.region)
+
+
+def _block_sizes(block_size: int | Sequence[int]) -> tuple[int, int, int]:
+    sizes = [block_size] if np.isscalar(block_size) else list(block_size)
+    if len(sizes) not in (1, 3) or any(int(b) != b or b < 1 for b in sizes):
+        raise ValueError(f"block_size {block_size}: expected one integer or three (z, y, x), each >= 1")
+    return tuple(int(b) for b in sizes * (3 // len(sizes)))
+
+
+def plan_object_blocks(shape: Sequence[int], block_size: int | Sequence[int]) -> tuple[ObjectBlock, ...]:
+    """Cut ``shape`` (z, y, x) into blocks of ``block_size`` (last ones smaller), in raster order."""
+    sizes = _block_sizes(block_size)
+    per_axis = [[(a, min(a + b, s)) for a in range(0, s, b)] for s, b in zip(shape, sizes)]
+    grids = itertools.product(*[range(len(p)) for p in per_axis])
+    return tuple(ObjectBlock(i, g, tuple(per_axis[a][g[a]] for a in range(3))) for i, g in enumerate(grids))
+
+
+@dataclass(frozen=True)
+class ObjectJob:
+    """Everything a worker needs to measure or relabel a block (picklable)."""
+
+    mask: str
+    images: tuple[str, ...]
+    shape: tuple[int, int, int]
+    connectivity: int
+    work_dir: str
+    content: str  # the inputs' content signature: cached readers of a changed file are not reused
+
+    @property
+    def blocks_dir(self) -> Path:
+        return Path(self.work_dir) / "blocks"
+
+    @property
+    def labels_dir(self) -> Path:
+        return Path(self.work_dir) / "labels"
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
+
+
+def _sources(job: ObjectJob) -> list[VolumeSource]:
+    return _cached(("object_sources", job.mask, job.images, job.content),
+                   lambda: [open_volume(p) for p in (job.mask, *job.images)])
+
+
+def _label_block(job: ObjectJob, block: ObjectBlock) -> tuple[np.ndarray, int]:
+    from scipy import ndimage
+
+    mask = _sources(job)[0].read(block.slices)
+    labels, n = ndimage.label(mask != 0, structure=_structure(job.connectivity))
+    return labels, int(n)
+
+
+def block_table_file(job: ObjectJob, index: int) -> Path:
+    return job.blocks_dir / f"block_{index:06d}.npz"
+
+
+def measure_block(job: ObjectJob, block: ObjectBlock) -> int:
+    """Label one block and store its table of local objects atomically; returns the block index.
+
+    Stored arrays (``n`` local objects): ``count`` (n,), ``first`` (n,) global raster index of the
+    first voxel, ``coord_sum`` (n, 3) float64 (exact: integer sums < 2^53), ``bbox_lo``/``bbox_hi``
+    (n, 3) global, stop exclusive, ``intensity_sum``/``intensity_max`` (n, images), ``face_{axis}_{0|1}``
+    local labels on the block's first/last plane per axis, ``mip`` the z-MIP of the first image (of the
+    mask when no image is given).
+    """
+    from scipy import ndimage
+
+    labels, n = _label_block(job, block)
+    sources = _sources(job)
+    origin = np.array([a for a, _ in block.region], dtype=np.int64)
+    flat = labels.reshape(-1)
+    idx = np.flatnonzero(flat)
+    lab = flat[idx]
+    # ndimage.label numbers objects in raster order of their first voxel: object k first appears where
+    # the running maximum of the labels met so far steps up to k
+    first_local = idx[np.r_[True, lab[1:] > np.maximum.accumulate(lab)[:-1]]] if n else idx[:0]
+    if first_local.size != n:  # never seen; stay exact if scipy ever numbers otherwise
+        first_local = np.full(n + 1, flat.size, np.int64)
+        np.minimum.at(first_local, lab, idx)
+        first_local = first_local[1:]
+    coords = np.unravel_index(idx, labels.shape)
+    first = np.ravel_multi_index(tuple(c[...] + o for c, o in zip(np.unravel_index(first_local, labels.shape),
+                                                                    origin)), job.shape)
+    count = np.bincount(lab, minlength=n + 1)[1:].astype(np.int64)
+    coord_sum = np.stack([np.bincount(lab, weights=c + o, minlength=n + 1)[1:] for c, o in zip(coords, origin)],
+                         axis=1) if n else np.zeros((0, 3))
+    boxes = ndimage.find_objects(labels, n)
+    bbox_lo = np.array([[s.start for s in box] for box in boxes], dtype=np.int64).reshape(n, 3) + origin
+    bbox_hi = np.array([[s.stop for s in box] for box in boxes], dtype=np.int64).reshape(n, 3) + origin
+    sums, maxima = [], []
+    mip = None
+    for c, source in enumerate(sources[1:]):
+        image = source.read(block.slices)
+        if c == 0:
+            mip = image.max(axis=0)
+        values = image.reshape(-1)[idx].astype(np.float64)
+        sums.append(np.bincount(lab, weights=values, minlength=n + 1)[1:])
+        peak = np.full(n + 1, -np.inf)
+        np.maximum.at(peak, lab, values)
+        maxima.append(peak[1:])
+    if mip is None:
+        mip = (labels != 0).max(axis=0).astype(np.uint8)
+    faces = {}
+    for axis in range(3):
+        for side, pos in ((0, 0), (1, -1)):
+            faces[f"face_{axis}_{side}"] = np.take(labels, pos, axis=axis).astype(np.uint32)
+    images = len(sources) - 1
+    table = {"n": np.array(n), "count": count, "first": first.astype(np.int64), "coord_sum": coord_sum,
+             "bbox_lo": bbox_lo, "bbox_hi": bbox_hi,
+             "intensity_sum": np.stack(sums, axis=1) if sums else np.zeros((n, 0)),
+             "intensity_max": np.stack(maxima, axis=1) if maxima else np.zeros((n, 0)),
+             "mip": mip, **faces}
+    assert table["intensity_sum"].shape == (n, images)
+    target = block_table_file(job, block.index)
+    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **table)
+    os.replace(tmp, target)
+    return block.index
+
+
+def _seam_pieces(face_a: np.ndarray, face_b: np.ndarray, d: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels of block A and of its neighbour B (offset ``d``) that lie on their common face,
+    edge or corner, as arrays over the axes where ``d`` is 0 (same extent in both blocks)."""
+    moving = [a for a in range(3) if d[a] != 0]
+    a_piece, b_piece = face_a, face_b
+    # each face lost its own axis (the first moving one); index the other moving axes in what remains
+    for axis in reversed(moving[1:]):
+        k = axis - 1  # position of this axis in the face array (moving[0] < axis was removed)
+        a_piece = np.take(a_piece, -1 if d[axis] > 0 else 0, axis=k)
+        b_piece = np.take(b_piece, 0 if d[axis] > 0 else -1, axis=k)
+    return a_piece, b_piece
+
+
+def _seam_pairs(a_piece: np.ndarray, b_piece: np.ndarray, moving: int, rank: int) -> np.ndarray:
+    """(k, 2) local label pairs (A, B) of neighbouring foreground voxels across a seam.
+
+    A voxel of A at position ``p`` (over the free axes) touches B at ``p + s`` for every shift ``s`` in
+    {-1, 0, 1}^free whose non-zero entries, with the ``moving`` axes crossed, number at most ``rank``.
+    """
+    free = a_piece.ndim
+    pairs = []
+    for s in itertools.product((-1, 0, 1), repeat=free):
+        if moving + sum(1 for v in s if v) > rank:
+            continue
+        a_sl = tuple(slice(max(0, -v), n - max(0, v)) for v, n in zip(s, a_piece.shape))
+        b_sl = tuple(slice(max(0, v), n - max(0, -v)) for v, n in zip(s, b_piece.shape))
+        a, b = a_piece[a_sl], b_piece[b_sl]
+        both = (a != 0) & (b != 0)
+        if both.any():
+            pairs.append(np.stack([a[both], b[both]], axis=1))
+    if not pairs:
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+
+
+def merge_block_tables(job: ObjectJob, blocks: Sequence[ObjectBlock], min_voxels: int = 1) -> dict:
+    """Join the local objects of all blocks across seams and number the result as ``ndimage.label`` would.
+
+    Returns
+    -------
+    dict of arrays over the K kept objects (ids 1..K in this order): ``count``, ``centroid`` (K, 3),
+    ``bbox_lo``/``bbox_hi`` (K, 3), ``intensity_mean``/``intensity_max`` (K, images), and
+    ``node_ids`` (uint32, one per local object of every block in block order: its global id, 0 when
+    dropped), ``offsets`` (first node of each block).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    tables = [np.load(block_table_file(job, b.index)) for b in blocks]
+    sizes = np.array([int(t["n"]) for t in tables], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(offsets[-1])
+    by_grid = {b.grid: b for b in blocks}
+    rank = CONNECTIVITY_RANK[job.connectivity]
+    edges = []
+    for b in blocks:
+        if not sizes[b.index]:
+            continue
+        for d in _FORWARD:
+            other = by_grid.get(tuple(g + v for g, v in zip(b.grid, d)))
+            if other is None or not sizes[other.index]:
+                continue
+            moving = [a for a in range(3) if d[a]]
+            if len(moving) > rank:
+                continue  # e.g. a corner under 6-connectivity: no voxel pair touches
+            first = moving[0]
+            face_a = tables[b.index][f"face_{first}_{1 if d[first] > 0 else 0}"]
+            face_b = tables[other.index][f"face_{first}_{0 if d[first] > 0 else 1}"]
+            a_piece, b_piece = _seam_pieces(face_a, face_b, d)
+            pairs = _seam_pairs(a_piece, b_piece, len(moving), rank)
+            if pairs.size:
+                edges.append(np.stack([pairs[:, 0] - 1 + offsets[b.index], pairs[:, 1] - 1 + offsets[other.index]],
+                                      axis=1))
+    edges = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(total, total))
+    n_comp, comp = connected_components(graph, directed=False) if total else (0, np.zeros(0, np.int64))
+
+    def cat(name: str, width: int | None = None) -> np.ndarray:
+        arrays = [t[name] for t in tables]
+        return np.concatenate(arrays) if arrays else np.zeros((0,) if width is None else (0, width))
+
+    n_images = len(job.images)
+    count = np.zeros(n_comp, np.int64)
+    np.add.at(count, comp, cat("count"))
+    first = np.full(n_comp, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, comp, cat("first"))
+    coord_sum = np.zeros((n_comp, 3))
+    np.add.at(coord_sum, comp, cat("coord_sum", 3))
+    lo = np.full((n_comp, 3), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(lo, comp, cat("bbox_lo", 3))
+    hi = np.zeros((n_comp, 3), np.int64)
+    np.maximum.at(hi, comp, cat("bbox_hi", 3))
+    isum = np.zeros((n_comp, n_images))
+    np.add.at(isum, comp, cat("intensity_sum", n_images))
+    imax = np.full((n_comp, n_images), -np.inf)
+    np.maximum.at(imax, comp, cat("intensity_max", n_images))
+
+    kept = np.flatnonzero(count >= min_voxels)
+    kept = kept[np.argsort(first[kept], kind="stable")]
+    ids = np.zeros(n_comp, np.uint32)
+    ids[kept] = np.arange(1, kept.size + 1, dtype=np.uint32)
+    c = count[kept]
+    return {"count": c, "centroid": coord_sum[kept] / np.maximum(c, 1)[:, None], "bbox_lo": lo[kept],
+            "bbox_hi": hi[kept], "intensity_mean": isum[kept] / np.maximum(c, 1)[:, None],
+            "intensity_max": imax[kept], "node_ids": ids[comp], "offsets": offsets[:-1]}
+
+
+def relabel_block(job: ObjectJob, block: ObjectBlock) -> int:
+    """Label a block again, map local ids to global ones (``node_ids.npy``) and store it (uint32)."""
+    labels, n = _label_block(job, block)
+    node_ids = np.load(Path(job.work_dir) / "node_ids.npy", mmap_mode="r")  # only this block's part is read
+    offsets = np.load(Path(job.work_dir) / "offsets.npy", mmap_mode="r")
+    lut = np.zeros(n + 1, np.uint32)
+    lut[1:] = node_ids[offsets[block.index]: offsets[block.index] + n]
+    save_block(job.labels_dir, block.index, lut[labels])
+    return block.index
+
+
+def _write_labels(path: Path, job: ObjectJob, blocks: Sequence[ObjectBlock], geometry: dict,
+                  slice_names: Sequence[str] | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = create_mask_writer(path, tmp, job.shape, geometry, slice_names, dtype=np.uint32)
+    try:
+        if not writer.sequential:
+            for b in blocks:
+                writer.write_region(b.slices, load_block(job.labels_dir, b.index)[...])
+        else:  # plane by plane: only the blocks of the current z row are open
+            for z_row in sorted({b.region[0] for b in blocks}):
+                row = [(b, load_block(job.labels_dir, b.index)) for b in blocks if b.region[0] == z_row]
+                for z in range(*z_row):
+                    plane = np.zeros(job.shape[1:], np.uint32)
+                    for b, arr in row:
+                        plane[b.slices[1], b.slices[2]] = arr[z - z_row[0]]
+                    writer.write_plane(z, plane)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _volume_histogram(count: np.ndarray) -> dict:
+    """Object volumes in power-of-two bins: ``edges`` [1, 2, 4, ...], ``counts[i]`` in [edges[i], edges[i+1])."""
+    top = int(count.max()) if count.size else 1
+    edges = [1 << k for k in range(max(1, top.bit_length()) + 1)]
+    counts, _ = np.histogram(count, bins=edges)
+    return {"edges": edges, "counts": [int(c) for c in counts]}
+
+
+def density_map(centroids: np.ndarray, shape: Sequence[int], voxels: int) -> np.ndarray:
+    """Objects per coarse voxel of ``voxels`` per side (uint32, shape ``ceil(shape / voxels)``), each object
+    counted once, in the coarse voxel holding its centroid."""
+    grid = tuple(math.ceil(s / voxels) for s in shape)
+    out = np.zeros(grid, np.uint32)
+    if len(centroids):
+        cells = np.minimum(np.floor(centroids / voxels).astype(np.int64), np.array(grid) - 1)
+        np.add.at(out, tuple(cells.T), 1)
+    return out
+
+
+def save_density_picture(path: Path, mip: np.ndarray, density: np.ndarray, voxels: int, title: str) -> Path:
+    """The z-MIP in grey (1st-99.8th percentile, gamma 0.5 as ``synthetic.pictures``) with the objects per
+    column of ``voxels`` x ``voxels`` (density summed over z) over it in colour; empty columns stay clear."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step = max(1, math.ceil(max(mip.shape) / 2048))  # a picture, not the data: at most ~2k pixels a side
+    image = mip[::step, ::step].astype(np.float32)
+    lo, hi = np.percentile(image, (1.0, 99.8))
+    grey = np.sqrt(np.clip((image - lo) / max(float(hi - lo), 1e-6), 0, 1))
+    column = density.sum(axis=0)
+    h, w = mip.shape
+    scale = 6.0 / max(h, w)
+    fig, ax = plt.subplots(figsize=(max(3.0, w * scale + 1.5), max(3.0, h * scale + 0.6)), dpi=150)
+    ax.imshow(grey, cmap="gray", extent=(0, w, h, 0), interpolation="nearest")
+    shown = ax.imshow(np.ma.masked_equal(column, 0), cmap="magma", alpha=0.55, interpolation="nearest",
+                      extent=(0, column.shape[1] * voxels, column.shape[0] * voxels, 0))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label=f"objects per {voxels}x{voxels} column (all z)")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    tmp = path.with_name(path.name + ".partial.png")
+    fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_csv(path: Path, result: dict, n_images: int) -> None:
+    header = ["id", "centroid_z", "centroid_y", "centroid_x", "voxels", "bbox_z0", "bbox_y0", "bbox_x0",
+              "bbox_z1", "bbox_y1", "bbox_x1"]
+    for c in range(n_images):
+        header += [f"mean_intensity_{c}", f"max_intensity_{c}"]
+
+    def write(f) -> None:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(header)
+        n = len(result["count"])
+        for start in range(0, n, 65536):  # rows built from numpy columns a chunk at a time
+            stop = min(n, start + 65536)
+            cols = [np.arange(start + 1, stop + 1).tolist(), *result["centroid"][start:stop].T.tolist(),
+                    result["count"][start:stop].tolist(), *result["bbox_lo"][start:stop].T.tolist(),
+                    *result["bbox_hi"][start:stop].T.tolist()]
+            for c in range(n_images):
+                cols += [result["intensity_mean"][start:stop, c].tolist(),
+                         result["intensity_max"][start:stop, c].tolist()]
+            out.writerows(zip(*cols))
+
+    write_atomic(path, write)
+
+
+def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[str | Path] = (),
+                    block_size: int | Sequence[int] | None = None, connectivity: int = 26,
+                    min_voxels: int = 1, labels: str | Path | None = None,
+                    density_voxels: int = DEFAULT_DENSITY_VOXELS, workers: int | None = None,
+                    scheduler: str | None = None, progress: bool = True) -> Path:
+    """Connected components of a mask of any size, block by block, resumably, with per-object statistics.
+
+    Parameters
+    ----------
+    mask : every volume kind ``predict_large`` reads (TIFF-slice folder, 3D ``.tif``, ``.b2nd``, OME-Zarr,
+        ``.nii.gz``...). Non-zero voxels are foreground (all labels of a multi-class mask together).
+    output_dir : folder for ``objects.csv``, ``summary.json``, ``density.tif``, ``density_mip.png``;
+        created if missing. Partial results live in ``output_dir/.partial`` until the run ends.
+    images : intensity volumes of the mask's shape (e.g. the channels it was predicted from): mean and max
+        intensity per object per image; the first one is the picture's MIP.
+    block_size : block edge (int or (z, y, x)); default ``DEFAULT_OBJECT_BLOCK`` (256). Memory is about
+        20 bytes per block voxel (labels, mask, one image, temporaries) plus the tables of the objects.
+    connectivity : 6 (faces), 18 (faces, edges) or 26 (faces, edges, corners), as ``ndimage.label``'s
+        ``generate_binary_structure(3, 1 | 2 | 3)``.
+    min_voxels : objects with fewer voxels are dropped (not counted, not labelled); ids stay consecutive.
+    labels : optional path of a uint32 instance-label volume (kinds as ``predict_large``'s output; a path
+        without suffix is a folder of TIFF slices). Ids equal ``scipy.ndimage.label``'s on the whole mask.
+    density_voxels : coarse voxel edge of the density map.
+    workers, scheduler : run the blocks on a local ``dask.distributed`` cluster of N processes, or on an
+        existing scheduler (serial in this process when neither is given).
+    progress : show a progress bar.
+
+    Returns
+    -------
+    ``output_dir``. ``summary.json`` holds ``count``, ``total_voxels``, ``volume_histogram``, the arguments
+    and a signature of the input; a rerun with the same arguments on the same input does nothing.
+
+    Raises
+    ------
+    FileNotFoundError for a missing input; ValueError naming the file for an image whose shape differs from
+    the mask's, a bad argument or an unsupported labels path; FileExistsError when ``output_dir`` holds the
+    results or a partial run of other arguments, or ``labels`` exists (nothing is overwritten).
+    """
+    from tqdm import tqdm
+
+    mask = Path(mask).resolve()
+    block_size = DEFAULT_OBJECT_BLOCK if block_size is None else block_size
+    output_dir = Path(output_dir).resolve()
+    images = tuple(Path(p).resolve() for p in images)
+    if connectivity not in CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity {connectivity}: expected 6, 18 or 26")
+    for name, value in (("min_voxels", min_voxels), ("density_voxels", density_voxels)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} {value}: expected an integer >= 1")
+    if workers is not None and scheduler is not None:
+        raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
+    labels = None if labels is None else Path(labels).resolve()
+    if labels is not None:
+        kind = volume_kind(labels)
+        if kind in ("zarr", "") or (kind == "slices" and any(ch.isalpha() for ch in labels.suffix)):
+            raise ValueError(f"{labels}: cannot write labels of kind {labels.suffix or labels.name!r}; expected "
+                             f"{SUPPORTED_OUTPUTS}")
+    sources = [open_volume(mask), *[open_volume(p) for p in images]]
+    shape = tuple(int(s) for s in sources[0].shape)
+    for p, s in zip(images, sources[1:]):
+        if tuple(s.shape) != shape:
+            raise ValueError(f"{p}: image of shape {tuple(s.shape)}; expected the mask's shape {shape} ({mask})")
+    blocks = plan_object_blocks(shape, block_size)
+    signature = {"inputs": [str(mask), *map(str, images)], "shape": list(shape),
+                 "block_size": list(_block_sizes(block_size)),
+                 "connectivity": int(connectivity), "input_content": [input_content_signature(s) for s in sources]}
+    settings = {"min_voxels": int(min_voxels), "density_voxels": int(density_voxels),
+                "labels": None if labels is None else str(labels)}
+    summary_path = output_dir / SUMMARY_JSON
+    if summary_path.is_file():
+        record = json.loads(summary_path.read_text())
+        _check_inputs_unchanged(record.get("signature", {}), signature, f"the results in {output_dir}",
+                                f"Remove {output_dir} (or choose another) to measure the new content.")
+        if not _signature_mismatch(record.get("signature", {}), signature) and record.get("settings") == settings:
+            logger.info("%s: objects already measured with these arguments; nothing to do", output_dir)
+            return output_dir
+        raise FileExistsError(f"{output_dir}: holds the results of another objects run; nothing was overwritten. "
+                              f"Choose another output folder or remove it.")
+    if labels is not None and labels.exists() and (not labels.is_dir() or any(labels.iterdir())):
+        raise FileExistsError(f"{labels}: already exists; nothing was overwritten. Choose another labels path.")
+
+    work_dir = output_dir / PARTIAL_DIR
+    progress_path = work_dir / PROGRESS_FILE
+    job = ObjectJob(str(mask), tuple(map(str, images)), shape, int(connectivity), str(work_dir),
+                    json.dumps(signature["input_content"]))
+    if progress_path.is_file():
+        state = json.loads(progress_path.read_text())
+        _check_inputs_unchanged(state.get("signature", {}), signature, f"the partial run in {work_dir}",
+                                f"To start fresh on the new content, remove {work_dir} and rerun.")
+        differ = _signature_mismatch(state.get("signature", {}), signature)
+        if differ:
+            raise FileExistsError(f"{work_dir}: holds a partial run with other {', '.join(differ)}; nothing was "
+                                  f"overwritten. Rerun with the same arguments to resume, or remove that folder.")
+    else:
+        if work_dir.exists():
+            raise FileExistsError(f"{work_dir}: exists without {PROGRESS_FILE}; it is not a run of this tool. "
+                                  f"Remove it or choose another output folder.")
+        for s in sources:
+            s.check_all_planes()
+        job.blocks_dir.mkdir(parents=True)
+        job.labels_dir.mkdir()
+        state = {"signature": signature, "runs": []}
+        write_json_atomic(progress_path, state)
+    run_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "blocks": len(blocks), "measured": 0,
+                "relabelled": 0, "seconds": {}}
+    state["runs"].append(run_info)
+    write_json_atomic(progress_path, state)
+
+    def run(task, pending: list[ObjectBlock], counter: str, desc: str) -> None:
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(pending), unit="block", desc=desc, disable=not progress)
+
+        def finished(_index: int) -> None:
+            run_info[counter] += 1
+            bar.update(1)
+
+        try:
+            if workers is None and scheduler is None:
+                for b in pending:
+                    finished(task(job, b))
+            else:
+                _run_on_dask(job, pending, workers, scheduler, finished, task=task)
+        finally:
+            bar.close()
+            run_info["seconds"][counter] = time.perf_counter() - t0
+            write_json_atomic(progress_path, state)
+
+    run(measure_block, [b for b in blocks if not block_table_file(job, b.index).is_file()], "measured", "objects")
+    t0 = time.perf_counter()
+    result = merge_block_tables(job, blocks, min_voxels)
+    run_info["seconds"]["merge"] = time.perf_counter() - t0
+    if labels is not None:
+        np.save(work_dir / "node_ids.npy", result["node_ids"])
+        np.save(work_dir / "offsets.npy", result["offsets"])
+        from nnunetv2_selma.inference.whole_volume import block_file
+
+        run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()], "relabelled",
+            "labels")
+        slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
+        _write_labels(labels, job, blocks, sources[0].geometry, slice_names)
+
+    import tifffile
+
+    density = density_map(result["centroid"], shape, density_voxels)
+    tmp = output_dir / f".{DENSITY_TIFF}.tmp.tif"
+    tifffile.imwrite(tmp, density, compression="zlib", metadata={"axes": "ZYX"})
+    os.replace(tmp, output_dir / DENSITY_TIFF)
+    _write_csv(output_dir / OBJECTS_CSV, result, len(images))
+    mip = _assemble_mip(job, blocks, shape)
+    count = result["count"]
+    save_density_picture(output_dir / DENSITY_PICTURE, mip, density, density_voxels,
+                         f"{mask.name}: {len(count)} objects (connectivity {connectivity}, >= {min_voxels} voxels)")
+    write_json_atomic(summary_path, {
+        "count": int(len(count)), "total_voxels": int(count.sum()),
+        "mean_voxels": float(count.mean()) if count.size else 0.0,
+        "median_voxels": float(np.median(count)) if count.size else 0.0,
+        "volume_histogram": _volume_histogram(count), "density_shape": list(density.shape),
+        "blocks": len(blocks), "signature": signature, "settings": settings, "runs": state["runs"],
+        "files": {"objects": OBJECTS_CSV, "density": DENSITY_TIFF, "picture": DENSITY_PICTURE,
+                  "labels": settings["labels"]}})
+    shutil.rmtree(work_dir)
+    return output_dir
+
+
+def _assemble_mip(job: ObjectJob, blocks: Sequence[ObjectBlock], shape: Sequence[int]) -> np.ndarray:
+    mip = None
+    for b in blocks:
+        part = np.load(block_table_file(job, b.index))["mip"]
+        if mip is None:
+            mip = np.zeros(shape[1:], part.dtype)
+        view = mip[b.slices[1], b.slices[2]]
+        np.maximum(view, part, out=view)
+    return mip
+
+
+__all__ = ["CONNECTIVITY_RANK", "ObjectBlock", "ObjectJob", "density_map", "measure_block", "measure_objects",
+           "merge_block_tables", "plan_object_blocks", "relabel_block", "save_density_picture"]

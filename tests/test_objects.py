@@ -1,0 +1,225 @@
+"""Objects across blocks: equal to scipy.ndimage.label + per-object statistics on a 27-block volume,
+objects crossing seams, edges and corners, every input kind, resumable, CLI with dask."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from nnunetv2_selma.inference import objects as objects_module
+from nnunetv2_selma.inference.objects import CONNECTIVITY_RANK, density_map, measure_objects
+from nnunetv2_selma.inference.volume_io import open_volume
+from nnunetv2_selma.io import write_image
+
+SHAPE = (40, 44, 48)
+BLOCK = 16  # 3 x 3 x 3 blocks; seams at 16 and 32 on every axis
+
+
+def _mask() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    mask = (ndimage.gaussian_filter(rng.random(SHAPE), 1.2) > 0.535).astype(np.uint8)
+    mask[:, :, 14:19] = 0  # clear room around the hand-made objects below
+    mask[14:19] = 0
+    # a rod through every block along x, and one along z
+    mask[8, 8, :] = 1
+    mask[:, 40, 40] = 2  # multi-class masks: every non-zero label is foreground
+    # two voxels touching only by a corner across the corner of 8 blocks (joined by 26 only)
+    mask[15, 15, 15] = mask[16, 16, 16] = 1
+    # two voxels touching by an edge across the seam of 4 blocks (joined by 18 and 26)
+    mask[15, 26, 15] = mask[16, 26, 16] = 1
+    # a face pair across one seam (joined by all) and a lone voxel on a seam
+    mask[15, 5, 30] = mask[16, 5, 30] = 1
+    mask[16, 38, 2] = 1
+    return mask
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(4)
+    return [rng.integers(0, 4000, SHAPE).astype(np.uint16), rng.normal(0, 1, SHAPE).astype(np.float32)]
+
+
+def _write(kind: str, path: Path, volume: np.ndarray) -> Path:
+    if kind == "slices":
+        path.mkdir()
+        for z in range(volume.shape[0]):
+            tifffile.imwrite(path / f"Z{z:04d}.tif", volume[z])
+    elif kind == "b2nd":
+        blosc2.asarray(np.ascontiguousarray(volume), urlpath=str(path), mode="w", chunks=(8, 44, 48))
+    else:
+        write_image(path, volume)
+    return path
+
+
+def _reference(mask: np.ndarray, images: list[np.ndarray], connectivity: int, min_voxels: int = 1) -> dict:
+    labels, n = ndimage.label(mask != 0, ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity]))
+    count = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = np.flatnonzero(count[1:] >= min_voxels) + 1
+    lut = np.zeros(n + 1, np.int64)
+    lut[keep] = np.arange(1, keep.size + 1)
+    labels = lut[labels]
+    index = np.arange(1, keep.size + 1)
+    zyx = np.indices(mask.shape)
+    rows = {"voxels": np.bincount(labels.ravel())[1:]}
+    for axis, name in enumerate("zyx"):
+        rows[f"centroid_{name}"] = ndimage.sum_labels(zyx[axis], labels, index) / rows["voxels"]
+    boxes = ndimage.find_objects(labels)
+    for axis, name in enumerate("zyx"):
+        rows[f"bbox_{name}0"] = np.array([b[axis].start for b in boxes])
+        rows[f"bbox_{name}1"] = np.array([b[axis].stop for b in boxes])
+    for c, image in enumerate(images):
+        values = image.astype(np.float64)
+        rows[f"mean_intensity_{c}"] = ndimage.sum_labels(values, labels, index) / rows["voxels"]
+        rows[f"max_intensity_{c}"] = ndimage.maximum(values, labels, index)
+    return {"labels": labels, "n": int(keep.size), "rows": rows}
+
+
+def _read_csv(path: Path) -> dict:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
+
+
+@pytest.mark.parametrize("connectivity, mask_kind, labels_name", [
+    (6, "slices", "labels_slices"),
+    (18, "tif", "labels.tif"),
+    (26, "b2nd", "labels.nii.gz"),
+])
+def test_objects_equal_ndimage_label_across_seams_and_corners(tmp_path, connectivity, mask_kind, labels_name):
+    mask, images = _mask(), _images()
+    suffix = {"slices": "", "tif": ".tif", "b2nd": ".b2nd"}[mask_kind]
+    mask_path = _write(mask_kind, tmp_path / f"mask{suffix}", mask)
+    image_paths = [_write("b2nd", tmp_path / "img0.b2nd", images[0]), _write("sitk", tmp_path / "img1.nii.gz",
+                                                                              images[1])]
+    out = measure_objects(mask_path, tmp_path / "objects", images=image_paths, block_size=BLOCK,
+                          connectivity=connectivity, labels=tmp_path / labels_name, progress=False)
+    ref = _reference(mask, images, connectivity)
+    labels = open_volume(tmp_path / labels_name)
+    assert labels.dtype == np.uint32
+    np.testing.assert_array_equal(labels.read(tuple(slice(0, s) for s in SHAPE)), ref["labels"])
+    # the hand-made pairs are joined exactly as the connectivity says
+    got = ref["labels"]
+    assert (got[15, 15, 15] == got[16, 16, 16]) == (connectivity == 26)
+    assert (got[15, 26, 15] == got[16, 26, 16]) == (connectivity >= 18)
+    assert got[15, 5, 30] == got[16, 5, 30] and got[8, 8, 0] == got[8, 8, -1] and got[0, 40, 40] == got[-1, 40, 40]
+
+    table = _read_csv(out / "objects.csv")
+    np.testing.assert_array_equal(table["id"], np.arange(1, ref["n"] + 1))
+    for key, expected in ref["rows"].items():
+        if key.startswith(("voxels", "bbox")):
+            np.testing.assert_array_equal(table[key], expected, err_msg=key)
+        else:  # sums are exact integers in float64 in both; float32 intensities are summed in another order
+            np.testing.assert_allclose(table[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == ref["n"] and summary["blocks"] == 27
+    assert summary["total_voxels"] == int((mask != 0).sum())
+    assert sum(summary["volume_histogram"]["counts"]) == ref["n"]
+    density = tifffile.imread(out / "density.tif")
+    centroids = np.stack([ref["rows"][f"centroid_{a}"] for a in "zyx"], axis=1)
+    assert density.shape == (2, 2, 2) and int(density.sum()) == ref["n"]
+    np.testing.assert_array_equal(density, density_map(centroids, SHAPE, 25))
+    assert (out / "density_mip.png").stat().st_size > 1000
+    assert not (out / ".partial").exists()
+
+
+def test_min_voxels_drops_small_objects_ids_stay_consecutive(tmp_path):
+    mask = _mask()
+    path = _write("b2nd", tmp_path / "mask.b2nd", mask)
+    out = measure_objects(path, tmp_path / "objects", block_size=(16, 20, 24), min_voxels=5,
+                          labels=tmp_path / "labels.b2nd", progress=False)
+    ref = _reference(mask, [], 26, min_voxels=5)
+    np.testing.assert_array_equal(open_volume(tmp_path / "labels.b2nd").read(tuple(slice(0, s) for s in SHAPE)),
+                                  ref["labels"])
+    table = _read_csv(out / "objects.csv")
+    assert table["voxels"].min() >= 5 and len(table["id"]) == ref["n"]
+    # the same command again: nothing to do; other settings on a finished folder: refused, nothing overwritten
+    before = (out / "objects.csv").stat().st_mtime_ns
+    measure_objects(path, out, block_size=(16, 20, 24), min_voxels=5, labels=tmp_path / "labels.b2nd",
+                    progress=False)
+    assert (out / "objects.csv").stat().st_mtime_ns == before
+    with pytest.raises(FileExistsError, match="holds the results of another objects run"):
+        measure_objects(path, out, block_size=(16, 20, 24), min_voxels=2, progress=False)
+
+
+def test_killed_run_resumes_without_redoing_blocks(tmp_path, monkeypatch):
+    mask, images = _mask(), _images()
+    path = _write("tif", tmp_path / "mask.tif", mask)
+    image = _write("b2nd", tmp_path / "img0.b2nd", images[0])
+    real = objects_module.measure_block
+    calls = []
+
+    def dies_after_ten(job, block):
+        if len(calls) == 10:
+            raise KeyboardInterrupt  # as a killed run: the ten stored blocks stay
+        calls.append(block.index)
+        return real(job, block)
+
+    monkeypatch.setattr(objects_module, "measure_block", dies_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        measure_objects(path, tmp_path / "objects", images=[image], block_size=BLOCK, progress=False)
+    assert len(list((tmp_path / "objects" / ".partial" / "blocks").glob("*.npz"))) == 10
+    assert not (tmp_path / "objects" / "summary.json").exists()
+    monkeypatch.setattr(objects_module, "measure_block", real)
+    out = measure_objects(path, tmp_path / "objects", images=[image], block_size=BLOCK, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["measured"] for r in summary["runs"]] == [10, 17]
+    ref = _reference(mask, images[:1], 26)
+    table = _read_csv(out / "objects.csv")
+    np.testing.assert_array_equal(table["voxels"], ref["rows"]["voxels"])
+    np.testing.assert_array_equal(table["max_intensity_0"], ref["rows"]["max_intensity_0"])
+
+
+def test_image_of_another_shape_is_named(tmp_path):
+    path = _write("b2nd", tmp_path / "mask.b2nd", _mask())
+    other = _write("b2nd", tmp_path / "small.b2nd", _images()[0][:, :40])
+    with pytest.raises(ValueError, match=r"small.b2nd: image of shape \(40, 40, 48\); expected the mask's shape"):
+        measure_objects(path, tmp_path / "objects", images=[other], progress=False)
+    assert not (tmp_path / "objects").exists()
+
+
+def test_cli_with_two_dask_workers(tmp_path):
+    mask = _mask()
+    path = _write("slices", tmp_path / "mask", mask)
+    command = [str(Path(sys.executable).parent / "nnUNetv2_selma_objects"), "-i", str(path), "-o",
+               str(tmp_path / "objects"), "--block", "16", "--workers", "2", "--connectivity", "18",
+               "--labels", str(tmp_path / "labels.b2nd"), "--quiet"]
+    res = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = _reference(mask, [], 18)
+    np.testing.assert_array_equal(open_volume(tmp_path / "labels.b2nd").read(tuple(slice(0, s) for s in SHAPE)),
+                                  ref["labels"])
+    bad = subprocess.run(command[:-1] + ["--connectivity", "8"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "argument --connectivity: found 8; expected 6, 18 or 26" in bad.stderr
+
+
+def test_predict_large_objects_runs_right_after_prediction(tmp_path):
+    """``predict_large --objects``: the objects of the predicted mask, intensities from the input."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_factory import make_model_folder
+
+    model = make_model_folder(Path(os.environ["nnUNet_results"]), "Dataset575_SELMAobjects", patch_size=(16, 32, 32),
+                              foreground_fraction=0.1)
+    rng = np.random.default_rng(5)
+    volume = (rng.gamma(2.0, 40.0, size=(20, 48, 48)) + 1).astype(np.uint16)
+    inputs = _write("tif", tmp_path / "input.tif", volume)
+    out = tmp_path / "pred.b2nd"
+    command = [str(Path(sys.executable).parent / "nnUNetv2_selma_predict_large"), "-i", str(inputs), "-o", str(out),
+               "-m", str(model), "-f", "0", "--quiet", "--objects"]
+    res = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    predicted = open_volume(out).read((slice(0, 20), slice(0, 48), slice(0, 48)))
+    ref = _reference(predicted, [volume], 26)
+    assert ref["n"] > 0, "the test model should predict some foreground"
+    table = _read_csv(tmp_path / "pred.b2nd.objects" / "objects.csv")
+    np.testing.assert_array_equal(table["voxels"], ref["rows"]["voxels"])
+    np.testing.assert_allclose(table["mean_intensity_0"], ref["rows"]["mean_intensity_0"], rtol=1e-12)
