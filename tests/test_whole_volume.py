@@ -124,7 +124,7 @@ def test_kill_midway_and_resume_gives_identical_output(setup):
     stats = setup["stats"][0]
     command = [sys.executable, "-m", "nnunetv2_selma.cli.predict_large", "-i", str(setup["slices"]), "-o", str(out),
                "-m", str(setup["model"]), "-f", "0", "--block", "8", "32", "32", "--stats", str(stats[0]),
-               str(stats[1]), "--quiet"]
+               str(stats[1]), "--quiet", "--tissue-mask", "none"]
     progress = setup["root"] / "killed_out.tif.partial" / "progress.json"
     proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_at_kill = 0
@@ -194,7 +194,8 @@ def test_output_holding_another_volume_is_not_overwritten(setup, tmp_path):
 def _predict_large_command(setup, inputs, out, *extra):
     stats = setup["stats"][0]
     return [str(Path(sys.executable).parent / "nnUNetv2_selma_predict_large"), "-i", str(inputs), "-o", str(out),
-            "-m", str(setup["model"]), "-f", "0", "--stats", str(stats[0]), str(stats[1]), "--quiet", *extra]
+            "-m", str(setup["model"]), "-f", "0", "--stats", str(stats[0]), str(stats[1]), "--quiet",
+            "--tissue-mask", "none", *extra]
 
 
 def test_input_changed_after_kill_is_refused_by_name(setup, tmp_path):

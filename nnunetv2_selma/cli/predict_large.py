@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     parser.add_argument("--stats", type=finite_float, nargs="+", default=None, metavar="MEAN STD",
                         help="intensity mean and std (> 0) per channel (skip measuring them)")
+    parser.add_argument("--tissue-mask", default="auto", metavar="auto|none|PATH",
+                        help="zero the labels outside the tissue: auto (default: ingest's tissue mask of the input, "
+                             "dilated by one mask voxel = 8+ voxels), none (labels as nnUNetPredictor), or a mask "
+                             "volume (non-zero = tissue; the input's shape or a smaller, low-resolution one)")
     parser.add_argument("--objects", nargs="?", const="", default=None, metavar="DIR",
                         help="then count and measure the objects of the output (nnUNetv2_selma_objects, intensities "
                              "from the inputs) into DIR (default: <output>.objects)")
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     output = predict_large(args.input if len(args.input) > 1 else args.input[0], args.output, args.model,
                            folds=args.folds, block_size=block, device=args.device, tile_step_size=args.step_size,
                            use_mirroring=args.mirror, workers=args.workers, scheduler=args.scheduler,
-                           checkpoint_name=args.checkpoint, intensity_stats=stats, progress=not args.quiet)
+                           checkpoint_name=args.checkpoint, intensity_stats=stats, progress=not args.quiet,
+                           tissue_mask=args.tissue_mask)
     print(output)
     if args.objects is not None:
         from nnunetv2_selma.inference.objects import measure_objects

@@ -392,6 +392,22 @@ def _tissue_threshold(reader, factors) -> float:
     return otsu_threshold(np.concatenate(means))
 
 
+def low_resolution_tissue_mask(reader, chunk_z: int = DEFAULT_CHUNKS[0]) -> tuple[np.ndarray, tuple, float]:
+    """The tissue mask ingest stores beside a volume, for any lazy reader (``.shape``, ``.dtype``,
+    ``.read(z0, z1)``, ``.where(z)``): same factors, same Otsu threshold on block means, same sub-grid.
+
+    Reads the volume once, ``factors[0]`` planes at a time. Returns ``(mask, factors, threshold)``:
+    boolean ``mask`` of shape ``ceil(shape / factors)``, one value per ``factors`` (z, y, x) voxels.
+    ``predict_large --tissue-mask auto`` uses it on its input.
+    """
+    factors = mask_factors(tuple(reader.shape), chunk_z)
+    threshold = _tissue_threshold(reader, factors)
+    stats = _TissueStats(tuple(reader.shape), reader.dtype, factors, threshold)
+    for z0 in range(0, reader.shape[0], factors[0]):
+        stats.update(reader.read(z0, min(reader.shape[0], z0 + factors[0])), z0)
+    return stats.mask(), factors, threshold
+
+
 # ----------------------------------------------------------------------------------------------
 # writing one volume
 # ----------------------------------------------------------------------------------------------

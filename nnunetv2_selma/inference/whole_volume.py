@@ -711,7 +711,9 @@ def _check_inputs_unchanged(recorded: dict, current: dict, what: str, remedy: st
                                 f"nothing was resumed or overwritten. {remedy}")
 
 
-def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Path, progress: bool) -> None:
+def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Path, progress: bool,
+                     tissue=None) -> None:
+    """Write the stored blocks into ``writer``; labels outside ``tissue`` (a ``TissueMask``) become 0."""
     from tqdm import tqdm
 
     placed = []
@@ -722,7 +724,10 @@ def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Pa
         placed.append((frame.to_original(valid), block.index))
     if not writer.sequential:
         for region, index in tqdm(placed, desc="writing", disable=not progress, leave=False):
-            writer.write_region(region, load_block(blocks_dir, index)[...])
+            data = load_block(blocks_dir, index)[...]
+            if tissue is not None:
+                data = data * tissue.region(region)
+            writer.write_region(region, data)
         return
     shape = frame.shape
     open_maps: dict = {}
@@ -735,6 +740,8 @@ def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Pa
                 plane[region[1], region[2]] = open_maps[index][z - region[0].start]
             elif z >= region[0].stop:
                 open_maps.pop(index, None)  # this block is behind us: release the mapping
+        if tissue is not None:
+            plane *= tissue.region((slice(z, z + 1), slice(0, shape[1]), slice(0, shape[2])))[0]
         writer.write_plane(z, plane)
 
 
@@ -743,7 +750,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
                   device: str = "cpu", tile_step_size: float = 0.5, use_mirroring: bool = False,
                   workers: int | None = None, scheduler: str | None = None,
                   checkpoint_name: str = "checkpoint_final.pth",
-                  intensity_stats: Sequence[Sequence[float]] | None = None, progress: bool = True) -> Path:
+                  intensity_stats: Sequence[Sequence[float]] | None = None, progress: bool = True,
+                  tissue_mask: str | Path | None = None) -> Path:
     """Segment a volume of any size with an nnU-Net model, block by block, resumably.
 
     Parameters
@@ -768,6 +776,10 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     checkpoint_name : checkpoint file in each ``fold_X``.
     intensity_stats : ``[(mean, std)]`` per channel to use instead of measuring them.
     progress : show progress bars (voxels/s, time left).
+    tissue_mask : ``None``/``"none"`` (default here: the labels equal ``nnUNetPredictor``'s), ``"auto"``
+        (the command line's default: ingest's low-resolution tissue mask of the input, dilated by one mask
+        voxel, see :mod:`nnunetv2_selma.inference.tissue`) or the path of a mask volume (non-zero = tissue,
+        the input's shape or a smaller one). Labels outside the mask are set to 0 when the output is written.
 
     Returns
     -------
@@ -802,6 +814,13 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     for p, s in zip(inputs[1:], sources[1:]):
         if s.shape != sources[0].shape:
             raise ValueError(f"{p}: channel of shape {s.shape}; expected {sources[0].shape} like {inputs[0]}")
+    tissue_setting = "none" if tissue_mask is None or str(tissue_mask) == "none" else str(tissue_mask)
+    given_tissue = None
+    if tissue_setting not in ("none", "auto"):
+        from nnunetv2_selma.inference.tissue import open_tissue_mask
+
+        given_tissue = open_tissue_mask(tissue_setting, sources[0].shape)  # checked before any work
+        tissue_setting = given_tissue.info["path"]
     plans_manager, configuration_manager, dataset_json, configuration_name = read_model_configuration(
         model_folder, folds, checkpoint_name)
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -836,7 +855,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
             _check_inputs_unchanged(record.get("signature", {}), signature, f"the finished output {output}",
                                     f"To predict the new content, remove {output} and {record_path.name}, or choose "
                                     f"another output path.")
-            if not _signature_mismatch(record.get("signature", {}), signature):
+            if not _signature_mismatch(record.get("signature", {}), signature) and \
+                    record.get("tissue_mask", {}).get("setting", "none") == tissue_setting:
                 logger.info("%s: already predicted with these arguments; nothing to do", output)
                 return output
         raise FileExistsError(f"{output}: already holds {_describe_existing(output)}, not the output of this run; "
@@ -921,11 +941,19 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     finally:
         bar.close()
 
+    tissue = given_tissue
+    if tissue_setting == "auto":
+        from nnunetv2_selma.inference.tissue import auto_tissue_mask
+
+        t0 = time.perf_counter()
+        tissue = auto_tissue_mask(sources)
+        timings["tissue_mask"] = time.perf_counter() - t0
+        logger.info("%s: tissue mask kept %.1f%% of the volume", output, 100 * tissue.info["fraction"])
     slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
     writer = create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry, slice_names)
     t0 = time.perf_counter()
     try:
-        _assemble_output(writer, frame, plan, blocks_dir, progress)
+        _assemble_output(writer, frame, plan, blocks_dir, progress, tissue)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -933,6 +961,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     timings["write"] = time.perf_counter() - t0
     write_json_atomic(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
                                "block_size": list(plan.block_size), "redundancy": plan.redundancy,
+                               "tissue_mask": {"setting": tissue_setting, **(tissue.info if tissue else {})},
                                "runs": state["runs"]})
     shutil.rmtree(work_dir)
     return output
