@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", nargs="+", default=[],
                         help="intensity volume(s) of the mask's shape: mean and max intensity per object and image")
     parser.add_argument("--block", type=positive_int, nargs="+", default=None,
-                        help="block edge: one int or three (z y x), each >= 1 (default 256; ~20 bytes per block voxel)")
+                        help="block edge: one int or three (z y x), each >= 1 (default 256: ~0.2-0.5 GB per block)")
     dask = parser.add_mutually_exclusive_group()
     dask.add_argument("--workers", type=positive_int, default=None,
                       help="run the blocks on a local dask.distributed cluster of N >= 1 processes")
