@@ -292,20 +292,33 @@ class Study:
                 "fold": fold, "trainer": self.prof.trainer, "finetune_seconds": round(seconds, 1),
                 "model_folder": str(model)}
 
+    def collect(self) -> tuple[list[dict], int]:
+        """Rows of the runs finished so far (no new run) and the number of runs the study has in all."""
+        rows, total = [], 0
+        for k in self.prof.ks:
+            for s in range(self.seeds):
+                for structure in self.prof.structures:
+                    for arm in self.arms:
+                        total += 1
+                        f = self.rows_dir / self.prof.trainer / f"{structure}_k{k_label(k)}_{arm}_seed{s}.json"
+                        if f.is_file():
+                            rows.extend(json.loads(f.read_text()))
+        return rows, total
+
     def execute(self) -> list[dict]:
         from tqdm import tqdm
 
         pretrained_arms = [a for a in self.arms if ARMS[a] is not None]
         tasks = []
         with ThreadPoolExecutor(self.jobs) as pool:
-            # FIFO: pretraining first, then scratch fine-tuning, then fine-tuning that waits for its checkpoint;
-            # a thread only ever waits on a pretraining job another thread has already started
+            # FIFO: pretraining first, so a thread only ever waits on a pretraining job another thread has
+            # already started; then fine-tuning by label count, seed, structure, arm: a study stopped early
+            # (it resumes) holds complete pairs at the smallest k first
             checkpoints = {(a, s): pool.submit(self.pretrain, a, s) for s in range(self.seeds) for a in pretrained_arms}
-            order = sorted(self.arms, key=lambda a: ARMS[a] is not None)
-            for arm in order:
+            for k in self.prof.ks:
                 for s in range(self.seeds):
                     for structure in self.prof.structures:
-                        for k in self.prof.ks:
+                        for arm in self.arms:
                             tasks.append(pool.submit(self.finetune, structure, k, s, arm, checkpoints.get((arm, s))))
             rows: list[dict] = []
             with tqdm(total=len(tasks), desc="fine-tuning runs", dynamic_ncols=True) as bar:
@@ -399,7 +412,8 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.suptitle(f"label efficiency, profile {results['profile']['name']} "
-                 f"({results['profile']['seeds']} seeds, bands: bootstrap 95% CI)")
+                 f"({results['profile']['seeds']} seeds, bands: bootstrap 95% CI"
+                 + ("" if results.get("complete", True) else f"; PARTIAL: {results['runs_done']} runs") + ")")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -414,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structures", nargs="+", default=None, choices=sorted(STRUCTURES))
     parser.add_argument("--ks", nargs="+", default=None, help="override the label counts (ints and 'all')")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--collect", action="store_true",
+                        help="no new run: results, table and plot from the runs finished so far (marked partial)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs at once (default 1: on 2 cores, two nnU-Net runs oversubscribe the CPU and each "
                              "takes 3-4x longer; parallel runs pay on a machine with many cores)")
@@ -438,8 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     study = Study(prof, work, arms, seeds, args.jobs or prof.jobs)
     study.prepare()
-    rows = study.execute()
-    results = {"profile": {**asdict(prof), "arms": list(arms), "seeds": seeds}, "rows": rows,
+    if args.collect:
+        rows, total = study.collect()
+        log.info("collected %d of %d runs (no new run)", len({(r['trained_on'], r['k'], r['arm'], r['seed'])
+                                                               for r in rows}), total)
+    else:
+        rows = study.execute()
+        total = None
+    runs_done = len({(r["trained_on"], k_label(r["k"]), r["arm"], r["seed"]) for r in rows})
+    results = {"profile": {**asdict(prof), "arms": list(arms), "seeds": seeds},
+               "complete": total is None or runs_done == total, "runs_done": runs_done, "rows": rows,
                "paired": paired_differences(rows), "timings": {**study.timings, "total": time.perf_counter() - t0},
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
                "command": " ".join(sys.argv)}
