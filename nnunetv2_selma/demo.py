@@ -65,7 +65,7 @@ PROFILES: dict[str, DemoProfile] = {
                     "nnUNetTrainerSelma_1epoch_2it", (0,), 2, (32, 48, 48),
                     "seconds-scale check of every stage (used by the tests)"),
         DemoProfile("quick", "cpu", 0.2, 8, (64, 128, 128), 1, 6, (48, 64, 64), 300, 4,
-                    "nnUNetTrainerSelma_8epochs_25it", (0, 1, 2), 2, (32, 128, 128),
+                    "nnUNetTrainerSelma_6epochs_25it_noTTA", (0, 1, 2), 2, (32, 128, 128),
                     "whole pipeline in about 15 minutes on a 2-core CPU; few labels (2 patches per repeat)"),
         DemoProfile("full", "M", 1.0, 12, (256, 512, 512), 2, 12, (100, 100, 100), 5000, 2,
                     "nnUNetTrainerSelma_100epochs", (0, 1, 2), 4, (256, 256, 256),

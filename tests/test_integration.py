@@ -257,3 +257,23 @@ def test_mismatching_checkpoint_stops_nnunetv2_train(planned, checkpoints):
     assert res.returncode != 0
     assert ("tensor 'encoder.stem.convs.0.conv.weight' has shape (4, 1, 3, 3, 3) in the checkpoint but "
             "(8, 1, 3, 3, 3) in the network") in res.stderr
+
+
+def test_nnssl_format_checkpoint_fine_tunes_through_nnunetv2_train(planned, checkpoints, tmp_path):
+    """An nnssl-format checkpoint (our SSL checkpoint exported with an adaptation plan for the cpu preset's
+    ResidualEncoderUNet) fine-tunes through the real nnUNetv2_train: stem and encoder loaded, decoder at random."""
+    from nnunetv2_selma.checkpoints import export_nnssl_checkpoint
+
+    nnssl = tmp_path / "nnssl_checkpoint_final.pth"
+    export_nnssl_checkpoint(checkpoints["ssl"], nnssl, plans=planned["plans"][520])
+    raw = torch.load(nnssl, map_location="cpu", weights_only=True)
+    assert "nnssl_adaptation_plan" in raw and any(k.startswith("decoder.encoder.") for k in raw["network_weights"])
+    env = _env(nnUNet_extTrainer=str(shim_folder()))
+    res = _run([str(BIN / "nnUNetv2_train"), "520", "3d_fullres", "2", "-tr", TRAINER, "-p", PLANS, "-device", "cpu",
+                "-pretrained_weights", str(nnssl)], env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = Path(os.environ["nnUNet_results"]) / planned["raw"][520].name / f"{TRAINER}__{PLANS}__3d_fullres"
+    log = next((out / "fold_2").glob("training_log_*.txt")).read_text()
+    assert "loaded  encoder.stem.convs.0.conv.weight (8, 1, 3, 3, 3)" in log
+    assert "skipped decoder.stages.0.convs.0.conv.weight: decoder of an nnssl checkpoint" in log
+    assert (out / "fold_2" / "checkpoint_final.pth").is_file()
