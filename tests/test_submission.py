@@ -329,3 +329,161 @@ def test_entrypoint_names_a_truncated_checkpoint(build, tmp_path):
     result = _run_entrypoint(tmp_path / "in", tmp_path / "out", resources)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "unreadable checkpoint" in result.stderr and str(checkpoint) in result.stderr, result.stderr[-3000:]
+
+
+# --- 2026: Grand Challenge's invoke API --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def build_2026(models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export2026") / "context"
+    rc = export_main(["-m", str(models["cfos"]), str(models["vessel"]), "-o", str(out), "--edition", "2026",
+                      "--default", "cfos", "--no-wheels"])
+    assert rc == 0
+    return out
+
+
+def test_export_2026_writes_an_invoke_context_with_the_weights_apart(build_2026):
+    import tarfile
+
+    dockerfile = (build_2026 / "Dockerfile").read_text()
+    assert 'LABEL org.grand-challenge.api-method="invoke"' in dockerfile
+    assert 'ENTRYPOINT ["python", "-m", "nnunetv2_selma.submission.server"]' in dockerfile
+    assert "EXPOSE 4743" in dockerfile and "SELMA_MODELS_DIR=/opt/ml/model" in dockerfile
+    assert "SELMA_EDITION=2026" in dockerfile and "--no-index" in dockerfile and "USER user" in dockerfile
+    assert "COPY --chown=user:user resources" not in dockerfile and not (build_2026 / "resources").exists()
+    assert {"model/", "model.tar.gz"} <= set((build_2026 / ".dockerignore").read_text().split())
+
+    config = json.loads((build_2026 / "model" / "models.json").read_text())
+    assert config["edition"] == "2026" and set(config["models"]) == {"cfos", "vessel"}
+    with tarfile.open(build_2026 / "model.tar.gz") as tar:
+        names = tar.getnames()
+    assert "models.json" in names and "cfos/fold_1/checkpoint_final.pth" in names  # flat: -C model .
+    assert not any(n.startswith(("/", "..", "model/")) for n in names)
+
+    runner = build_2026 / "test_run.sh"
+    assert os.access(runner, os.X_OK) and subprocess.run(["bash", "-n", str(runner)]).returncode == 0
+    text = runner.read_text()
+    for needed in ("/opt/ml/model", "/health", "POST /invoke", '"201"', "org.grand-challenge.api-method",
+                   "--network none", "images/$INPUT_SLUG", "light-sheet-3d-microscopy",
+                   "isolated-biological-structure", "inputs.json", "np.int8"):
+        assert needed in text, needed
+
+
+def _http(method: str, url: str, timeout: float = 300) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _provision(input_root: Path, output_root: Path, name: str, image: sitk.Image | np.ndarray) -> None:
+    """Grand Challenge's provisioning between invocations: a fresh /input with inputs.json, an empty /output."""
+    import shutil
+
+    slug = EDITIONS["2026"].input_slug
+    for root in (input_root, output_root):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+    (input_root / "images" / slug).mkdir(parents=True)
+    if isinstance(image, np.ndarray):
+        tifffile.imwrite(input_root / "images" / slug / name, image)
+    else:
+        sitk.WriteImage(image, str(input_root / "images" / slug / name))
+    (input_root / "inputs.json").write_text(json.dumps(
+        [{"socket": {"slug": slug, "relative_path": f"images/{slug}"}, "image": {"name": name}, "value": None}]))
+
+
+def test_invoke_server_loads_the_models_once_and_answers_two_invocations(build_2026, tmp_path):
+    import socket
+    import tarfile
+    import time
+
+    model_dir = tmp_path / "opt_ml_model"  # what Grand Challenge does with the uploaded model.tar.gz
+    with tarfile.open(build_2026 / "model.tar.gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    input_root, output_root = tmp_path / "input", tmp_path / "output"
+    env = {**os.environ, "SELMA_MODELS_DIR": str(model_dir), "SELMA_INPUT_ROOT": str(input_root),
+           "SELMA_OUTPUT_ROOT": str(output_root), "SELMA_DEVICE": "cpu", "SELMA_USE_MIRRORING": "0"}
+    log_file = tmp_path / "server.log"
+    base = f"http://127.0.0.1:{port}"
+    with open(log_file, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "nnunetv2_selma.submission.server", "--host", "127.0.0.1",
+                                   "--port", str(port)], env=env, stderr=log, stdout=log)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, log_file.read_text()[-3000:]
+            try:
+                status, health = _http("GET", f"{base}/health", timeout=10)
+                break
+            except OSError:  # not listening yet: the models load first
+                assert time.monotonic() < deadline, log_file.read_text()[-3000:]
+                time.sleep(0.5)
+        assert status == 200 and health["models"] == ["cfos", "vessel"] and health["invocations"] == 0
+
+        img = sitk.GetImageFromArray(_image(0))
+        img.SetSpacing(SPACING)
+        img.SetOrigin(ORIGIN)
+        img.SetDirection(DIRECTION)
+        second = _image(1)[:10, :50, :44]  # another shape: each output must be its own case's
+        cases = [("3f2b9c1e-0d4a-4c55-9a7e-6b1f.mha", img, SHAPE, "cfos"),
+                 ("blood_vessel_patchvolume_002.tif", second, second.shape, "vessel")]
+        out_file = output_root / "images" / EDITIONS["2026"].output_slug / "output.mha"
+        for name, image, shape, model in cases:
+            _provision(input_root, output_root, name, image)
+            status, body = _http("POST", f"{base}/invoke")
+            assert status == 201, body
+            assert body["output"] == str(out_file)
+            out = sitk.ReadImage(str(out_file))
+            mask = sitk.GetArrayFromImage(out)
+            assert mask.dtype == np.int8 and mask.shape == shape
+            assert set(np.unique(mask).tolist()) <= {0, 1} and mask.any()
+            assert f"model {model!r}" in log_file.read_text()
+        assert np.allclose(out.GetSpacing(), (1, 1, 1))  # the TIFF case: unit geometry
+        assert np.allclose(sitk.ReadImage(str(out_file)).GetSize(), second.shape[::-1])
+
+        # a bad case answers 500 with the reason, and the server stays up for the next one
+        _provision(input_root, output_root, "x.mha", img)
+        (input_root / "images" / EDITIONS["2026"].input_slug / "x.mha").unlink()
+        status, body = _http("POST", f"{base}/invoke")
+        assert status == 500 and "holds no image" in body["error"]
+        assert _http("GET", f"{base}/nowhere")[0] == 404
+        status, health = _http("GET", f"{base}/health")
+        assert status == 200 and health["invocations"] == 3 and health["failures"] == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    text = log_file.read_text()
+    assert text.count("loaded model 'cfos'") == 1 and text.count("loaded model 'vessel'") == 1, text[-3000:]
+
+
+def test_invoke_server_refuses_a_case_for_another_socket(build_2026, tmp_path):
+    from nnunetv2_selma.submission.entrypoint import SubmissionError, SubmissionSettings
+    from nnunetv2_selma.submission.server import check_inputs_json
+
+    settings = SubmissionSettings.from_environment({"SELMA_MODELS_DIR": str(build_2026 / "model"),
+                                                    "SELMA_DEVICE": "cpu", "SELMA_INPUT_ROOT": str(tmp_path)})
+    assert settings.edition.name == "2026" and settings.edition.api == "invoke"
+    check_inputs_json(settings)  # no inputs.json: nothing to check
+    (tmp_path / "inputs.json").write_text(json.dumps([{"socket": {"slug": "generic-medical-image"}}]))
+    with pytest.raises(SubmissionError, match="input sockets \\['generic-medical-image'\\]"):
+        check_inputs_json(settings)
+
+
+def test_models_dir_inside_a_top_folder_of_the_tarball_is_found(build_2026, tmp_path):
+    import shutil
+
+    from nnunetv2_selma.submission.models import locate_models_dir
+
+    shutil.copytree(build_2026 / "model", tmp_path / "model")  # tar -czf model.tar.gz model
+    assert locate_models_dir(tmp_path) == tmp_path / "model"
+    assert locate_models_dir(tmp_path / "model") == tmp_path / "model"

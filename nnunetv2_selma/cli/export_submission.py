@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nnU-Net training output folders (…/Trainer__Plans__3d_fullres); NAME= sets the structure "
                         "key (default: from the dataset name). Repeat -m or list several after one -m")
     p.add_argument("-o", "--output", required=True, help="build folder to create")
-    p.add_argument("--edition", choices=sorted(EDITIONS), default="2024", help="challenge edition (default 2024)")
+    p.add_argument("--edition", choices=sorted(EDITIONS), default="2024",
+                   help="challenge edition (default 2024); 2026 writes Grand Challenge's invoke-API server "
+                        "image with the weights separate in model/ and model.tar.gz")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, default=None,
                    help="folds to pack (default: every fold with the checkpoint)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"nnUNetv2_selma_export_submission: ERROR: {e}", file=sys.stderr)
         return 1
-    print(f"build context written to {out}; run {out}/test_run.sh INPUT_IMAGE to build and test it")
+    print(f"build context written to {out}; run {out}/test_run.sh INPUT_IMAGE to build and test it"
+          + ("; upload model.tar.gz separately as the algorithm's Model" if args.edition == "2026" else ""))
     return 0
 
 

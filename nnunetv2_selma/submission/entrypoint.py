@@ -19,8 +19,9 @@ Environment variables (all optional; the container on Grand Challenge needs none
 
   SELMA_INPUT_ROOT       input root (default /input)
   SELMA_OUTPUT_ROOT      output root (default /output); must be writable, checked before predicting
-  SELMA_MODELS_DIR       folder with models.json and the model folders (default /opt/app/resources)
-  SELMA_EDITION          2024 or 2025 (default: the edition the container was exported for)
+  SELMA_MODELS_DIR       folder with models.json and the model folders (default /opt/app/resources;
+                         the 2026 image sets /opt/ml/model, where Grand Challenge extracts model.tar.gz)
+  SELMA_EDITION          2024, 2025 or 2026 (default: the edition the container was exported for)
   SELMA_DEVICE           cuda or cpu (default: cuda when available)
   SELMA_USE_MIRRORING    0/1: test-time mirroring (default from models.json, else 1)
   SELMA_TILE_STEP_SIZE   sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)
@@ -51,7 +52,13 @@ from nnunetv2_selma.submission.interface import (
     Edition,
     get_edition,
 )
-from nnunetv2_selma.submission.models import PackedModel, load_models_json, packed_models, select_model
+from nnunetv2_selma.submission.models import (
+    PackedModel,
+    load_models_json,
+    locate_models_dir,
+    packed_models,
+    select_model,
+)
 
 log = logging.getLogger("nnunetv2_selma.submission")
 
@@ -85,7 +92,7 @@ class SubmissionSettings:
     def from_environment(cls, environ: dict | None = None) -> SubmissionSettings:
         """Read ``SELMA_*`` variables (see :mod:`.interface`), falling back to the container defaults."""
         env = os.environ if environ is None else environ
-        models_dir = Path(env.get("SELMA_MODELS_DIR", DEFAULT_MODELS_DIR))
+        models_dir = locate_models_dir(env.get("SELMA_MODELS_DIR", DEFAULT_MODELS_DIR))
         config = load_models_json(models_dir)
         edition = get_edition(env.get("SELMA_EDITION", config.get("edition", DEFAULT_EDITION)))
         device = env.get("SELMA_DEVICE", "").strip().lower()
@@ -207,8 +214,23 @@ def check_output_writable(folder: Path) -> None:
                               "folder writable (or set SELMA_OUTPUT_ROOT to a writable folder)") from e
 
 
-def run_submission(settings: SubmissionSettings) -> Path:
+def load_predictors(settings: SubmissionSettings) -> dict[str, object]:
+    """One initialised predictor per packed model, keyed by model name (the invoke server's start-up)."""
+    models, _ = packed_models(settings.models_dir)
+    predictors = {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        predictors[name] = load_predictor(model, settings.device, settings.use_mirroring, settings.tile_step_size)
+        log.info("loaded model %r (folds %s) on %s in %.1f s", name, list(model.folds), settings.device,
+                 time.perf_counter() - start)
+    return predictors
+
+
+def run_submission(settings: SubmissionSettings, predictors: dict[str, object] | None = None) -> Path:
     """Segment the one input image and write the edition's output; return the output path.
+
+    ``predictors`` (from :func:`load_predictors`) are reused as they are; without them the chosen
+    model is loaded for this one case (the run-once containers).
 
     Raises :class:`SubmissionError` (actionable problems) or ``ValueError`` (unreadable image).
     """
@@ -229,7 +251,10 @@ def run_submission(settings: SubmissionSettings) -> Path:
     output_file = Path(edition.output_file(str(settings.output_root)))
     check_output_writable(output_file.parent)  # before minutes of prediction, not after
     start = time.perf_counter()
-    predictor = load_predictor(model, settings.device, settings.use_mirroring, settings.tile_step_size)
+    if predictors is not None:
+        predictor = predictors[model.name]
+    else:
+        predictor = load_predictor(model, settings.device, settings.use_mirroring, settings.tile_step_size)
     mask = predict_mask(predictor, image)
     log.info("predicted in %.1f s, %d foreground voxels of %d", time.perf_counter() - start, int(mask.sum()),
              mask.size)

@@ -6,6 +6,12 @@ prefixes, default model, edition, mirroring), a Dockerfile on a pinned PyTorch i
 the project and its pinned dependencies from a local wheelhouse (no network at run time), the
 local runner ``test_run.sh`` and a README. The context is written next to ``build_dir`` and moved
 into place when complete.
+
+Edition 2026 (Grand Challenge's invoke API): the image holds no weights; the models go to
+``model/`` and ``model.tar.gz`` (its contents, uploaded separately as the algorithm's Model and
+extracted by Grand Challenge to ``/opt/ml/model``); the Dockerfile carries the label
+``org.grand-challenge.api-method="invoke"`` and starts :mod:`.server`; ``test_run.sh`` drives
+``/health`` and ``/invoke`` on one or more images.
 """
 
 from __future__ import annotations
@@ -17,17 +23,26 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnunetv2_selma.submission.interface import DEFAULT_EDITION, get_edition
+from nnunetv2_selma.submission.interface import DEFAULT_EDITION, INVOKE_PORT, get_edition
 from nnunetv2_selma.submission.models import (
     KNOWN_STRUCTURE_PREFIXES,
     MODELS_JSON,
     normalize_name,
     structure_from_dataset_name,
 )
-from nnunetv2_selma.submission.templates import DOCKERFILE, README, TEST_RUN_SH, fill
+from nnunetv2_selma.submission.templates import (
+    DOCKERFILE,
+    DOCKERFILE_INVOKE,
+    README,
+    README_INVOKE,
+    TEST_RUN_INVOKE_SH,
+    TEST_RUN_SH,
+    fill,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +162,14 @@ def _pack_model(source: Path, dest: Path, folds: Sequence[int | str], checkpoint
         torch.save(slim, dest / f"fold_{fold}" / checkpoint)
 
 
+def _write_model_tarball(folder: Path, tarball: Path) -> None:
+    """``tar -czf tarball -C folder .`` (the organisers' do_save.sh): members relative to ``folder``, so
+    Grand Challenge extracts ``models.json`` straight into ``/opt/ml/model``."""
+    with tarfile.open(tarball, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+
+
 def parse_model_argument(argument: str) -> tuple[str | None, Path]:
     """``"cfos=/path/model"`` -> ``("cfos", Path)``; ``"/path/model"`` -> ``(None, Path)``."""
     name, sep, path = argument.partition("=")
@@ -173,8 +196,10 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
         Folder to create; refused if it exists unless ``overwrite``. Even with ``overwrite`` only a
         folder this function wrote (holding :data:`SUBMISSION_MARKER`) is replaced; the context is
         built in ``<build_dir>.partial`` and moved into place when complete.
-    edition : ``"2024"`` or ``"2025"``
-        Interface written into the image (input/output slugs, output pixel type).
+    edition : ``"2024"``, ``"2025"`` or ``"2026"``
+        Interface written into the image (input/output slugs, output pixel type, API: 2024/2025
+        run once per case with the weights in ``resources/``; 2026 is an invoke-API server with
+        the weights in ``model/`` and ``model.tar.gz``).
     folds : sequence of int/"all", optional
         Folds to pack for every model; default every ``fold_X`` holding ``checkpoint``.
     default : str, optional
@@ -278,7 +303,8 @@ def _check_replaceable(folder: Path, why: str) -> None:
 def _write_context(tmp: Path, sources, models: dict, checkpoint: str, edition_info, default: str,
                    use_mirroring: bool, base_image: str, base_python: str, wheelhouse, build_wheels: bool) -> None:
     """Fill the staging folder ``tmp`` with resources, wheelhouse, Dockerfile, README and runner."""
-    resources = tmp / "resources"
+    invoke = edition_info.api == "invoke"
+    resources = tmp / ("model" if invoke else "resources")
     resources.mkdir()
     for name, folder, chosen in sources:
         log.info("packing model %r from %s, folds %s", name, folder, chosen)
@@ -286,6 +312,8 @@ def _write_context(tmp: Path, sources, models: dict, checkpoint: str, edition_in
     config = {"edition": edition_info.name, "default": default, "use_mirroring": bool(use_mirroring),
               "tile_step_size": 0.5, "models": models}
     (resources / MODELS_JSON).write_text(json.dumps(config, indent=2))
+    if invoke:
+        _write_model_tarball(resources, tmp / "model.tar.gz")
 
     requirements = pinned_requirements()
     wheel_dir = tmp / "wheelhouse"
@@ -300,10 +328,11 @@ def _write_context(tmp: Path, sources, models: dict, checkpoint: str, edition_in
 
     values = {"EDITION": edition_info.name, "BASE_IMAGE": base_image, "PYTHON_VERSION": base_python,
               "INPUT_SLUG": edition_info.input_slug, "OUTPUT_SLUG": edition_info.output_slug,
-              "DEFAULT": default, "WHEEL_NOTE": wheel_note}
-    (tmp / "Dockerfile").write_text(fill(DOCKERFILE, **values))
-    (tmp / "README.md").write_text(fill(README, **values))
-    (tmp / ".dockerignore").write_text("test_output/\n")
+              "DEFAULT": default, "WHEEL_NOTE": wheel_note, "PORT": INVOKE_PORT}
+    (tmp / "Dockerfile").write_text(fill(DOCKERFILE_INVOKE if invoke else DOCKERFILE, **values))
+    (tmp / "README.md").write_text(fill(README_INVOKE if invoke else README, **values))
+    # the weights travel as model.tar.gz, never inside the invoke image
+    (tmp / ".dockerignore").write_text("test_output/\n" + ("model/\nmodel.tar.gz\n" if invoke else ""))
     runner = tmp / "test_run.sh"
-    runner.write_text(fill(TEST_RUN_SH, **values))
+    runner.write_text(fill(TEST_RUN_INVOKE_SH if invoke else TEST_RUN_SH, **values))
     runner.chmod(0o755)

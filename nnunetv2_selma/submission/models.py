@@ -72,6 +72,20 @@ class PackedModel:
     prefixes: tuple[str, ...]
 
 
+def locate_models_dir(models_dir: str | Path) -> Path:
+    """``models_dir`` if it holds ``models.json``, else its one subfolder that does.
+
+    A ``model.tar.gz`` packed with a top folder (``tar -czf model.tar.gz model``) extracts to
+    ``/opt/ml/model/model/models.json``; both that and a flat tarball are accepted. Anything else
+    returns ``models_dir`` unchanged (:func:`load_models_json` then names what is missing).
+    """
+    models_dir = Path(models_dir)
+    if (models_dir / MODELS_JSON).is_file() or not models_dir.is_dir():
+        return models_dir
+    nested = [p.parent for p in models_dir.glob(f"*/{MODELS_JSON}")]
+    return nested[0] if len(nested) == 1 else models_dir
+
+
 def load_models_json(models_dir: str | Path) -> dict:
     """Read and check ``<models_dir>/models.json``; ValueError naming the file on any problem."""
     path = Path(models_dir) / MODELS_JSON
