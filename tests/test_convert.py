@@ -356,3 +356,31 @@ def test_challenge_test_inputs_become_an_nnunet_input_folder_and_predictions_com
     (pred / "cfos_002.nii.gz").unlink()
     assert convert_main(["--back", str(pred), "--test-inputs", str(nnunet_in), "-o", str(tmp_path / "o2")]) == 1
     assert "no prediction for 1 of 4 test case(s): cfos_002" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", [("images", "labels", "", ".mha"), ("raw", "gt", "_0000", ".mha"),
+                                     ("imagesTr", "labelsTr", "_0000", ".nii.gz")])
+def test_2026_layout_same_name_in_image_and_mask_folders(tmp_path, variant):
+    """2026: ``cell_nuclei_2301.mha`` (the organisers' example input) with its mask under the same name."""
+    images, masks, channel, ext = variant
+    root = tmp_path / "SELMA3D_2026_annotated"
+    rng = np.random.default_rng(0)
+    (root / images).mkdir(parents=True)
+    (root / masks).mkdir()
+    for prefix, numbers in (("cell_nuclei", ("2301", "2302")), ("blood_vessel", ("0007",))):
+        for number in numbers:
+            write_image(root / images / f"{prefix}_{number}{channel}{ext}",
+                        rng.integers(0, 4000, (8, 12, 10)).astype(np.uint16))
+            mask = (rng.random((8, 12, 10)) > 0.8).astype(np.uint8) * 255
+            write_image(root / masks / f"{prefix}_{number}{ext}", mask)
+    out = convert_download(root, raw_dir=tmp_path / "raw")
+    assert set(out) == {"Nuclei", "BloodVessels"}, out
+    for name, n in (("Nuclei", 2), ("BloodVessels", 1)):
+        dj = json.loads((out[name] / "dataset.json").read_text())
+        assert dj["numTraining"] == n and dj["channel_names"] == {"0": "LSM"}
+        labels = sorted((out[name] / "labelsTr").iterdir())
+        assert len(labels) == n and set(np.unique(read_image(labels[0])[0]).tolist()) <= {0, 1}
+
+    (root / masks / f"cell_nuclei_2302{ext}").unlink()  # an image without its mask is named, with where
+    with pytest.raises(AnnotatedLayoutError, match="cell_nuclei_2302.*image without mask"):
+        convert_download(root, raw_dir=tmp_path / "raw2")

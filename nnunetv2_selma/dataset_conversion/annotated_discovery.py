@@ -7,6 +7,13 @@ Three layouts are known (see ``SELMA3D.md``); nothing here assumes a fixed depth
 * ``bia``: ``.../<subset>/raw/patchvolume_NNN_0000.nii.gz`` with masks in ``.../<subset>/gt/``;
 * ``prefixed``: ``<any>/raw/<subset>_patchvolume_NNN_0000.nii.gz`` (or ``.mha``) with masks in
   ``<any>/gt/<subset>_patchvolume_NNN.nii.gz``; the subset is the name's prefix.
+* ``2026``: ``<any>/<images>/<prefix>_NNNN.mha`` (optionally ``_0000`` before the suffix) with the
+  mask under the SAME name in a sibling mask folder; ``<images>`` is ``raw``, ``images`` or
+  ``imagesTr``, the mask folder ``gt``, ``labels``, ``labelsTr`` or ``masks``. The organisers'
+  2026 code confirms the names (an input ``cell_nuclei_2301.mha`` in
+  YingChen7/SELMA3D2026_example_algorithm ``test/input``; its ground truth is read under the same
+  name in YingChen7/SELMA3D2026_evaluation ``evaluate.py``); the folder names of the training
+  download are not published, hence the variants.
 
 Every ``raw`` folder below the root is scanned for images and every ``gt`` folder for masks; each
 file says by its name (prefix or not) and by its ancestors (``brain_<x>_patches`` or not) which
@@ -31,11 +38,17 @@ LAYOUT_HELP = (
     "in <root>/annotation_brain_<x>/<Subset>/gt/patchvolume_NNN.nii.gz; (2) bia: <root>/.../<subset>/raw/"
     "patchvolume_NNN_0000.nii.gz with masks in <root>/.../<subset>/gt/patchvolume_NNN.nii.gz; (3) prefixed: "
     "<root>/.../raw/<subset>_patchvolume_NNN_0000.nii.gz|.mha with masks in "
-    "<root>/.../gt/<subset>_patchvolume_NNN.<ext>"
+    "<root>/.../gt/<subset>_patchvolume_NNN.<ext>; (4) 2026: <root>/.../raw|images|imagesTr/<prefix>_NNNN.mha "
+    "(optionally _0000 before the suffix) with the mask of the same name in <root>/.../gt|labels|labelsTr|masks/"
 )
 
 _IMAGE_NAME = re.compile(r"^(?:(?P<prefix>.+?)_)?patchvolume_(?P<number>\d+)_(?P<channel>\d{4})$")
 _MASK_NAME = re.compile(r"^(?:(?P<prefix>.+?)_)?patchvolume_(?P<number>\d+)$")
+#: 2026 names: ``cell_nuclei_2301`` (+ ``_0000`` on images); the prefix starts with a letter
+_FLAT_IMAGE_NAME = re.compile(r"^(?P<prefix>[A-Za-z][\w\-]*?)_(?P<number>\d+)(?:_(?P<channel>\d{4}))?$")
+_FLAT_MASK_NAME = re.compile(r"^(?P<prefix>[A-Za-z][\w\-]*?)_(?P<number>\d+)$")
+IMAGE_FOLDERS = ("raw", "images", "imagesTr")
+MASK_FOLDERS = ("gt", "labels", "labelsTr", "masks")
 _BRAIN_PATCHES = re.compile(r"^brain_(?P<brain>.+)_patches$")
 _BRAIN_ANNOTATION = re.compile(r"^annotation_brain_(?P<brain>.+)$")
 
@@ -139,18 +152,26 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
 
     dirs = _walk_dirs(root)
     for folder in dirs:
-        if folder.name != "raw":
+        if folder.name not in IMAGE_FOLDERS:
             continue
         files = _image_files(folder)
-        if not files:
+        if not files and folder.name == "raw":
             empty_folders.append(folder)
         for path in files:
             m = _IMAGE_NAME.match(strip_image_suffix(path))
-            if not m:
-                logger.warning("%s: ignored, name does not match [<subset>_]patchvolume_NNN_CCCC%s",
-                               path, "|".join(IMAGE_SUFFIXES))
+            flat = None if m else _FLAT_IMAGE_NAME.match(strip_image_suffix(path))
+            if not m and not flat:
+                logger.warning("%s: ignored, name matches neither [<subset>_]patchvolume_NNN_CCCC nor "
+                               "<prefix>_NNNN[_CCCC] (%s)", path, "|".join(IMAGE_SUFFIXES))
                 continue
-            if m.group("prefix"):
+            if flat and folder.name != "raw" and not any((folder.parent / d).is_dir() for d in MASK_FOLDERS):
+                # images/ alone is too common a name to claim: a 2026 image folder has a mask folder beside it
+                logger.info("%s: ignored, no mask folder (%s) beside %s", path, "|".join(MASK_FOLDERS), folder)
+                continue
+            if flat:
+                subset, brain, layout = flat.group("prefix"), "", "2026"
+                m = flat
+            elif m.group("prefix"):
                 subset, brain, layout = m.group("prefix"), "", "prefixed"
             else:
                 subset = folder.parent.name
@@ -160,7 +181,7 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
                 subset_containers.add(folder.parent.parent)
             key = (subset, brain, m.group("number"))
             case = cases.setdefault(key, AnnotatedCase(subset, brain, m.group("number"), layout))
-            channel = int(m.group("channel"))
+            channel = int(m.group("channel") or 0)
             if channel in case.channels:
                 problems.append(f"{path}: found a second file for channel {channel:04d} of case {case.case_id} of "
                                 f"subset {subset}; expected one, already have {case.channels[channel]}")
@@ -168,15 +189,15 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
             case.channels[channel] = path
 
     for folder in dirs:
-        if folder.name != "gt":
+        if folder.name not in MASK_FOLDERS:
             continue
         files = _image_files(folder)
         if not files and (folder.parent / "raw").is_dir() and _image_files(folder.parent / "raw"):
             logger.warning("%s: empty mask folder", folder)
         for path in files:
-            m = _MASK_NAME.match(strip_image_suffix(path))
+            m = _MASK_NAME.match(strip_image_suffix(path)) or _FLAT_MASK_NAME.match(strip_image_suffix(path))
             if not m:
-                logger.warning("%s: ignored, name does not match [<subset>_]patchvolume_NNN%s",
+                logger.warning("%s: ignored, name matches neither [<subset>_]patchvolume_NNN nor <prefix>_NNNN (%s)",
                                path, "|".join(IMAGE_SUFFIXES))
                 continue
             if m.group("prefix"):
@@ -212,9 +233,13 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
 
     for (subset, brain, number), path in sorted(mask_only.items()):
         ext = image_suffix(path)
-        prefixed = _MASK_NAME.match(strip_image_suffix(path)).group("prefix")
-        name = (f"{subset}_" if prefixed else "") + f"patchvolume_{number}_0000{ext}"
-        where = root / f"brain_{brain}_patches" / subset / "raw" / name if brain else path.parent.parent / "raw" / name
+        old = _MASK_NAME.match(strip_image_suffix(path))
+        if old is None:  # 2026: the image has the mask's name, in a sibling image folder
+            where = path.parent.parent / f"{{{','.join(IMAGE_FOLDERS)}}}" / path.name
+        else:
+            name = (f"{subset}_" if old.group("prefix") else "") + f"patchvolume_{number}_0000{ext}"
+            where = (root / f"brain_{brain}_patches" / subset / "raw" / name if brain
+                     else path.parent.parent / "raw" / name)
         problems.append(f"{path}: mask without image; found no image of subset {subset} patch {number}, "
                         f"expected {where}")
 
@@ -223,7 +248,9 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
         ext = image_suffix(first)
         if case.mask is None:
             name = (f"{case.subset}_" if case.layout == "prefixed" else "") + f"patchvolume_{case.number}{ext}"
-            if case.layout == "challenge":
+            if case.layout == "2026":
+                where = first.parent.parent / f"{{{','.join(MASK_FOLDERS)}}}" / f"{case.subset}_{case.number}{ext}"
+            elif case.layout == "challenge":
                 where = root / f"annotation_brain_{case.brain}" / case.subset / "gt" / name
             else:
                 where = first.parent.parent / "gt" / name
