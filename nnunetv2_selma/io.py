@@ -103,29 +103,46 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
     ------
     ValueError naming the file when it cannot be read or is not 3D.
     """
+    array, geometry = read_image_channels(path, max_channels=1)
+    return array[0], geometry
+
+
+def read_image_channels(path: str | Path, max_channels: int = 4) -> tuple[np.ndarray, dict]:
+    """Read an image of one or several channels as ``(c, z, y, x)`` plus its geometry.
+
+    3D files are one channel; a 4D TIFF ``(c, z, y, x)`` (or an ImageJ hyperstack ``(z, c, y, x)``)
+    or a MetaImage/NIfTI vector image with at most ``max_channels`` components is several. The
+    geometry is :func:`read_image`'s. Raises ValueError naming the file otherwise.
+    """
     path = Path(path)
     suffix = image_suffix(path)
     try:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
-            array = tifffile.imread(path)
-            geometry = dict(IDENTITY_GEOMETRY)
+            array, geometry = tifffile.imread(path), dict(IDENTITY_GEOMETRY)
+            if array.ndim == 4 and array.shape[0] > max_channels and array.shape[1] <= max_channels:
+                array = np.moveaxis(array, 1, 0)  # ImageJ hyperstacks are (z, c, y, x)
         elif suffix:
             import SimpleITK as sitk
 
             img = sitk.ReadImage(str(path))
-            array = sitk.GetArrayFromImage(img)
-            geometry = {"spacing": img.GetSpacing(), "origin": img.GetOrigin(),
-                        "direction": img.GetDirection()}
+            array = sitk.GetArrayFromImage(img)  # vector images: (z, y, x, c)
+            if img.GetNumberOfComponentsPerPixel() > 1:
+                array = np.moveaxis(array, -1, 0)
+            geometry = {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()}
         else:
             raise ValueError(f"unknown image type; expected one of {', '.join(IMAGE_SUFFIXES)}")
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     except Exception as e:  # readers raise many types for truncated or corrupt files
         raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
-    if array.ndim != 3:
-        raise ValueError(f"{path}: found an image of shape {array.shape}; expected a 3D image (z, y, x)")
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or not 1 <= array.shape[0] <= max_channels:
+        expected = "a 3D image (z, y, x)" + (
+            f" or (channels, z, y, x) with at most {max_channels} channels" if max_channels > 1 else "")
+        raise ValueError(f"{path}: found an image of shape {array.shape}; expected {expected}")
     return array, geometry
 
 

@@ -27,6 +27,7 @@ from nnunetv2_selma.io import (
     IMAGE_SUFFIXES,
     TIFF_SUFFIXES,
     image_suffix,
+    read_image_channels,
     strip_image_suffix,
     write_image,
     write_json_atomic,
@@ -57,34 +58,7 @@ def read_challenge_input(path: str | Path) -> tuple[np.ndarray, dict]:
     3D files are one channel; a 4D TIFF ``(c, z, y, x)`` or a MetaImage/NIfTI vector image with at
     most :data:`MAX_CHANNELS` components is several. Raises ValueError naming the file otherwise.
     """
-    path = Path(path)
-    suffix = image_suffix(path)
-    try:
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
-
-            array, geometry = tifffile.imread(path), dict(IDENTITY_GEOMETRY)
-            if array.ndim == 4 and array.shape[0] > MAX_CHANNELS and array.shape[1] <= MAX_CHANNELS:
-                array = np.moveaxis(array, 1, 0)  # ImageJ hyperstacks are (z, c, y, x)
-        elif suffix:
-            import SimpleITK as sitk  # noqa: N813
-
-            img = sitk.ReadImage(str(path))
-            array = sitk.GetArrayFromImage(img)  # vector images: (z, y, x, c)
-            if img.GetNumberOfComponentsPerPixel() > 1:
-                array = np.moveaxis(array, -1, 0)
-            geometry = {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()}
-        else:
-            raise ValueError(f"unknown image type; expected one of {', '.join(IMAGE_SUFFIXES)}")
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    except Exception as e:  # readers raise many types for truncated or corrupt files
-        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or not 1 <= array.shape[0] <= MAX_CHANNELS:
-        raise ValueError(f"{path}: found an image of shape {array.shape}; expected a 3D image (z, y, x) or "
-                         f"(channels, z, y, x) with at most {MAX_CHANNELS} channels")
+    array, geometry = read_image_channels(path, MAX_CHANNELS)
     return array, {k: [float(v) for v in geometry[k]] for k in ("spacing", "origin", "direction")}
 
 
