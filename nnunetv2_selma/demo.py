@@ -347,8 +347,8 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
               "training noise. The data are synthetic: the numbers show how the arms compare here, not on real "
               "SELMA3D data. `benchmarks/bench_ssl_benefit.py` is the study across structures, label counts and "
               "seeds." + (" Test-time mirroring is off on CPU to fit the budget." if device == "cpu" else ""),
-              "", "In the whole-volume picture, foreground outside the tissue shows what fine-tuning on in-tissue "
-              "patches alone does not teach: the black outside never appears in the training patches.", ""]
+              "", "The whole-volume run uses `--tissue-mask auto` (the default): labels outside the dilated tissue "
+              "mask are zeroed, since fine-tuning patches never show the black outside of a sample.", ""]
 
     # pictures: pretraining loss curve, nnU-Net progress plots, test case MIPs, whole volume MIP
     lines += ["## Pictures", ""]
