@@ -90,6 +90,16 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"found {text!r}; expected cpu, cuda, cuda:N or mps")
 
 
+def block_edges(parser: argparse.ArgumentParser, values: list[int] | None) -> int | tuple[int, ...] | None:
+    """A ``--block`` given as ``nargs="+"`` of :func:`positive_int`: one edge or three (z y x); None stays None.
+    Any other count ends the command with argparse's usage error naming the argument."""
+    if values is None:
+        return None
+    if len(values) not in (1, 3):
+        parser.error(f"argument --block: found {len(values)} integers; expected 1 or 3 (z y x)")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """Declare ``--debug`` so that it shows in ``--help`` (:func:`cli_command` reads it)."""
     parser.add_argument("--debug", action="store_true",

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from nnunetv2_selma.cli._args import add_debug_flag, cli_command, connectivity, positive_int
+from nnunetv2_selma.cli._args import add_debug_flag, block_edges, cli_command, connectivity, positive_int
 
 
 @cli_command
@@ -41,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    block = None
-    if args.block is not None:
-        if len(args.block) not in (1, 3):
-            parser.error(f"argument --block: found {len(args.block)} integers; expected 1 or 3 (z y x)")
-        block = args.block[0] if len(args.block) == 1 else tuple(args.block)
+    block = block_edges(parser, args.block)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from nnunetv2_selma.inference.objects import measure_objects

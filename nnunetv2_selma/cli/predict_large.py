@@ -8,6 +8,7 @@ import sys
 
 from nnunetv2_selma.cli._args import (
     add_debug_flag,
+    block_edges,
     cli_command,
     device_name,
     finite_float,
@@ -61,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     add_debug_flag(parser)
     args = parser.parse_args(argv)
 
-    block = None
-    if args.block is not None:
-        if len(args.block) not in (1, 3):
-            parser.error(f"argument --block: found {len(args.block)} integers; expected 1 or 3 (z y x)")
-        block = args.block[0] if len(args.block) == 1 else tuple(args.block)
+    block = block_edges(parser, args.block)
     stats = None
     if args.stats is not None:
         if len(args.stats) != 2 * len(args.input):
