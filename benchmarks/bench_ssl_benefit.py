@@ -107,12 +107,6 @@ def k_label(k) -> str:
     return "all" if k == "all" else str(int(k))
 
 
-def dice(ref: np.ndarray, pred: np.ndarray) -> float:
-    ref, pred = ref > 0, pred > 0
-    denom = ref.sum() + pred.sum()
-    return 1.0 if denom == 0 else float(2 * np.logical_and(ref, pred).sum() / denom)
-
-
 class Study:
     def __init__(self, prof: Profile, work: Path, arms: tuple[str, ...], seeds: int, jobs: int) -> None:
         self.prof, self.work, self.arms, self.seeds, self.jobs = prof, work, arms, seeds, jobs
@@ -277,6 +271,7 @@ class Study:
 
     def score(self, test: str, k, seed: int, arm: str, fold: int, model: Path, pred_dir: Path, trained_on: str,
               seconds: float) -> dict:
+        from nnunetv2_selma.evaluation.metrics import dice
         from nnunetv2_selma.io import read_image
 
         labels = self.raw / self.dataset_name(test) / "labelsTr"
@@ -284,7 +279,7 @@ class Study:
         for case in self.cases[test]["test"]:
             ref, _ = read_image(labels / f"{case}.nii.gz")
             pred, _ = read_image(pred_dir / f"{case}.nii.gz")
-            per_case[case] = dice(ref, pred)
+            per_case[case] = dice(pred, ref)
         return {"structure": test if test == trained_on else f"{trained_on}->{test}", "trained_on": trained_on,
                 "tested_on": test, "k": k if k == "all" else int(k),
                 "n_train": len(self.cases[trained_on]["pool"]) if k == "all" else int(k),
