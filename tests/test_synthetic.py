@@ -44,6 +44,20 @@ def test_render_patch_is_deterministic_and_masks_are_bright(structure):
     assert image[mask].mean() > 1.5 * image[~mask].mean()
 
 
+@pytest.mark.parametrize("structure", ["nuclei", "vessel"])
+def test_contrast_dims_the_objects_and_keeps_the_mask(structure):
+    shape = (24, 40, 40)
+    default, mask = render_patch(structure, shape, np.random.default_rng(5))
+    same, _ = render_patch(structure, shape, np.random.default_rng(5), contrast=1.0)
+    dim, dim_mask = render_patch(structure, shape, np.random.default_rng(5), contrast=0.15)
+    assert default[0].tobytes() == same[0].tobytes()
+    assert np.array_equal(mask, dim_mask)  # the same objects, only fainter
+    lift = [c[0].astype(np.float64)[mask].mean() - c[0].astype(np.float64)[~mask].mean() for c in (default, dim)]
+    assert 0 < lift[1] < 0.4 * lift[0]
+    with pytest.raises(ValueError, match="contrast"):
+        LightSheetScene(structure, shape, seed=1, contrast=0.0)
+
+
 def test_int16_has_negative_background_without_wrapping():
     u16, _ = render_patch("cfos", (24, 40, 40), np.random.default_rng(3), dtype="uint16")
     i16, _ = render_patch("cfos", (24, 40, 40), np.random.default_rng(3), dtype="int16")

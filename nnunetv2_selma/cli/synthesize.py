@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=PATCH_FORMATS, default=".nii.gz", help="annotated patch file format")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--slab", type=positive_int, default=32, help="planes rendered at once for unannotated volumes")
+    p.add_argument("--contrast", type=positive_float, default=1.0,
+                   help="object brightness multiplier (default 1.0); e.g. 0.25 draws dim, low-SNR objects, a harder task")
     p.add_argument("--no-test-inputs", action="store_true", help="skip the challenge-style test inputs")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     add_debug_flag(p)
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                                  unannotated_shape=tuple(a.unannotated_shape),
                                  unannotated_per_structure=a.unannotated_per_structure,
                                  unannotated_dtype=a.dtype, seed=a.seed, test_inputs=not a.no_test_inputs,
-                                 file_format=a.format, overwrite=a.overwrite, slab=a.slab)
+                                 file_format=a.format, overwrite=a.overwrite, slab=a.slab,
+                                 contrast=a.contrast)
     except (FileExistsError, ValueError) as e:
         p.error(str(e))
     print(f"wrote {summary['root']} in {summary['seconds']} s: {summary['counts']}")

@@ -99,7 +99,7 @@ def _patch_dirs(root: Path, layout: str, subset: str) -> tuple[Path, Path, Path,
 def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets=tuple(SUBSETS_2024),
                             cases_per_subset: int = DEFAULT_CASES_PER_SUBSET, patch_scale: float = 0.25,
                             seed: int = 0, file_format: str = ".nii.gz",
-                            dtype: str = "uint16") -> dict[str, list[Path]]:
+                            dtype: str = "uint16", contrast: float = 1.0) -> dict[str, list[Path]]:
     """Write annotated patches of the 2024 subsets in one of ``LAYOUTS``.
 
     Parameters
@@ -113,6 +113,7 @@ def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets
     seed : same seed, same bytes.
     file_format : ``.nii.gz`` or ``.mha``.
     dtype : image dtype, ``uint16`` or ``int16``; masks are always uint8.
+    contrast : object brightness multiplier (1.0 default; lower is dimmer objects, a harder task).
 
     Returns
     -------
@@ -132,7 +133,8 @@ def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets
         shape = patch_shape(subset, patch_scale)
         paths, panels = [], []
         for case in range(cases_per_subset):
-            scene = LightSheetScene(SUBSETS_2024[subset], shape, seed=_seed(seed, 10, s_index, case), dtype=dtype)
+            scene = LightSheetScene(SUBSETS_2024[subset], shape, seed=_seed(seed, 10, s_index, case), dtype=dtype,
+                                    contrast=contrast)
             channels, mask = scene.render(0, shape[0])
             name = f"{prefix}patchvolume_{case:03d}"
             for ch, image in enumerate(channels):
@@ -162,7 +164,7 @@ def _slice_name(z: int, zero_pad: bool) -> str:
 
 def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int], structure: str,
                              dtype: str = "uint16", seed: int = 0, slab: int = 32,
-                             zero_pad: bool = False, picture: bool = True) -> list[Path]:
+                             zero_pad: bool = False, picture: bool = True, contrast: float = 1.0) -> list[Path]:
     """Write one unannotated volume as folders of 2D TIFF slices, slab by slab.
 
     Parameters
@@ -176,6 +178,7 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
     zero_pad : slice names ``img_00001.tif``... (numbered from 1) instead of ``slice_0.tif``,
         ``slice_1.tif``... (numbered from 0, no padding, so string order != numeric order).
     picture : also save ``<sample_dir>/preview.png`` (MIPs accumulated slab by slab, mask outlined).
+    contrast : object brightness multiplier (see :class:`~nnunetv2_selma.synthetic.volumes.LightSheetScene`).
 
     Returns
     -------
@@ -185,7 +188,7 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
     if slab < 1:
         raise ValueError(f"slab must be >= 1; got {slab}")
     scene = LightSheetScene(canonical_structure(structure), shape, seed=_seed(seed, 20), whole_sample=True,
-                            dtype=dtype)
+                            dtype=dtype, contrast=contrast)
     nch = n_channels(structure)
     final = [sample_dir / f"C{ch:02d}" for ch in range(nch)]
     partial = [d.with_name(d.name + ".partial") for d in final]
@@ -268,7 +271,8 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
                    patch_scale: float = 0.25,
                    unannotated_shape: tuple[int, int, int] = (64, 128, 128), unannotated_per_structure: int = 1,
                    unannotated_dtype: str = "uint16", seed: int = 0, test_inputs: bool = True,
-                   file_format: str = ".nii.gz", overwrite: bool = False, slab: int = 32) -> dict:
+                   file_format: str = ".nii.gz", overwrite: bool = False, slab: int = 32,
+                   contrast: float = 1.0) -> dict:
     """Write a whole synthetic SELMA3D download: annotated patches, unannotated volumes, test inputs.
 
     Everything is written into a temporary folder next to ``root`` and moved into place at the end,
@@ -283,6 +287,8 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
         (sample k is ``sample_<k+1>``; the first structure's first sample, and every other sample,
         name slices without zero padding).
     file_format : ``.nii.gz`` or ``.mha`` for the annotated patches.
+    contrast : object brightness multiplier of annotated patches and unannotated volumes alike
+        (1.0 default; lower gives dim objects near the background, a harder segmentation task).
 
     Returns
     -------
@@ -301,7 +307,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         annotated = write_annotated_patches(tmp, layout, cases_per_subset=cases_per_subset, patch_scale=patch_scale,
-                                            seed=seed, file_format=file_format)
+                                            seed=seed, file_format=file_format, contrast=contrast)
         unannotated: dict[str, list[Path]] = {}
         for s_index, structure in enumerate(UNANNOTATED_STRUCTURES):
             samples = []
@@ -309,7 +315,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
                 sample = tmp / f"unannotated_{structure}" / f"sample_{k + 1}"
                 write_unannotated_volume(sample, unannotated_shape, structure, dtype=unannotated_dtype,
                                          seed=_seed(seed, 40, s_index, k), slab=slab,
-                                         zero_pad=bool((s_index + k) % 2))
+                                         zero_pad=bool((s_index + k) % 2), contrast=contrast)
                 samples.append(sample)
             unannotated[structure] = samples
         tests = write_test_inputs(tmp / "test_inputs", seed=seed) if test_inputs else []
@@ -327,6 +333,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     summary = {
         "root": root,
         "layout": layout,
+        "contrast": contrast,
         "annotated": {k: [moved(p) for p in v] for k, v in annotated.items()},
         "unannotated": {k: [moved(p) for p in v] for k, v in unannotated.items()},
         "test_inputs": [moved(p) for p in tests],

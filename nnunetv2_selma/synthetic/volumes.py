@@ -158,10 +158,13 @@ class LightSheetScene:
     whole_sample : True draws a whole tissue block (dark margin all round, as in the unannotated
         volumes); False draws a patch cut from inside tissue, sometimes crossing its edge.
     dtype : ``uint16`` or ``int16`` (int16 shifts the camera so the dark background is negative).
+    contrast : multiplies every object's brightness (the autofluorescence background stays): 1.0 is
+        the default scene, lower values give dim, low-SNR objects closer to the background, as in
+        weakly stained or deep tissue. The objects and the mask do not depend on it.
     """
 
     def __init__(self, structure: str, shape: tuple[int, int, int], seed: int, whole_sample: bool = False,
-                 dtype: str = "uint16") -> None:
+                 dtype: str = "uint16", contrast: float = 1.0) -> None:
         self.structure = canonical_structure(structure)
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 3 or min(self.shape) < 1:
@@ -201,6 +204,11 @@ class LightSheetScene:
         ])
         self.ripple = (rng.uniform(5, 12), rng.uniform(0, 2 * np.pi), rng.uniform(0.03, 0.08))
         self.ellipsoids, self.capsules = self._draw_objects(rng)
+        if not contrast > 0:
+            raise ValueError(f"contrast must be > 0; got {contrast}")
+        if contrast != 1.0:  # after drawing: the random stream, hence objects and mask, stay the same
+            self.ellipsoids[:, 6:] *= contrast
+            self.capsules[:, 8:] *= contrast
 
     # ------------------------------------------------------------------ objects
     def _tissue_at(self, points: np.ndarray) -> np.ndarray:
@@ -424,7 +432,7 @@ class LightSheetScene:
 
 
 def render_patch(structure: str, shape: tuple[int, int, int], rng: np.random.Generator,
-                 dtype: str = "uint16") -> tuple[list[np.ndarray], np.ndarray]:
+                 dtype: str = "uint16", contrast: float = 1.0) -> tuple[list[np.ndarray], np.ndarray]:
     """Draw one annotated patch cut from inside cleared tissue.
 
     Parameters
@@ -433,6 +441,7 @@ def render_patch(structure: str, shape: tuple[int, int, int], rng: np.random.Gen
     shape : (z, y, x), each >= 1.
     rng : the only source of randomness; the same generator state gives the same patch.
     dtype : ``uint16`` (default) or ``int16`` (background below zero).
+    contrast : object brightness multiplier (see :class:`LightSheetScene`).
 
     Returns
     -------
@@ -440,5 +449,6 @@ def render_patch(structure: str, shape: tuple[int, int, int], rng: np.random.Gen
         (``[0]`` WGA microvessels, ``[1]`` Evans blue major vessels).
     mask : bool (z, y, x), the exact object support.
     """
-    scene = LightSheetScene(structure, shape, seed=int(rng.integers(2**63 - 1)), whole_sample=False, dtype=dtype)
+    scene = LightSheetScene(structure, shape, seed=int(rng.integers(2**63 - 1)), whole_sample=False, dtype=dtype,
+                            contrast=contrast)
     return scene.render(0, scene.shape[0])
