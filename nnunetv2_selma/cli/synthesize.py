@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--slab", type=positive_int, default=32, help="planes rendered at once for unannotated volumes")
     p.add_argument("--contrast", type=positive_float, default=1.0,
-                   help="object brightness multiplier (default 1.0); e.g. 0.25 draws dim, low-SNR objects, a harder task")
+                   help="object brightness multiplier (default 1.0); 0.25 draws dim, low-SNR objects (harder)")
     p.add_argument("--no-test-inputs", action="store_true", help="skip the challenge-style test inputs")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     add_debug_flag(p)

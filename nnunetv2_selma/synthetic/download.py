@@ -9,6 +9,14 @@
   - ``prefixed``: ``<root>/SELMA3D_2025_annotated/raw/<subset>_patchvolume_NNN_0000<ext>`` and
     ``<root>/SELMA3D_2025_annotated/gt/<subset>_patchvolume_NNN<ext>``.
 
+  - ``2026``: ``<root>/SELMA3D_2026_annotated/images/<prefix>_NNNN.mha`` with the mask under the
+    same name in ``<root>/SELMA3D_2026_annotated/masks/`` (the organisers' example input is
+    ``cell_nuclei_2301.mha``); single-channel (vessels: the WGA channel), 200^3 x ``patch_scale``,
+    for the 2026 training structures the generator draws (``SUBSETS_2026``: nuclei, c-Fos, plaques,
+    vessels; nerves and axons are not drawn). Its unannotated data are many small 3D files,
+    ``<root>/unannotated_<structure>/<prefix>_NNNNN.tif``, 300^3 x ``patch_scale`` each, instead of
+    slice folders.
+
   Masks are uint8 and cycle through the encodings {0,1}, {0,255} and {0,95,255} (95 marks the
   boundary voxels of objects), so every layout holds all three.
 * Unannotated volumes: ``<root>/unannotated_<structure>/<sample>/C00/*.tif`` (and ``C01`` for
@@ -39,7 +47,11 @@ log = logging.getLogger(__name__)
 
 #: 2024 subset (as on disk) -> the structure drawn, from the one table in nnunetv2_selma.structures
 SUBSETS_2024 = {name: STRUCTURES[SUBSETS[name].structure].synthetic for name in subsets_of_edition("2024")}
-LAYOUTS = ("challenge", "bia", "prefixed")
+LAYOUTS = ("challenge", "bia", "prefixed", "2026")
+#: 2026 training subsets the generator draws: file-name prefix -> structure drawn
+SUBSETS_2026 = {name: STRUCTURES[SUBSETS[name].structure].synthetic for name in subsets_of_edition("2026")
+                if name in ("cell_nuclei", "cfos_neuron", "AD_plaques", "blood_vessel")}
+PATCH_EDGE_2026, UNANNOTATED_EDGE_2026 = 200, 300  # the 2026 release: 200^3 annotated, 300^3 unannotated
 # real 2024 patch shapes (z, y, x); AD_plaques is an assumption (not confirmed by the organisers)
 PATCH_SHAPES_2024 = {"shannel_cells": (200, 200, 200), "VessAP_vessel": (50, 500, 500),
                      "cFos-Active_Neurons": (100, 100, 100), "AD_plaques": (200, 200, 200)}
@@ -229,6 +241,69 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
     return final
 
 
+def _edge(edge: int, patch_scale: float) -> tuple[int, int, int]:
+    if patch_scale <= 0:
+        raise ValueError(f"patch_scale must be > 0; got {patch_scale}")
+    return (max(MIN_PATCH_EDGE, int(round(edge * patch_scale))),) * 3
+
+
+def write_annotated_patches_2026(root: str | Path, cases_per_subset: int = DEFAULT_CASES_PER_SUBSET,
+                                 patch_scale: float = 0.25, seed: int = 0, contrast: float = 1.0,
+                                 first_number: int = 2301) -> dict[str, list[Path]]:
+    """Write 2026-style annotated patches: ``images/<prefix>_NNNN.mha``, masks of the same name in ``masks/``.
+
+    Numbers run from ``first_number`` over all subsets (as the organisers' ``cell_nuclei_2301``);
+    masks cycle through ``MASK_ENCODINGS`` like the other layouts. Returns subset -> image paths.
+    """
+    base = Path(root) / "SELMA3D_2026_annotated"
+    images, masks = base / "images", base / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    shape, number, written = _edge(PATCH_EDGE_2026, patch_scale), first_number, {}
+    for s_index, (prefix, structure) in enumerate(SUBSETS_2026.items()):
+        paths, panels = [], []
+        for case in range(cases_per_subset):
+            scene = LightSheetScene(structure, shape, seed=_seed(seed, 50, s_index, case), contrast=contrast)
+            channels, mask = scene.render(0, shape[0])
+            name = f"{prefix}_{number:04d}.mha"
+            number += 1
+            write_image(images / name, channels[0])
+            write_image(masks / name, encode_mask(mask, MASK_ENCODINGS[(case + s_index) % len(MASK_ENCODINGS)]))
+            paths.append(images / name)
+            if case < 2:
+                panels += projection_panels(name, channels[:1], mask)
+        save_mip_picture(base / f"preview_{prefix}.png", panels, ncols=2, title=f"2026 layout: {prefix}, shape {shape}")
+        written[prefix] = paths
+        log.info("wrote %d %s patches of shape %s to %s", cases_per_subset, prefix, shape, images)
+    return written
+
+
+def write_unannotated_patches_2026(root: str | Path, per_structure: int, patch_scale: float = 0.25, seed: int = 0,
+                                   contrast: float = 1.0) -> dict[str, list[Path]]:
+    """Write 2026-style unannotated data: many small 3D TIFFs, ``unannotated_<structure>/<prefix>_NNNNN.tif``.
+
+    One file per patch, single-channel (vessels: WGA), 300^3 x ``patch_scale``, cut from inside tissue.
+    Returns structure folder -> file paths.
+    """
+    import tifffile
+
+    shape, written = _edge(UNANNOTATED_EDGE_2026, patch_scale), {}
+    for s_index, folder in enumerate(UNANNOTATED_STRUCTURES):
+        structure = canonical_structure(folder)
+        prefix = next(p for p, s in SUBSETS_2026.items() if s == structure)
+        out = Path(root) / f"unannotated_{folder}"
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k in range(per_structure):
+            scene = LightSheetScene(structure, shape, seed=_seed(seed, 60, s_index, k), contrast=contrast)
+            channels, _ = scene.render(0, shape[0])
+            path = out / f"{prefix}_{k:05d}.tif"
+            tifffile.imwrite(path, channels[0])
+            paths.append(path)
+        written[folder] = paths
+    return written
+
+
 def write_test_inputs(out_dir: str | Path, structures=("cfos", "microglia"), cases_per_structure: int = 2,
                       shape: tuple[int, int, int] = (48, 64, 64), seed: int = 0) -> list[Path]:
     """Write challenge-style test inputs and their ground truth.
@@ -285,8 +360,10 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     unannotated_shape, unannotated_per_structure, unannotated_dtype : the unannotated volumes,
         ``unannotated_per_structure`` samples for each of ``ab_plaque``, ``cfos``, ``nucleus``, ``vessel``
         (sample k is ``sample_<k+1>``; the first structure's first sample, and every other sample,
-        name slices without zero padding).
-    file_format : ``.nii.gz`` or ``.mha`` for the annotated patches.
+        name slices without zero padding). With ``layout="2026"``: ``unannotated_per_structure`` small
+        3D TIFFs per structure, 300^3 x ``patch_scale`` (``unannotated_shape`` and ``unannotated_dtype``
+        do not apply), and annotated patches 200^3 x ``patch_scale`` as ``.mha``.
+    file_format : ``.nii.gz`` or ``.mha`` for the annotated patches (not the 2026 layout: ``.mha``).
     contrast : object brightness multiplier of annotated patches and unannotated volumes alike
         (1.0 default; lower gives dim objects near the background, a harder segmentation task).
 
@@ -306,10 +383,15 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        annotated = write_annotated_patches(tmp, layout, cases_per_subset=cases_per_subset, patch_scale=patch_scale,
-                                            seed=seed, file_format=file_format, contrast=contrast)
         unannotated: dict[str, list[Path]] = {}
-        for s_index, structure in enumerate(UNANNOTATED_STRUCTURES):
+        if layout == "2026":
+            annotated = write_annotated_patches_2026(tmp, cases_per_subset, patch_scale, seed, contrast)
+            unannotated = write_unannotated_patches_2026(tmp, unannotated_per_structure, patch_scale, seed, contrast)
+        else:
+            annotated = write_annotated_patches(tmp, layout, cases_per_subset=cases_per_subset,
+                                                patch_scale=patch_scale, seed=seed, file_format=file_format,
+                                                contrast=contrast)
+        for s_index, structure in enumerate(UNANNOTATED_STRUCTURES if layout != "2026" else ()):
             samples = []
             for k in range(unannotated_per_structure):
                 sample = tmp / f"unannotated_{structure}" / f"sample_{k + 1}"
