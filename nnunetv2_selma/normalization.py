@@ -21,7 +21,7 @@ Where the statistics come from:
 * pretraining patch: the patch itself (a sampled patch plays the role of a case; its size is
   that of the SELMA3D fine-tuning patches);
 * whole-volume inference: the whole volume, gathered by a streaming pass
-  (:class:`RunningMoments`), which is what nnU-Net would compute if it could hold the volume.
+  (:mod:`nnunetv2_selma.volumes.moments`), which is what nnU-Net would compute if it could hold the volume.
 """
 
 from __future__ import annotations
@@ -76,40 +76,3 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     image -= mean
     image /= max(std, _EPS)
     return image
-
-
-class RunningMoments:
-    """Mean and standard deviation of a volume streamed in pieces (slabs, blocks).
-
-    Uses Chan et al.'s pairwise update in float64, so the result does not depend on how the
-    volume was cut and stays accurate over 10^12 voxels.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = 0.0
-        self._m2 = 0.0
-
-    def update(self, values: np.ndarray) -> None:
-        """Add the voxels of ``values`` (any shape) to the running statistics."""
-        values = np.asarray(values, dtype=np.float64)
-        n = values.size
-        if n == 0:
-            return
-        if np.isnan(values).any():
-            raise ValueError("RunningMoments.update: found NaN voxels; expected finite intensities")
-        m = float(values.mean())
-        m2 = float(((values - m) ** 2).sum())
-        total = self.count + n
-        delta = m - self.mean
-        self.mean += delta * n / total
-        self._m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation (``numpy.std`` with ``ddof=0``)."""
-        return float(np.sqrt(self._m2 / self.count)) if self.count else 0.0
-
-    def as_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean, "std": self.std}

@@ -13,8 +13,8 @@ import tifffile
 from scipy import ndimage
 
 from nnunetv2_selma.inference.tissue import TISSUE_MARGIN_BLOCKS, auto_tissue_mask
-from nnunetv2_selma.inference.volume_io import open_volume
 from nnunetv2_selma.inference.whole_volume import predict_large
+from nnunetv2_selma.volumes import open_volume
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_factory import make_model_folder  # noqa: E402

@@ -42,13 +42,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.inference.volume_io import (
-    SUPPORTED_OUTPUTS,
-    VolumeSource,
-    create_mask_writer,
-    open_volume,
-    volume_kind,
-)
 from nnunetv2_selma.inference.whole_volume import (
     _cached,
     _check_inputs_unchanged,
@@ -59,6 +52,13 @@ from nnunetv2_selma.inference.whole_volume import (
     save_block,
 )
 from nnunetv2_selma.io import write_atomic, write_json_atomic
+from nnunetv2_selma.volumes import (
+    SUPPORTED_OUTPUTS,
+    VolumeSource,
+    create_mask_writer,
+    open_volume,
+    volume_kind,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.inference.volume_io import VolumeSource, open_volume
+from nnunetv2_selma.volumes import VolumeSource, open_volume
 
 #: dilation of the automatic tissue mask, in mask voxels (each ``factors`` voxels per axis, >= 8)
 TISSUE_MARGIN_BLOCKS = 1
@@ -74,7 +74,7 @@ def auto_tissue_mask(sources: Sequence[VolumeSource], margin_blocks: int = TISSU
     """Ingest's low-resolution tissue mask of each channel, united, dilated by ``margin_blocks`` mask voxels."""
     from scipy import ndimage
 
-    from nnunetv2_selma.dataset_conversion.ingest import low_resolution_tissue_mask
+    from nnunetv2_selma.volumes.tissue import low_resolution_tissue_mask
 
     low, factors, thresholds = None, None, []
     for source in sources:

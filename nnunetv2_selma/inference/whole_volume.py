@@ -44,15 +44,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.inference.volume_io import (
+from nnunetv2_selma.io import write_json_atomic
+from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, zscore
+from nnunetv2_selma.volumes import (
     SUPPORTED_OUTPUTS,
+    ExactHistogram,
+    RunningMoments,
     VolumeSource,
     create_mask_writer,
     open_volume,
     volume_kind,
 )
-from nnunetv2_selma.io import write_json_atomic
-from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, RunningMoments, zscore
 
 logger = logging.getLogger(__name__)
 
@@ -229,48 +231,6 @@ def _row_regions(shape: Sequence[int], max_voxels: int):
                 yield (slice(z0, z0 + 1), slice(y0, min(y, y0 + rows)), slice(0, x))
 
 
-class _Histogram:
-    """Exact intensity histogram of a <= 16-bit integer channel (one ``np.bincount`` per region).
-
-    Sums over the histogram are exact integers, so the mean and std are exact to float64 rounding
-    (no cancellation), and removing the zeros outside the non-zero box needs no second pass: every
-    voxel outside the box is 0 in every channel.
-    """
-
-    def __init__(self, dtype: np.dtype) -> None:
-        self.dtype = np.dtype(dtype)
-        self.bins = 1 << (8 * self.dtype.itemsize)
-        self.counts = np.zeros(self.bins, dtype=np.int64)
-        self._unsigned = np.dtype(f"u{self.dtype.itemsize}")
-
-    @staticmethod
-    def handles(dtype: np.dtype) -> bool:
-        return np.dtype(dtype).kind in "ui" and np.dtype(dtype).itemsize <= 2
-
-    def update(self, values: np.ndarray) -> np.ndarray:
-        """Add a region; returns that region's own counts (bin 0 = number of zeros)."""
-        flat = np.ascontiguousarray(values).reshape(-1).view(self._unsigned)
-        counts = np.bincount(flat, minlength=self.bins)
-        self.counts += counts
-        return counts
-
-    def moments(self, zeros_to_remove: int = 0) -> tuple[float, float]:
-        values = np.arange(self.bins, dtype=np.int64)
-        if self.dtype.kind == "i":
-            values[self.bins // 2:] -= self.bins  # two's complement bins back to signed values
-        counts = self.counts.copy()
-        counts[0] -= zeros_to_remove
-        used = np.flatnonzero(counts)
-        c = [int(i) for i in counts[used]]
-        v = [int(i) for i in values[used]]
-        n = sum(c)
-        if n == 0:
-            return 0.0, 0.0
-        s1 = sum(ci * vi for ci, vi in zip(c, v))
-        s2 = sum(ci * vi * vi for ci, vi in zip(c, v))
-        return s1 / n, math.sqrt((n * s2 - s1 * s1) / (n * n))  # exact integers until the last division
-
-
 def _refuse_non_finite(source: VolumeSource, values: np.ndarray, region: tuple[slice, slice, slice]) -> None:
     """Raise ValueError naming the slice file (or the volume and plane) of the first NaN/inf voxel."""
     z = region[0].start + int(np.flatnonzero(~np.isfinite(values).all(axis=(1, 2)))[0])
@@ -310,7 +270,7 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
     shape = sources[0].shape
     lo, hi = [None] * 3, [None] * 3
     measure = intensity_stats is None
-    histograms = [_Histogram(s.dtype) if measure and _Histogram.handles(s.dtype) else None for s in sources]
+    histograms = [ExactHistogram(s.dtype) if measure and ExactHistogram.handles(s.dtype) else None for s in sources]
     moments = [RunningMoments() if measure and h is None else None for h in histograms]
     regions = list(_row_regions(shape, max_voxels))
     for region in tqdm(regions, desc="statistics", disable=not progress, leave=False):

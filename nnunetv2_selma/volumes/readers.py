@@ -1,31 +1,22 @@
-"""Block-wise readers and writers for volumes that do not fit in memory.
+"""Lazy readers of 3D volumes that do not fit in memory: one interface, :class:`VolumeSource`.
 
-Readers (:func:`open_volume`) give a lazy ``(z, y, x)`` view whose :meth:`VolumeSource.read` loads
-only the region asked for. Kinds and how much each really loads:
+:func:`open_volume` gives a lazy ``(z, y, x)`` view with two reads: :meth:`VolumeSource.read` loads
+any region (block-wise inference), :meth:`VolumeSource.read_planes` loads whole planes ``z0:z1``
+into a reused buffer (streaming passes: ingest, statistics, tissue masks). Kinds and how much each
+really loads:
 
-* folder of 2D TIFF slices (the SELMA3D form): one slice at a time; uncompressed slices are
-  memory-mapped so only the rows asked for are read, compressed ones are decoded whole and cropped;
+* folder of 2D TIFF slices (the SELMA3D form): one slice at a time; for regions, uncompressed slices
+  are memory-mapped so only the rows asked for are read, compressed ones are decoded whole and cropped;
 * 3D ``.tif``/``.tiff``: memory-mapped when uncompressed, else page by page;
 * ``.b2nd`` (blosc2 NDArray): chunk-wise;
-* OME-Zarr (a ``*.zarr`` folder): chunk-wise, through the ``zarr`` package (optional; a clear error
-  says so when it is missing);
+* OME-Zarr (a ``*.zarr`` folder): chunk-wise, through the ``zarr`` package (optional: install
+  ``nnunetv2-selma[zarr]``; a clear error says so when it is missing);
 * ``.nii.gz``/``.nii``/``.mha``/``.nrrd``: SimpleITK has no partial reads, so the file is read
   whole once (these formats are used for patches, not whole brains).
-
-Writers (:func:`create_mask_writer`) take uint8 masks (or uint32 instance labels) and write them to a
-temporary path that :meth:`MaskWriter.commit` moves into place, so an interrupted write never leaves
-a half output:
-
-* TIFF-slice folder (a path without an image suffix): one slice file per z plane;
-* 3D ``.tif``: page by page; ``.b2nd``: region by region;
-* ``.nii.gz``/``.nii``/``.mha``/``.nrrd``: held in memory (1 byte per voxel, 4 for uint32), written at the end.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +28,9 @@ from nnunetv2_selma.io import (
     SliceSeries,
     image_suffix,
     read_image,
-    write_image,
 )
 
 SUPPORTED_INPUTS = "a folder of 2D TIFF slices, a 3D .tif/.tiff, .nii.gz, .nii, .mha, .nrrd, .b2nd or OME-Zarr (.zarr)"
-SUPPORTED_OUTPUTS = "a folder for TIFF slices (no suffix), .tif/.tiff, .b2nd, .nii.gz, .nii, .mha or .nrrd"
 
 
 def volume_kind(path: str | Path) -> str:
@@ -65,8 +54,17 @@ def volume_kind(path: str | Path) -> str:
     return "slices"
 
 
+def _into(out: np.ndarray | None, data: np.ndarray) -> np.ndarray:
+    """``data`` itself, or copied into the first planes of the reused buffer ``out``."""
+    if out is None:
+        return np.asarray(data)
+    out = out[: data.shape[0]]
+    out[...] = data
+    return out
+
+
 class VolumeSource:
-    """A lazy 3D volume ``(z, y, x)``: ``shape``, ``dtype``, ``geometry``, ``read(region)``.
+    """A lazy 3D volume ``(z, y, x)``: ``shape``, ``dtype``, ``geometry``, ``read(region)``, ``read_planes(z0, z1)``.
 
     ``region`` is a tuple of three ``slice`` objects with explicit, in-range ``start``/``stop``.
     ``read`` returns a new array of the source's dtype and the region's shape.
@@ -80,6 +78,16 @@ class VolumeSource:
 
     def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         raise NotImplementedError
+
+    def read_planes(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Whole planes ``z0:z1`` as ``(z1 - z0, y, x)``; ``out``, when given, is a reused buffer of at least
+        that many planes that is filled and returned (its first ``z1 - z0`` planes): a fresh slab per read
+        of a streaming pass costs page faults."""
+        return _into(out, self.read((slice(z0, z1), slice(0, self.shape[1]), slice(0, self.shape[2]))))
+
+    def where(self, z: int) -> str:
+        """Where plane ``z`` lives, for error messages (the slice file of a slice folder)."""
+        return f"{self.path} (z={z})"
 
     def check_all_planes(self) -> None:
         """Check, cheaply and before any output is written, that every plane can be read as announced."""
@@ -105,6 +113,9 @@ class _SliceFolderSource(VolumeSource):
 
     def files(self) -> list[Path]:
         return list(self.series.files)
+
+    def where(self, z: int) -> str:
+        return str(self.series.files[z])
 
     def check_all_planes(self) -> None:
         # headers only: catches truncated files and slices of another size before any block is written
@@ -146,6 +157,10 @@ class _SliceFolderSource(VolumeSource):
             out[i] = self._plane(path, ys, xs)
         return out
 
+    def read_planes(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        # whole slices decoded straight into the buffer, each checked against the first (shape, dtype)
+        return self.series.read(z0, z1, out=out)
+
 
 class _Tiff3DSource(VolumeSource):
     kind = "tif"
@@ -165,6 +180,7 @@ class _Tiff3DSource(VolumeSource):
         if len(self.shape) != 3:
             raise ValueError(f"{path}: found an image of shape {self.shape}; expected a 3D image (z, y, x)")
         self.geometry = dict(IDENTITY_GEOMETRY)
+        self._whole = None
         try:
             self._memmap = tifffile.memmap(path, mode="r")
         except Exception:  # compressed or tiled: fall back to page-wise reads
@@ -181,6 +197,23 @@ class _Tiff3DSource(VolumeSource):
                 planes = [tif.pages[z].asarray()[ys, xs] for z in range(zs.start, zs.stop)]
                 return np.stack(planes).astype(self.dtype, copy=False)
             return np.array(tif.series[0].asarray()[region])  # a single page holding the volume
+
+    def read_planes(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        if self._memmap is not None:
+            return _into(out, self._memmap[z0:z1])
+        if self._n_pages != self.shape[0]:
+            # a single compressed page holds the volume: decode it once for the whole pass, not per slab
+            if self._whole is None:
+                self._whole, _ = read_image(self.path)
+            return _into(out, self._whole[z0:z1])
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                data = tif.asarray(key=range(z0, z1)).reshape(z1 - z0, *self.shape[1:])
+        except Exception as e:
+            raise ValueError(f"{self.path}: pages {z0}..{z1 - 1} unreadable ({type(e).__name__}: {e})") from e
+        return _into(out, data)
 
 
 class _Blosc2Source(VolumeSource):
@@ -213,7 +246,7 @@ class _ZarrSource(VolumeSource):
         except ImportError as e:
             raise ValueError(
                 f"{path}: reading OME-Zarr needs the 'zarr' package, which is not installed. Install it "
-                f"(pip install zarr) or convert the volume to TIFF slices or .b2nd."
+                f"(pip install 'nnunetv2-selma[zarr]') or convert the volume to TIFF slices or .b2nd."
             ) from e
         self.path = path
         group = zarr.open(str(path), mode="r")
@@ -249,11 +282,16 @@ class _InMemorySource(VolumeSource):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._array, self.geometry = read_image(path)
+        if self._array.ndim != 3:
+            raise ValueError(f"{path}: found an image of shape {self._array.shape}; expected a 3D image (z, y, x)")
         self.shape = tuple(int(s) for s in self._array.shape)
         self.dtype = self._array.dtype
 
     def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         return np.array(self._array[region])
+
+    def read_planes(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
+        return _into(out, self._array[z0:z1])
 
 
 def open_volume(path: str | Path) -> VolumeSource:
@@ -267,7 +305,8 @@ def open_volume(path: str | Path) -> VolumeSource:
 
     Returns
     -------
-    VolumeSource with ``shape`` ``(z, y, x)``, ``dtype`` (the file's own) and ``read(region)``.
+    VolumeSource with ``shape`` ``(z, y, x)``, ``dtype`` (the file's own), ``geometry``, ``read(region)``
+    and ``read_planes(z0, z1, out=None)``.
 
     Raises
     ------
@@ -289,151 +328,3 @@ def open_volume(path: str | Path) -> VolumeSource:
     if kind == "sitk":
         return _InMemorySource(path)
     raise ValueError(f"{path}: unknown volume kind; expected {SUPPORTED_INPUTS}")
-
-
-class MaskWriter:
-    """Writes a uint8 mask ``(z, y, x)`` (or ``dtype``) to a temporary path, then :meth:`commit` moves it into place.
-
-    ``sequential`` writers take whole z planes in increasing order (:meth:`write_plane`); the others
-    take any region (:meth:`write_region`). Regions never written stay 0.
-    """
-
-    sequential: bool
-
-    def __init__(self, final: Path, tmp: Path, shape: Sequence[int], geometry: dict | None,
-                 dtype: np.dtype = np.uint8) -> None:
-        self.final, self.tmp, self.shape, self.geometry = Path(final), Path(tmp), tuple(shape), geometry
-        self.dtype = np.dtype(dtype)
-
-    def write_plane(self, z: int, plane: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def write_region(self, region: tuple[slice, slice, slice], data: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        """Flush what is buffered to ``self.tmp``."""
-
-    def commit(self) -> Path:
-        """Finish the temporary output and move it to the final path; returns the final path."""
-        self._close()
-        if self.final.is_dir():
-            self.final.rmdir()  # only an empty folder can be here: the caller checked
-        os.replace(self.tmp, self.final)
-        return self.final
-
-    def abort(self) -> None:
-        """Remove the temporary output."""
-        if self.tmp.is_dir():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        elif self.tmp.exists():
-            self.tmp.unlink()
-
-
-class _SliceFolderWriter(MaskWriter):
-    sequential = True
-
-    def __init__(self, final, tmp, shape, geometry, slice_names: Sequence[str] | None, dtype=np.uint8) -> None:
-        super().__init__(final, tmp, shape, geometry, dtype)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        width = max(5, len(str(self.shape[0])))
-        self.names = list(slice_names) if slice_names else [f"slice_{z:0{width}d}.tif" for z in range(self.shape[0])]
-
-    def write_plane(self, z: int, plane: np.ndarray) -> None:
-        import tifffile
-
-        tifffile.imwrite(self.tmp / self.names[z], np.ascontiguousarray(plane, dtype=self.dtype),
-                         compression="zlib")
-
-
-class _Tiff3DWriter(MaskWriter):
-    sequential = True
-
-    def __init__(self, final, tmp, shape, geometry, dtype=np.uint8) -> None:
-        import tifffile
-
-        super().__init__(final, tmp, shape, geometry, dtype)
-        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self._writer = tifffile.TiffWriter(self.tmp, bigtiff=nbytes > 2**31)
-        self._next = 0
-
-    def write_plane(self, z: int, plane: np.ndarray) -> None:
-        if z != self._next:
-            raise RuntimeError(f"{self.final}: planes must be written in order; got {z}, expected {self._next}")
-        # one page per plane, uncompressed and contiguous: a reader can memory-map the result
-        self._writer.write(np.ascontiguousarray(plane, dtype=self.dtype), contiguous=True)
-        self._next += 1
-
-    def _close(self) -> None:
-        self._writer.close()
-
-    def abort(self) -> None:
-        self._writer.close()
-        super().abort()
-
-
-class _Blosc2Writer(MaskWriter):
-    sequential = False
-
-    def __init__(self, final, tmp, shape, geometry, dtype=np.uint8) -> None:
-        import blosc2
-
-        super().__init__(final, tmp, shape, geometry, dtype)
-        chunks = tuple(min(s, c) for s, c in zip(self.shape, (64, 256, 256)))
-        blocks = tuple(min(s, c) for s, c in zip(self.shape, (16, 64, 64)))
-        self._array = blosc2.zeros(self.shape, dtype=self.dtype, chunks=chunks, blocks=blocks,
-                                   urlpath=str(self.tmp), mode="w")
-
-    def write_region(self, region, data) -> None:
-        self._array[region] = np.ascontiguousarray(data, dtype=self.dtype)
-
-    def _close(self) -> None:
-        del self._array
-
-
-class _InMemoryWriter(MaskWriter):
-    sequential = False
-
-    def __init__(self, final, tmp, shape, geometry, dtype=np.uint8) -> None:
-        super().__init__(final, tmp, shape, geometry, dtype)
-        self._array = np.zeros(self.shape, dtype=self.dtype)
-
-    def write_region(self, region, data) -> None:
-        self._array[region] = data
-
-    def _close(self) -> None:
-        write_image(self.tmp, self._array, self.geometry)
-
-
-def create_mask_writer(path: str | Path, tmp: str | Path, shape: Sequence[int], geometry: dict | None = None,
-                       slice_names: Sequence[str] | None = None, dtype: np.dtype = np.uint8) -> MaskWriter:
-    """A writer for a uint8 mask (or ``dtype``, e.g. uint32 instance labels) of ``shape`` ``(z, y, x)``
-    whose final place is ``path``.
-
-    Parameters
-    ----------
-    path : final output; its kind follows :func:`volume_kind` (no suffix: TIFF-slice folder).
-    tmp : where the output is built; must be on the same file system as ``path`` (renamed at the end).
-        A suffix matching ``path`` is added for single-file kinds.
-    shape : (z, y, x) of the mask.
-    geometry : spacing/origin/direction written to SimpleITK formats.
-    slice_names : file names of the slices for a TIFF-slice folder (default ``slice_00000.tif``...).
-    dtype : voxel type written (default uint8; ``objects`` writes uint32 instance labels).
-
-    Raises
-    ------
-    ValueError naming the path for an unsupported output kind (OME-Zarr output is not supported).
-    """
-    path, tmp = Path(path), Path(tmp)
-    kind = volume_kind(path)
-    if kind == "slices":
-        return _SliceFolderWriter(path, tmp, shape, geometry, slice_names, dtype)
-    suffix = ".b2nd" if kind == "b2nd" else image_suffix(path)
-    tmp = tmp.with_name(tmp.name + suffix)
-    if kind == "tif":
-        return _Tiff3DWriter(path, tmp, shape, geometry, dtype)
-    if kind == "b2nd":
-        return _Blosc2Writer(path, tmp, shape, geometry, dtype)
-    if kind == "sitk":
-        return _InMemoryWriter(path, tmp, shape, geometry, dtype)
-    raise ValueError(f"{path}: cannot write this kind of output; expected {SUPPORTED_OUTPUTS}")

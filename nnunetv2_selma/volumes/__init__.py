@@ -1,0 +1,20 @@
+"""Volumes on the ground floor: one reader and one writer interface for every volume kind, exact
+streaming statistics and the low-resolution tissue mask.
+
+* :mod:`~nnunetv2_selma.volumes.readers`: :func:`open_volume` -> :class:`VolumeSource` (``shape``,
+  ``dtype``, ``geometry``, ``read(region)``, ``read_planes(z0, z1, out)``) for TIFF-slice folders,
+  3D TIFF, NIfTI, MHA/NRRD, ``.b2nd`` and OME-Zarr;
+* :mod:`~nnunetv2_selma.volumes.writers`: :func:`create_mask_writer` -> :class:`MaskWriter`;
+* :mod:`~nnunetv2_selma.volumes.moments`: :class:`ExactHistogram` (<= 16-bit integers) and
+  :class:`RunningMoments` (other dtypes);
+* :mod:`~nnunetv2_selma.volumes.tissue`: :func:`low_resolution_tissue_mask` and the tissue statistics.
+
+Everything above (store, inference, submission) imports these; nothing here imports them.
+"""
+
+from nnunetv2_selma.volumes.moments import ExactHistogram, RunningMoments
+from nnunetv2_selma.volumes.readers import SUPPORTED_INPUTS, VolumeSource, open_volume, volume_kind
+from nnunetv2_selma.volumes.writers import SUPPORTED_OUTPUTS, MaskWriter, create_mask_writer
+
+__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter", "RunningMoments",
+           "VolumeSource", "create_mask_writer", "open_volume", "volume_kind"]

@@ -1,0 +1,128 @@
+"""Intensity moments and percentiles of volumes streamed in pieces (slabs, blocks, sub-grids).
+
+One implementation for every streaming pass (whole-volume inference statistics, the pretraining
+store's tissue statistics):
+
+* :class:`ExactHistogram` for integer images of at most 16 bits (the light-sheet case): one
+  ``np.bincount`` per piece, exact integer sums, so the mean and std are exact to float64 rounding
+  and percentiles need no sample;
+* :class:`RunningMoments` for other dtypes: Chan et al.'s pairwise update in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class ExactHistogram:
+    """Exact intensity histogram of a <= 16-bit integer image, filled piece by piece.
+
+    Bins are the voxels' bit patterns (``values.view(uint)``): bin ``i`` counts the value whose
+    unsigned bit pattern is ``i`` (two's complement for signed types), so counting needs no
+    conversion. Bin 0 counts the zeros, so zeros outside a region of interest can be removed
+    afterwards without a second pass (see :meth:`moments`).
+    """
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        if not self.handles(self.dtype):
+            raise ValueError(f"ExactHistogram: found dtype {self.dtype}; expected an integer type of at most 16 bits")
+        self.bins = 1 << (8 * self.dtype.itemsize)
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self._unsigned = np.dtype(f"u{self.dtype.itemsize}")
+
+    @staticmethod
+    def handles(dtype: np.dtype) -> bool:
+        """Whether ``dtype`` can be counted exactly (integer, at most 16 bits)."""
+        return np.dtype(dtype).kind in "ui" and np.dtype(dtype).itemsize <= 2
+
+    def update(self, values: np.ndarray) -> np.ndarray:
+        """Add the voxels of ``values`` (any shape, this histogram's dtype); returns their own counts
+        (bin 0 = number of zeros)."""
+        flat = np.ascontiguousarray(values, dtype=self.dtype).reshape(-1).view(self._unsigned)
+        counts = np.bincount(flat, minlength=self.bins)
+        self.counts += counts
+        return counts
+
+    @property
+    def total(self) -> int:
+        """Number of voxels counted."""
+        return int(self.counts.sum())
+
+    def ordered(self, zeros_to_remove: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, counts)`` in increasing value order (int64), with ``zeros_to_remove`` taken off the zeros."""
+        counts = self.counts.copy()
+        counts[0] -= zeros_to_remove
+        if self.dtype.kind == "i":  # two's complement: the negative half of the bins comes first in value order
+            half = self.bins // 2
+            return np.arange(-half, half, dtype=np.int64), np.concatenate([counts[half:], counts[:half]])
+        return np.arange(self.bins, dtype=np.int64), counts
+
+    def moments(self, zeros_to_remove: int = 0) -> tuple[float, float]:
+        """Mean and population std (``numpy.std`` with ``ddof=0``) of the voxels counted, less
+        ``zeros_to_remove`` zeros; ``(0.0, 0.0)`` when none is left."""
+        values, counts = self.ordered(zeros_to_remove)
+        used = np.flatnonzero(counts)
+        c = [int(i) for i in counts[used]]
+        v = [int(i) for i in values[used]]
+        n = sum(c)
+        if n == 0:
+            return 0.0, 0.0
+        s1 = sum(ci * vi for ci, vi in zip(c, v))
+        s2 = sum(ci * vi * vi for ci, vi in zip(c, v))
+        return s1 / n, math.sqrt((n * s2 - s1 * s1) / (n * n))  # exact integers until the last division
+
+    def min_max(self) -> tuple[int, int]:
+        """Smallest and largest value counted (ValueError when the histogram is empty)."""
+        values, counts = self.ordered()
+        used = np.flatnonzero(counts)
+        if not used.size:
+            raise ValueError("ExactHistogram.min_max: no voxel counted")
+        return int(values[used[0]]), int(values[used[-1]])
+
+    def percentiles(self, qs) -> list[float]:
+        """Lower percentiles (numpy's ``method="inverted_cdf"``): for each ``q`` in percent, the smallest
+        value whose cumulative count reaches ``q / 100`` of the voxels."""
+        values, counts = self.ordered()
+        cdf = np.cumsum(counts)
+        n = cdf[-1]
+        return [float(values[np.searchsorted(cdf, q / 100.0 * n)]) for q in qs]
+
+
+class RunningMoments:
+    """Mean and standard deviation of a volume streamed in pieces (slabs, blocks).
+
+    Uses Chan et al.'s pairwise update in float64, so the result does not depend on how the
+    volume was cut and stays accurate over 10^12 voxels.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+
+    def update(self, values: np.ndarray) -> None:
+        """Add the voxels of ``values`` (any shape) to the running statistics."""
+        values = np.asarray(values, dtype=np.float64)
+        n = values.size
+        if n == 0:
+            return
+        if np.isnan(values).any():
+            raise ValueError("RunningMoments.update: found NaN voxels; expected finite intensities")
+        m = float(values.mean())
+        m2 = float(((values - m) ** 2).sum())
+        total = self.count + n
+        delta = m - self.mean
+        self.mean += delta * n / total
+        self._m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (``numpy.std`` with ``ddof=0``)."""
+        return float(np.sqrt(self._m2 / self.count)) if self.count else 0.0
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "std": self.std}
