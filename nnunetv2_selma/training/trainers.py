@@ -63,6 +63,10 @@ class WarmupPolyLRScheduler(_LRScheduler):
     ``lr(s) = initial_lr * (s + 1) / warmup_steps`` for ``s < warmup_steps``, then
     ``initial_lr * (1 - (s - warmup_steps) / (max_steps - warmup_steps)) ** exponent``.
     nnU-Net calls ``step(current_epoch)`` at the start of every epoch.
+
+    Not nnU-Net's ``lr_scheduler/warmup.py``: it has the same two phases (``Lin_incr_LRScheduler``,
+    ``PolyLRScheduler_offset``) as two objects the caller swaps at the boundary, while
+    ``nnUNetTrainer`` holds one ``lr_scheduler`` and also steps it on ``--c`` from the epoch alone.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_steps: int, warmup_steps: int,
