@@ -9,7 +9,7 @@ Gaussian-weighted tile predictions in float16, tile after tile in lexicographic 
 dividing by the summed weights and taking the argmax.
 
 Here the same frame and the same tile grid are computed from the whole volume's shape, its
-non-zero bounding box and its intensity statistics (one streaming pass). The padded frame is cut
+non-zero bounding box and its intensity statistics (streamed, summed in numpy's order). The padded frame is cut
 into *cores* (``block_size``); a block reads the union of the whole-volume tiles that touch its
 core (a halo of up to ``patch_size - 1``) and runs nnU-Net's own
 ``_internal_predict_sliding_window_return_logits`` on exactly those tiles, in the whole-volume
@@ -48,8 +48,6 @@ from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.normalization import NORMALIZATION_SCHEME, zscore
 from nnunetv2_selma.volumes import (
     SUPPORTED_OUTPUTS,
-    ExactHistogram,
-    RunningMoments,
     VolumeSource,
     create_mask_writer,
     open_volume,
@@ -214,7 +212,7 @@ def default_block_size(patch_size: Sequence[int], num_channels: int, num_heads: 
 
 
 # ----------------------------------------------------------------------------------------------
-# statistics: one streaming pass
+# statistics: streamed, with nnU-Net's float32 arithmetic
 # ----------------------------------------------------------------------------------------------
 def _row_regions(shape: Sequence[int], max_voxels: int):
     """Regions (z slab or rows of one plane, full x) of at most ~max_voxels, in raster order."""
@@ -231,6 +229,40 @@ def _row_regions(shape: Sequence[int], max_voxels: int):
                 yield (slice(z0, z0 + 1), slice(y0, min(y, y0 + rows)), slice(0, x))
 
 
+class _NumpyFloat32Sum:
+    """The float32 sum numpy's ``add.reduce`` gives for a whole float32 array, fed in C-order pieces.
+
+    numpy reduces a whole array in buffers of ``np.getbufsize()`` (8192) elements taken in C order
+    (contiguous arrays and cropped views alike), sums each buffer pairwise and adds the buffer sums
+    one after the other in float32. Fed the same values in the same order, this gives the same bits,
+    so ``ZScoreNormalization``'s float32 mean and std of a volume nnU-Net would hold whole are
+    reproduced without holding it (an exact mean, rounded once to float32, is often 1-2 ULP away).
+    """
+
+    def __init__(self) -> None:
+        self.total = np.float32(0)
+        self.count = 0
+        self._rest = np.empty(0, dtype=np.float32)
+
+    def update(self, values: np.ndarray) -> None:
+        """Add the next float32 values (any shape, taken in C order)."""
+        flat = values.reshape(-1)
+        if self._rest.size:
+            flat = np.concatenate([self._rest, flat])
+        buffer = np.getbufsize()
+        full = flat.size - flat.size % buffer
+        if full:
+            sums = np.add.reduce(flat[:full].reshape(-1, buffer), axis=1)  # each buffer pairwise
+            self.total = np.cumsum(np.concatenate([[self.total], sums]), dtype=np.float32)[-1]  # one by one
+        self._rest = flat[full:].copy()
+        self.count += values.size
+
+    def mean(self) -> np.float32:
+        """``sum / count`` as ``ndarray.mean`` rounds it (float64 division, then float32)."""
+        total = self.total + np.add.reduce(self._rest) if self._rest.size else self.total
+        return np.float32(np.float64(total) / self.count) if self.count else np.float32(0)
+
+
 def _refuse_non_finite(source: VolumeSource, values: np.ndarray, region: tuple[slice, slice, slice]) -> None:
     """Raise ValueError naming the slice file (or the volume and plane) of the first NaN/inf voxel."""
     z = region[0].start + int(np.flatnonzero(~np.isfinite(values).all(axis=(1, 2)))[0])
@@ -243,12 +275,12 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
                              max_voxels: int = 2**24, progress: bool = True) -> dict:
     """Intensity statistics and non-zero bounding box of a volume, streamed region by region.
 
-    The statistics are those ``ZScoreNormalization`` (no mask) computes on the cropped case: mean
-    and population std per channel over the non-zero bounding box. Integer channels of <= 16 bits
-    (the light-sheet case) are counted into an exact histogram: one read of the volume, no float
-    copies, and the zeros outside the box are subtracted afterwards. Other dtypes use
-    :class:`RunningMoments` (float64) and a second pass over the box when it is smaller than the volume.
-    A region without zeros needs no bounding-box search (it lies inside the box entirely).
+    The statistics are those ``ZScoreNormalization`` (no mask) computes on the cropped case, to the
+    bit: float32 mean and population std per channel over the non-zero bounding box, summed in the
+    order numpy sums the array nnU-Net holds (:class:`_NumpyFloat32Sum`). Reads: one pass finds the
+    box and sums the whole volume (that sum is the mean when the box is the whole volume), a pass over
+    the box sums the squared deviations from the float32 mean as ``ndarray.std`` does; a volume with
+    zero borders needs one more pass for the mean of the box alone.
 
     Parameters
     ----------
@@ -270,23 +302,17 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
     shape = sources[0].shape
     lo, hi = [None] * 3, [None] * 3
     measure = intensity_stats is None
-    histograms = [ExactHistogram(s.dtype) if measure and ExactHistogram.handles(s.dtype) else None for s in sources]
-    moments = [RunningMoments() if measure and h is None else None for h in histograms]
+    sums = [_NumpyFloat32Sum() if measure else None for _ in sources]
     regions = list(_row_regions(shape, max_voxels))
     for region in tqdm(regions, desc="statistics", disable=not progress, leave=False):
         arrays = [s.read(region) for s in sources]
         for s, a in zip(sources, arrays):
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 _refuse_non_finite(s, a, region)
-        has_zero = False
-        for a, h, m in zip(arrays, histograms, moments):
-            if h is not None:
-                has_zero = has_zero or bool(h.update(a)[0])
-            else:
-                if m is not None:
-                    m.update(a)
-                has_zero = has_zero or not bool(a.all())
-        if not has_zero:  # every voxel non-zero: the region extends the box by its own extent
+        for a, total in zip(arrays, sums):
+            if total is not None:
+                total.update(a.astype(np.float32))  # nnU-Net casts the case to float32 first
+        if all(a.all() for a in arrays):  # every voxel non-zero: the region extends the box by its own extent
             extents = [(r.start, r.stop) for r in region]
         else:
             nonzero = arrays[0] != 0
@@ -306,22 +332,26 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
     if not measure:
         return {"mean": [float(m) for m, _ in intensity_stats], "std": [float(s) for _, s in intensity_stats],
                 "bbox": bbox, "source": "given"}
-    outside = 0 if bbox is None else math.prod(shape) - math.prod(b - a for a, b in bbox)
+    if bbox is None:  # all zero: nothing to normalise, nothing predicted
+        return {"mean": [0.0] * len(sources), "std": [0.0] * len(sources), "bbox": None, "source": "measured"}
+    box_regions = [tuple(slice(r.start + a, r.stop + a) for r, (a, _) in zip(region, bbox))
+                   for region in _row_regions([b - a for a, b in bbox], max_voxels)]  # C order of the box
     means, stds = [], []
-    for c, (s, h) in enumerate(zip(sources, histograms)):
-        if h is not None:
+    for s, total in zip(sources, sums):
+        if math.prod(b - a for a, b in bbox) < math.prod(shape):
             # nnU-Net crops to the non-zero box before normalising: the zeros outside it do not count
-            mean, std = h.moments(zeros_to_remove=outside)
-        else:
-            m = moments[c]
-            if outside:
-                m = RunningMoments()
-                box_shape = [b - a for a, b in bbox]
-                for region in _row_regions(box_shape, max_voxels):
-                    m.update(s.read(tuple(slice(r.start + a, r.stop + a) for r, (a, _) in zip(region, bbox))))
-            mean, std = m.mean, m.std
+            total = _NumpyFloat32Sum()
+            for region in tqdm(box_regions, desc="statistics (mean)", disable=not progress, leave=False):
+                total.update(s.read(region).astype(np.float32))
+        mean = total.mean()
+        squares = _NumpyFloat32Sum()
+        for region in tqdm(box_regions, desc="statistics (std)", disable=not progress, leave=False):
+            deviation = s.read(region).astype(np.float32)
+            deviation -= mean
+            deviation *= deviation
+            squares.update(deviation)
         means.append(float(mean))
-        stds.append(float(std))
+        stds.append(float(np.sqrt(squares.mean())))  # float32 square root, as ndarray.std
     return {"mean": means, "std": stds, "bbox": bbox, "source": "measured"}
 
 
