@@ -57,8 +57,8 @@ def bound_loop(folder: Path, out: Path, chunks, blocks, nthreads: int, codec: st
     import blosc2
     import tifffile
 
-    from nnunetv2_selma.dataset_conversion.ingest import DEFAULT_CLEVEL, DEFAULT_CODEC, _cparams
     from nnunetv2_selma.io import list_slice_files
+    from nnunetv2_selma.store.ingest import DEFAULT_CLEVEL, DEFAULT_CODEC, _cparams
 
     t0 = time.perf_counter()
     files = list_slice_files(folder)
@@ -93,7 +93,7 @@ def child_ingest(download: Path, store: Path, np_: int, chunks, blocks) -> dict:
         "import json,resource,time,sys;"
         # imports before the clock, as in the bound loop's process (blosc2 costs 0.2-0.5 s to import)
         "import blosc2,tifffile;"
-        "from nnunetv2_selma.dataset_conversion.ingest import ingest_store;"
+        "from nnunetv2_selma.store.ingest import ingest_store;"
         "t=time.perf_counter();"
         f"r=ingest_store({str(download)!r},{str(store)!r},num_processes={np_},chunks={tuple(chunks)},"
         f"blocks={tuple(blocks)},progress=False);"
@@ -123,8 +123,8 @@ def link_subset(src: Path, dst: Path, z0: int, z1: int) -> None:
 def main() -> None:
     import blosc2
 
-    from nnunetv2_selma.dataset_conversion.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS
-    from nnunetv2_selma.pretraining import PretrainingStore
+    from nnunetv2_selma.store import PretrainingStore
+    from nnunetv2_selma.store.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--depth", type=int, default=512)
@@ -147,7 +147,7 @@ def main() -> None:
 
     # -- chunk / block candidates -----------------------------------------------------------
     if not args.skip_candidates:
-        from nnunetv2_selma.dataset_conversion.ingest import DEFAULT_CLEVEL, DEFAULT_CODEC
+        from nnunetv2_selma.store.ingest import DEFAULT_CLEVEL, DEFAULT_CODEC
 
         default = (DEFAULT_CODEC, DEFAULT_CLEVEL)
         candidates = [((64, 256, 256), (16, 64, 64), default), ((64, 128, 128), (32, 32, 32), default),

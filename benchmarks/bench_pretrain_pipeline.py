@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def make_store(work: Path, shape: tuple[int, int, int]) -> Path:
-    from nnunetv2_selma.dataset_conversion.ingest import ingest_store
+    from nnunetv2_selma.store.ingest import ingest_store
     from nnunetv2_selma.synthetic.download import write_unannotated_volume
 
     store = work / "store"

@@ -21,7 +21,8 @@ Where the statistics come from:
 * pretraining patch: the patch itself (a sampled patch plays the role of a case; its size is
   that of the SELMA3D fine-tuning patches);
 * whole-volume inference: the whole volume, gathered by a streaming pass
-  (:mod:`nnunetv2_selma.volumes.moments`), which is what nnU-Net would compute if it could hold the volume.
+  (``inference.whole_volume.gather_volume_statistics``), which is what nnU-Net would compute if it
+  could hold the volume.
 """
 
 from __future__ import annotations

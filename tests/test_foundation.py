@@ -235,7 +235,7 @@ def test_export_to_nnssl_and_back(openmind, tmp_path):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from nnunetv2_selma.dataset_conversion.ingest import ingest_store
+    from nnunetv2_selma.store.ingest import ingest_store
     from nnunetv2_selma.synthetic.download import write_unannotated_volume
 
     root = tmp_path_factory.mktemp("foundation_store")

@@ -57,7 +57,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from nnunetv2_selma.dataset_conversion.ingest import ingest_store
+    from nnunetv2_selma.store.ingest import ingest_store
     from nnunetv2_selma.synthetic.download import write_unannotated_volume
 
     root = tmp_path_factory.mktemp("ssl_store")

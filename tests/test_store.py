@@ -1,4 +1,4 @@
-"""Streaming pretraining store: ingest (discovery, bad input, resume) and the reader API."""
+"""The pretraining store (``store/``): ingest (discovery, bad input, resume), the format's checks and the reader API."""
 
 from __future__ import annotations
 
@@ -18,16 +18,11 @@ import pytest
 import tifffile
 
 from nnunetv2_selma.cli.ingest import main as ingest_main
-from nnunetv2_selma.dataset_conversion.ingest import (
-    MANIFEST_NAME,
-    find_volume_sources,
-    ingest_store,
-    load_manifest,
-    verify_volume,
-)
 from nnunetv2_selma.io import write_image
 from nnunetv2_selma.normalization import normalize_image
-from nnunetv2_selma.pretraining import PretrainingStore, normalize_patch
+from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest, verify_volume
+from nnunetv2_selma.store.ingest import DEFAULT_CHUNKS, find_volume_sources, ingest_store
+from nnunetv2_selma.store.reader import PretrainingStore, normalize_patch
 
 
 def _tissue_volume(shape, dtype=np.uint16, seed=0, offset=0) -> np.ndarray:
@@ -310,7 +305,9 @@ def test_resume_keeps_verified_and_redoes_broken(download, store, tmp_path):
     assert s.fingerprint == PretrainingStore(store).fingerprint
 
 
-def test_kill_at_any_moment_then_rerun_finishes(tmp_path):
+def test_kill_mid_ingest_then_rerun_equals_an_uninterrupted_store(tmp_path):
+    """SIGKILL while a volume is half written (its ``.partial`` file exists and the process is still
+    running), then a rerun: the store equals one ingested without interruption."""
     root = tmp_path / "dl" / "unannotated_vessel"
     vols = {f"vessel/s{i}/C00": _tissue_volume((128, 96, 96), seed=10 + i) for i in range(4)}
     for name, vol in vols.items():
@@ -318,21 +315,46 @@ def test_kill_at_any_moment_then_rerun_finishes(tmp_path):
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "nnunetv2_selma.cli.ingest", "-i", str(tmp_path / "dl"), "-o", str(store)]
     proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not (store / "volumes").exists() and time.time() < deadline:  # kill mid-way through a volume
-        time.sleep(0.05)
-    time.sleep(0.3)
+    deadline = time.time() + 120
+    while not list(store.glob("volumes/**/*.partial")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    # the first volume is being written and three more wait: the job cannot have finished yet
+    assert proc.poll() is None, "ingest finished (or died) before it could be killed mid-volume"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed, not finished on its own
     if (store / MANIFEST_NAME).exists():
-        for entry in load_manifest(store)["volumes"].values():  # nothing corrupt is ever listed
+        listed = load_manifest(store)["volumes"]
+        assert len(listed) < len(vols)  # the kill interrupted the job
+        for entry in listed.values():  # nothing corrupt is ever listed
             assert verify_volume(store, entry) is None
     assert subprocess.run(cmd, env=os.environ.copy(), capture_output=True).returncode == 0
-    s = PretrainingStore(store)
-    assert sorted(v.name for v in s.volumes) == sorted(vols)
+    assert not list((store / "volumes").rglob("*.partial*"))
+    uninterrupted = tmp_path / "store_uninterrupted"
+    assert ingest_store(tmp_path / "dl", uninterrupted, progress=False).ok
+    s, ref = PretrainingStore(store), PretrainingStore(uninterrupted)
+    assert s.fingerprint == ref.fingerprint  # same arrays (CRC32), statistics, masks' factors
     for name, vol in vols.items():
         np.testing.assert_array_equal(s.read_patch(name, (0, 0, 0), vol.shape), vol)
-    assert not list((store / "volumes").rglob("*.partial*"))
+        np.testing.assert_array_equal(s.tissue_mask(name), ref.tissue_mask(name))
+
+
+def test_ome_zarr_volumes_are_ingested_and_kept_on_rerun(tmp_path):
+    pytest.importorskip("zarr")
+    from test_volumes import write_ome_zarr
+
+    root = tmp_path / "dl" / "unannotated_cfos"
+    vols = {"cfos/s1/C00": _tissue_volume((70, 40, 44), seed=31), "cfos/s2/C00": _tissue_volume((20, 24, 28), seed=32)}
+    (root / "s1").mkdir(parents=True)
+    write_ome_zarr(root / "s1" / "C00.ome.zarr", vols["cfos/s1/C00"])  # a channel of a sample folder
+    write_ome_zarr(root / "s2.zarr", vols["cfos/s2/C00"])  # a sample, channel C00
+    assert [(s.name, s.kind) for s in find_volume_sources(tmp_path / "dl")] == [(n, "file") for n in sorted(vols)]
+    report = ingest_store(tmp_path / "dl", tmp_path / "store", progress=False)
+    assert report.ok, report.failed
+    s = PretrainingStore(tmp_path / "store")
+    for name, vol in vols.items():
+        np.testing.assert_array_equal(s.read_patch(name, (0, 0, 0), vol.shape), vol)
+    again = ingest_store(tmp_path / "dl", tmp_path / "store", progress=False)
+    assert sorted(again.kept) == sorted(vols) and not again.written
 
 
 # ------------------------------------------------------------------------------------------ slab pipeline
@@ -342,8 +364,6 @@ def test_slab_buffers_are_reused_correctly_and_errors_late_in_a_series_stop_clea
     slice in the third slab fails that volume with its name, and no reader process is left."""
     import multiprocessing
     import zlib
-
-    from nnunetv2_selma.dataset_conversion.ingest import otsu_threshold
 
     root = tmp_path / "dl" / "unannotated_vessel"
     deep = _tissue_volume((150, 24, 20), seed=21)  # slabs 0-63, 64-127, 128-149
@@ -367,10 +387,7 @@ def test_slab_buffers_are_reused_correctly_and_errors_late_in_a_series_stop_clea
     assert s.volume("vessel/deep/C00").stats == s.volume("vessel/stack/C00").stats
     np.testing.assert_array_equal(s.tissue_mask("vessel/deep/C00"), s.tissue_mask("vessel/stack/C00"))
     assert not list((tmp_path / "store" / "volumes").rglob("*.partial*"))
-    # the numpy Otsu is scikit-image's
-    from skimage.filters import threshold_otsu
+    # inference computes its tissue masks with the store's slab depth, so the two masks agree
+    from nnunetv2_selma.volumes.tissue import DEFAULT_CHUNK_Z
 
-    rng = np.random.default_rng(0)
-    for x in (np.concatenate([rng.normal(100, 10, 5000), rng.normal(1500, 200, 3000)]), rng.random(7)):
-        assert otsu_threshold(x) == pytest.approx(threshold_otsu(x))
-    assert otsu_threshold(np.full(4, 3.0)) == 3.0
+    assert DEFAULT_CHUNK_Z == DEFAULT_CHUNKS[0]

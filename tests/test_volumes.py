@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from nnunetv2_selma.io import write_image
-from nnunetv2_selma.volumes import ExactHistogram, RunningMoments, create_mask_writer, open_volume
+from nnunetv2_selma.volumes import ExactHistogram, create_mask_writer, open_volume
 from nnunetv2_selma.volumes.tissue import low_resolution_tissue_mask
 
 
@@ -116,14 +116,6 @@ def test_exact_histogram_equals_numpy(dtype):
     assert h.moments(zeros_to_remove=300) == pytest.approx((kept.mean(), kept.std()), rel=1e-12)
     with pytest.raises(ValueError, match="float32"):
         ExactHistogram(np.float32)
-
-
-def test_running_moments_do_not_depend_on_the_cut():
-    values = np.random.default_rng(2).normal(1e4, 3.0, 10_000)
-    m = RunningMoments()
-    for piece in np.array_split(values, 7):
-        m.update(piece)
-    assert m.count == values.size and m.mean == pytest.approx(values.mean()) and m.std == pytest.approx(values.std())
 
 
 def test_tissue_mask_is_the_same_from_every_kind(tmp_path):

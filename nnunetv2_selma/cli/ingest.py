@@ -10,11 +10,11 @@ from nnunetv2_selma.cli._args import add_debug_flag, cli_command, positive_int
 
 @cli_command
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run :func:`nnunetv2_selma.dataset_conversion.ingest.ingest_store`.
+    """Parse arguments and run :func:`nnunetv2_selma.store.ingest.ingest_store`.
 
     Returns 0, or 1 when any volume failed (each failure is printed with its file and reason).
     """
-    from nnunetv2_selma.dataset_conversion.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS, ingest_store
+    from nnunetv2_selma.store.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS, ingest_store
 
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_selma_ingest",

@@ -1,12 +1,11 @@
-"""Self-supervised pretraining: the streaming volume store reader, samplers, SSL methods, the loop.
+"""Self-supervised pretraining: samplers, SSL methods, the loop. Patches come from the pretraining store
+(:mod:`nnunetv2_selma.store`, through its reader only).
 
 The pretraining names (``pretrain``, ``PretrainingSchedule``, ``get_method``...) are imported
-lazily on first access, so importing the store (e.g. in ingest workers) does not import torch.
+lazily on first access, so importing this package does not import torch.
 """
 
 from importlib import import_module
-
-from nnunetv2_selma.pretraining.store import PretrainingStore, StoreVolume, normalize_patch
 
 #: lazily exported name -> submodule that defines it
 _LAZY = {
@@ -25,7 +24,7 @@ _LAZY = {
     "benchmark_pretraining": "benchmark",
 }
 
-__all__ = ["PretrainingStore", "StoreVolume", "normalize_patch", *_LAZY]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str):

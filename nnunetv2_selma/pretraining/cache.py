@@ -129,9 +129,9 @@ def get_or_pretrain(
     -------
     Path of ``<cache_root>/<key>/checkpoint_final.pth``.
     """
-    from nnunetv2_selma.pretraining.data import _open_store
+    from nnunetv2_selma.store.reader import open_store
 
-    store = _open_store(store)
+    store = open_store(store)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     parts = cache_key_parts(plans, configuration, store.fingerprint, method, schedule, init)
     key = _key_of(parts)  # the same key as pretraining_cache_key, without parsing the plans again

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nnunetv2_selma.normalization import normalize_image
 from nnunetv2_selma.pretraining.methods import PretrainingMethod
+from nnunetv2_selma.store.reader import open_store
 
 
 def light_augmentation(ndim: int = 3) -> ComposeTransforms:
@@ -59,14 +59,6 @@ def _seeded(transform: ComposeTransforms, image: torch.Tensor, seed: int) -> tor
             return transform(image=image)["image"]
     finally:
         np.random.set_state(numpy_state)
-
-
-def _open_store(store: Any):
-    if isinstance(store, (str, os.PathLike)):
-        from nnunetv2_selma.pretraining.store import PretrainingStore
-
-        return PretrainingStore(Path(store))
-    return store
 
 
 def sample_batch(
@@ -158,7 +150,7 @@ class PretrainingBatches(IterableDataset):
     def batch(self, iteration: int) -> dict[str, np.ndarray]:
         """The batch of a given iteration (deterministic)."""
         rng = np.random.default_rng([self.seed, self.rank, int(iteration)])
-        store = _open_store(self.store)
+        store = open_store(self.store)
         images = sample_batch(store, self.patch_size, self.batch_size, rng, self.structures, self.augment)
         batch = self.method.make_batch(images, rng)
         batch["iteration"] = np.asarray(iteration, dtype=np.int64)
@@ -168,7 +160,7 @@ class PretrainingBatches(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         # open the store once per worker process
-        self.store = _open_store(self.store)
+        self.store = open_store(self.store)
         iteration = self.start_iteration + worker
         while True:
             yield self.batch(iteration)

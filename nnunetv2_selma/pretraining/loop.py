@@ -469,7 +469,7 @@ def pretrain(
     -------
     Path of ``checkpoint_final.pth`` (``{"network_weights": ..., "selma": metadata}``).
     """
-    from nnunetv2_selma.pretraining.data import _open_store
+    from nnunetv2_selma.store.reader import open_store
 
     method = method if method is not None else get_method("mae")
     schedule = schedule if schedule is not None else PretrainingSchedule()
@@ -487,7 +487,7 @@ def pretrain(
     manager, config = read_plans_configuration(plans_arg, configuration)
     architecture = config.configuration["architecture"]
     init_meta = _check_init(init, plans_arg, configuration, method, architecture) if init is not None else None
-    store_obj = _open_store(store)
+    store_obj = open_store(store)
     if not store_obj.volumes:
         raise ValueError(f"pretraining store {store} holds no volumes; run nnUNetv2_selma_ingest first")
     if hasattr(store_obj, "check_files"):

@@ -5,16 +5,16 @@ streaming statistics and the low-resolution tissue mask.
   ``dtype``, ``geometry``, ``read(region)``, ``read_planes(z0, z1, out)``) for TIFF-slice folders,
   3D TIFF, NIfTI, MHA/NRRD, ``.b2nd`` and OME-Zarr;
 * :mod:`~nnunetv2_selma.volumes.writers`: :func:`create_mask_writer` -> :class:`MaskWriter`;
-* :mod:`~nnunetv2_selma.volumes.moments`: :class:`ExactHistogram` (<= 16-bit integers) and
-  :class:`RunningMoments` (other dtypes);
+* :mod:`~nnunetv2_selma.volumes.moments`: :class:`ExactHistogram` (exact moments and percentiles of
+  <= 16-bit integer images);
 * :mod:`~nnunetv2_selma.volumes.tissue`: :func:`low_resolution_tissue_mask` and the tissue statistics.
 
 Everything above (store, inference, submission) imports these; nothing here imports them.
 """
 
-from nnunetv2_selma.volumes.moments import ExactHistogram, RunningMoments
+from nnunetv2_selma.volumes.moments import ExactHistogram
 from nnunetv2_selma.volumes.readers import SUPPORTED_INPUTS, VolumeSource, open_volume, volume_kind
 from nnunetv2_selma.volumes.writers import SUPPORTED_OUTPUTS, MaskWriter, create_mask_writer
 
-__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter", "RunningMoments",
+__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter",
            "VolumeSource", "create_mask_writer", "open_volume", "volume_kind"]

@@ -1,12 +1,10 @@
-"""Intensity moments and percentiles of volumes streamed in pieces (slabs, blocks, sub-grids).
+"""Exact intensity moments and percentiles of integer volumes streamed in pieces (slabs, sub-grids).
 
-One implementation for every streaming pass (whole-volume inference statistics, the pretraining
-store's tissue statistics):
-
-* :class:`ExactHistogram` for integer images of at most 16 bits (the light-sheet case): one
-  ``np.bincount`` per piece, exact integer sums, so the mean and std are exact to float64 rounding
-  and percentiles need no sample;
-* :class:`RunningMoments` for other dtypes: Chan et al.'s pairwise update in float64.
+:class:`ExactHistogram` counts integer images of at most 16 bits (the light-sheet case): one
+``np.bincount`` per piece, exact integer sums, so the mean and std are exact to float64 rounding
+and percentiles need no sample. The pretraining store's tissue statistics use it. Whole-volume
+inference does not: it must reproduce nnU-Net's float32 arithmetic to the bit, not the exact value
+(``inference.whole_volume.gather_volume_statistics``).
 """
 
 from __future__ import annotations
@@ -89,40 +87,3 @@ class ExactHistogram:
         cdf = np.cumsum(counts)
         n = cdf[-1]
         return [float(values[np.searchsorted(cdf, q / 100.0 * n)]) for q in qs]
-
-
-class RunningMoments:
-    """Mean and standard deviation of a volume streamed in pieces (slabs, blocks).
-
-    Uses Chan et al.'s pairwise update in float64, so the result does not depend on how the
-    volume was cut and stays accurate over 10^12 voxels.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = 0.0
-        self._m2 = 0.0
-
-    def update(self, values: np.ndarray) -> None:
-        """Add the voxels of ``values`` (any shape) to the running statistics."""
-        values = np.asarray(values, dtype=np.float64)
-        n = values.size
-        if n == 0:
-            return
-        if np.isnan(values).any():
-            raise ValueError("RunningMoments.update: found NaN voxels; expected finite intensities")
-        m = float(values.mean())
-        m2 = float(((values - m) ** 2).sum())
-        total = self.count + n
-        delta = m - self.mean
-        self.mean += delta * n / total
-        self._m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation (``numpy.std`` with ``ddof=0``)."""
-        return float(np.sqrt(self._m2 / self.count)) if self.count else 0.0
-
-    def as_dict(self) -> dict:
-        return {"count": self.count, "mean": self.mean, "std": self.std}

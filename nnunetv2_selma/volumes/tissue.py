@@ -131,7 +131,7 @@ class TissueStats:
         return out
 
 
-def _tissue_threshold(reader, factors) -> float:
+def tissue_threshold(reader, factors) -> float:
     """Otsu threshold of 2D block means on a few evenly spaced slices (the whole volume's tissue
     threshold, known before the statistics of the first slab are taken)."""
     z = reader.shape[0]
@@ -164,7 +164,7 @@ def low_resolution_tissue_mask(reader, chunk_z: int = DEFAULT_CHUNK_Z) -> tuple[
     ``predict_large --tissue-mask auto`` uses it on its input.
     """
     factors = mask_factors(tuple(reader.shape), chunk_z)
-    threshold = _tissue_threshold(reader, factors)
+    threshold = tissue_threshold(reader, factors)
     stats = TissueStats(tuple(reader.shape), reader.dtype, factors, threshold)
     for z0 in range(0, reader.shape[0], factors[0]):
         stats.update(_read_planes(reader, z0, min(reader.shape[0], z0 + factors[0])), z0)

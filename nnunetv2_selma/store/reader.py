@@ -1,4 +1,5 @@
-"""Reader of the pretraining store written by ``nnunetv2_selma.dataset_conversion.ingest``.
+"""Reader of the pretraining store written by :mod:`nnunetv2_selma.store.ingest`; the format is in
+:mod:`nnunetv2_selma.store.format`.
 
 A store is a folder with ``manifest.json`` (versioned), one blosc2 array per channel volume and
 a low-resolution boolean tissue mask beside each. :class:`PretrainingStore` lists the volumes,
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nnunetv2_selma.dataset_conversion.ingest import MANIFEST_NAME, load_manifest
 from nnunetv2_selma.normalization import normalize_image
+from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest
 
 
 @dataclass(frozen=True)
@@ -224,3 +227,11 @@ class PretrainingStore:
     def normalize(self, patch: np.ndarray) -> np.ndarray:
         """Same as :func:`normalize_patch`."""
         return normalize_patch(patch)
+
+
+def open_store(store: Any) -> Any:
+    """A :class:`PretrainingStore` for a path (str or ``os.PathLike``); anything else (an open store, or an
+    object with the same methods, as tests pass) is returned as is."""
+    if isinstance(store, (str, os.PathLike)):
+        return PretrainingStore(Path(store))
+    return store
