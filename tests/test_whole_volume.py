@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from nnunetv2_selma.inference.volume_io import open_volume
 from nnunetv2_selma.inference.whole_volume import (
     compute_tile_starts,
     gather_volume_statistics,
@@ -23,6 +22,7 @@ from nnunetv2_selma.inference.whole_volume import (
 )
 from nnunetv2_selma.io import SliceSeries, read_image
 from nnunetv2_selma.normalization import image_statistics
+from nnunetv2_selma.volumes import open_volume
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_factory import make_model_folder  # noqa: E402
