@@ -291,6 +291,13 @@ class Study:
                 "fold": fold, "trainer": self.prof.trainer, "finetune_seconds": round(seconds, 1),
                 "model_folder": str(model)}
 
+    def run_order(self) -> list:
+        """Label counts in the order runs are made: the two ends the target names (the fewest labels,
+        then every label) before the middle, so a study stopped early holds both."""
+        ks = list(self.prof.ks)
+        ends = [k for k in ks[:2] if k != "all"] + [k for k in ks if k == "all"]
+        return ends + [k for k in ks if k not in ends]
+
     def collect(self) -> tuple[list[dict], int]:
         """Rows of the runs finished so far (no new run) and the number of runs the study has in all."""
         rows, total = [], 0
@@ -312,9 +319,9 @@ class Study:
         with ThreadPoolExecutor(self.jobs) as pool:
             # FIFO: pretraining first, so a thread only ever waits on a pretraining job another thread has
             # already started; then fine-tuning by label count, seed, structure, arm: a study stopped early
-            # (it resumes) holds complete pairs at the smallest k first
+            # (it resumes) holds complete pairs at the smallest k first (then k = all, see run_order)
             checkpoints = {(a, s): pool.submit(self.pretrain, a, s) for s in range(self.seeds) for a in pretrained_arms}
-            for k in self.prof.ks:
+            for k in self.run_order():
                 for s in range(self.seeds):
                     for structure in self.prof.structures:
                         for arm in self.arms:
