@@ -123,8 +123,7 @@ class Study:
                     "nnUNet_results": str(work / "nnUNet_results_unused"),
                     "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1" if jobs > 1 else "2"),
                     "nnUNet_def_n_proc": "2", "nnUNet_compile": "false" if prof.device == "cpu" else "true",
-                    # OpenMP threads that sleep instead of spinning: a CPU shared with other work ran the
-                    # pretraining up to 20x slower with spinning threads (measured, see RESULTS.md)
+                    # OpenMP threads that wait asleep, not spinning, on a CPU shared with other work
                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                     "nnUNet_extTrainer": os.pathsep.join(
                         p for p in (str(shim_folder()), os.environ.get("nnUNet_extTrainer")) if p)}
