@@ -69,7 +69,12 @@ ARMS: dict[str, list[str] | None] = {
     # one suspect at a time
     "mae_dense_norm": ["--method", "mae", "--dense-norm"],
     "mae_block16": ["--method", "mae", "--block-size", "16"],
+    # the mae arm's own checkpoints, written as nnssl checkpoints (nnUNetv2_selma_export_checkpoint): from
+    # those the fine-tuning loads stem and encoder only, the decoder starts at random
+    "mae_encoder": ["--method", "mae"],
 }
+#: arm -> the arm whose pretraining it reuses, exported in nnssl format (encoder only is loaded)
+ENCODER_ONLY = {"mae_encoder": "mae"}
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,14 @@ class Study:
 
     # -- stage 3: pretraining ------------------------------------------------------------------
     def pretrain(self, arm: str, seed: int) -> Path:
+        if arm in ENCODER_ONLY:
+            source = self.pretrain(ENCODER_ONLY[arm], seed)
+            exported = self.work / "pretraining" / f"{arm}_seed{seed}" / "checkpoint_nnssl.pth"
+            if not exported.is_file():
+                exported.parent.mkdir(parents=True, exist_ok=True)
+                self.run(f"export__{arm}_seed{seed}", [self.script("nnUNetv2_selma_export_checkpoint"), "--format",
+                                                        "nnssl", str(source), str(exported)])
+            return exported
         out = self.work / "pretraining" / f"{arm}_seed{seed}"
         final = out / "checkpoint_final.pth"
         if final.is_file():
