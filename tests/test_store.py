@@ -149,6 +149,17 @@ def test_sample_patch_lands_in_tissue_and_is_reproducible(download, store):
     assert patch.shape == (64, 64, 64) and start == (0, 0, 0)  # smaller volume: zero-padded
     with pytest.raises(ValueError, match="no volume of structure"):
         s.sample_patch((8, 8, 8), np.random.default_rng(0), structures=["microglia"])
+    # the first draw of a fresh reader loads the drawn volume's tissue mask only (weights from the manifest),
+    # and draws what a reader that loaded every mask draws
+    lazy = PretrainingStore(store)
+    first = lazy.sample_patch((8, 8, 8), np.random.default_rng(3))
+    assert list(lazy._tissue) == [first[1]]
+    for entry in s._entries.values():
+        assert entry["tissue_blocks"] == s._tissue_index(entry["name"]).size
+    eager = PretrainingStore(store)
+    eager._entries = {k: {f: v for f, v in e.items() if f != "tissue_blocks"} for k, e in eager._entries.items()}
+    again = eager.sample_patch((8, 8, 8), np.random.default_rng(3))
+    assert again[1:] == first[1:] and len(eager._tissue) == len(eager._entries)
 
 
 def test_pickle_is_cheap_and_works(store):

@@ -340,7 +340,8 @@ def ingest_volume(source: UnannotatedVolume, store: str | Path, chunks: tuple[in
     crc, stats = slabs.crc, slabs.stats
     nchunks, cbytes = int(out.schunk.nchunks), int(out.schunk.cbytes)
     del out
-    np.save(tmp_mask, stats.mask())
+    tissue = stats.mask()
+    np.save(tmp_mask, tissue)
     os.replace(tmp_mask, mask_path)
     os.replace(tmp_array, array_path)
     store = Path(store)
@@ -353,6 +354,9 @@ def ingest_volume(source: UnannotatedVolume, store: str | Path, chunks: tuple[in
         "nbytes": int(np.prod(shape)) * dtype.itemsize, "cbytes": cbytes,
         "file": array_path.relative_to(store).as_posix(), "tissue_mask": mask_path.relative_to(store).as_posix(),
         "mask_factors": list(factors), "stats": stats.stats(), "seconds": time.perf_counter() - t0,
+        # blocks a patch centre is drawn from (every block when none is tissue): the reader weighs
+        # volumes by it without loading every tissue mask first
+        "tissue_blocks": int(tissue.sum()) if tissue.any() else int(tissue.size),
     }
 
 

@@ -210,7 +210,9 @@ class PretrainingStore:
         """
         size = tuple(int(s) for s in size)
         names = [v.name for v in self.eligible(structures)]
-        counts = np.array([self._tissue_index(n).size for n in names], dtype=np.float64)
+        # the manifest's tissue_blocks where ingest recorded it: the first draw loads one mask, not all
+        counts = np.array([self._entries[n]["tissue_blocks"] if "tissue_blocks" in self._entries[n]
+                           else self._tissue_index(n).size for n in names], dtype=np.float64)
         name = names[int(rng.choice(len(names), p=counts / counts.sum()))]
         idx = self._tissue_index(name)
         block = np.unravel_index(int(idx[rng.integers(idx.size)]), self.tissue_mask(name).shape)
