@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from nnunetv2_selma.io import write_atomic
 from nnunetv2_selma.pretraining.loop import FINAL, LATEST, PretrainingSchedule, pretrain
 from nnunetv2_selma.pretraining.methods import PretrainingMethod
 
@@ -152,8 +153,8 @@ def get_or_pretrain(
                 log(f"reusing cached pretraining checkpoint {final} (key {key}), made while waiting")
                 return final
             folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "cache_key.json", "w") as f:
-                json.dump({"key": key, **parts}, f, indent=2, default=str)
+            record = {"key": key, **parts}
+            write_atomic(folder / "cache_key.json", lambda f: json.dump(record, f, indent=2, default=str))
             resume = (folder / LATEST).is_file()
             log(f"pretraining into cache {folder} (key {key})" + (", resuming an interrupted run" if resume else ""))
             pretrain(store, plans, folder, method=method, schedule=schedule, configuration=configuration,

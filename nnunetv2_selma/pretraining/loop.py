@@ -44,6 +44,7 @@ from torch import multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from nnunetv2_selma.io import write_atomic
 from nnunetv2_selma.pretraining.data import PretrainingBatches, default_num_workers, make_loader
 from nnunetv2_selma.pretraining.methods import PretrainingMethod, get_method
 
@@ -500,9 +501,9 @@ def pretrain(
     meta = {"store": str(getattr(store_obj, "path", store)), "store_fingerprint": store_obj.fingerprint,
             "architecture": architecture, "plans_name": manager.plans.get("plans_name"), "init": init_meta,
             **(metadata or {})}
-    with open(out / "pretraining_config.json", "w") as f:
-        json.dump({"method": method.describe(), "schedule": schedule.to_dict(), "configuration": configuration,
-                   "num_processes": num_processes, "device": str(device), **meta}, f, indent=2, default=str)
+    config = {"method": method.describe(), "schedule": schedule.to_dict(), "configuration": configuration,
+              "num_processes": num_processes, "device": str(device), **meta}
+    write_atomic(out / "pretraining_config.json", lambda f: json.dump(config, f, indent=2, default=str))
     args = (store_obj, plans_arg, configuration, str(out), method.describe(), schedule, device.type,
             continue_training, show_progress, meta)
     if num_processes > 1:
