@@ -135,6 +135,7 @@ class Study:
         self.plans = f"nnUNetSelmaPlans_{prof.preset}"
         self.timings: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._pretraining_locks: dict[tuple[str, int], threading.Lock] = {}
 
     # -- running commands ---------------------------------------------------------------------
     def run(self, name: str, cmd: list[str], env: dict | None = None) -> float:
@@ -219,6 +220,13 @@ class Study:
 
     # -- stage 3: pretraining ------------------------------------------------------------------
     def pretrain(self, arm: str, seed: int) -> Path:
+        # one pretraining per (arm, seed) even when mae_encoder's job asks for mae's in another thread
+        with self._lock:
+            lock = self._pretraining_locks.setdefault((arm, seed), threading.Lock())
+        with lock:
+            return self._pretrain(arm, seed)
+
+    def _pretrain(self, arm: str, seed: int) -> Path:
         if arm in ENCODER_ONLY:
             source = self.pretrain(ENCODER_ONLY[arm], seed)
             exported = self.work / "pretraining" / f"{arm}_seed{seed}" / "checkpoint_nnssl.pth"
