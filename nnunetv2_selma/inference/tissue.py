@@ -3,7 +3,7 @@
 A network fine-tuned on patches inside the tissue never saw the outside of the sample (mounting
 medium, chamber walls, bright dust, reflections), and predicts false positives there. ``auto``
 computes the tissue mask exactly as ingest does for the pretraining store
-(:func:`~nnunetv2_selma.dataset_conversion.ingest.low_resolution_tissue_mask`: Otsu's threshold on
+(:func:`~nnunetv2_selma.volumes.tissue.low_resolution_tissue_mask`: Otsu's threshold on
 block means, one mask voxel per ``factors`` voxels, factors powers of two >= 8 keeping every mask
 side <= 256), as the union over the input channels, then dilates it by ``TISSUE_MARGIN_BLOCKS``
 mask voxel (26-connected), i.e. by ``factors`` voxels per axis (>= 8).
@@ -26,19 +26,6 @@ from nnunetv2_selma.volumes import VolumeSource, open_volume
 
 #: dilation of the automatic tissue mask, in mask voxels (each ``factors`` voxels per axis, >= 8)
 TISSUE_MARGIN_BLOCKS = 1
-
-
-class _PlaneReader:
-    """A :class:`VolumeSource` as ingest's readers see a volume: ``read(z0, z1)`` of whole planes."""
-
-    def __init__(self, source: VolumeSource) -> None:
-        self.source, self.shape, self.dtype = source, tuple(source.shape), np.dtype(source.dtype)
-
-    def read(self, z0: int, z1: int) -> np.ndarray:
-        return self.source.read((slice(z0, z1), slice(0, self.shape[1]), slice(0, self.shape[2])))
-
-    def where(self, z: int) -> str:
-        return str(self.source.series.files[z]) if self.source.kind == "slices" else f"{self.source.path} (z={z})"
 
 
 class TissueMask:
@@ -78,7 +65,7 @@ def auto_tissue_mask(sources: Sequence[VolumeSource], margin_blocks: int = TISSU
 
     low, factors, thresholds = None, None, []
     for source in sources:
-        mask, factors, threshold = low_resolution_tissue_mask(_PlaneReader(source))
+        mask, factors, threshold = low_resolution_tissue_mask(source)
         low = mask if low is None else low | mask
         thresholds.append(threshold)
     if margin_blocks > 0 and low.any():

@@ -26,13 +26,6 @@ THRESHOLD_SLICES = 8
 DEFAULT_CHUNK_Z = 64
 
 
-def _read_planes(reader, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
-    # inference/tissue.py still hands in a read(z0, z1) adapter; drop this fallback when it passes the reader
-    if hasattr(reader, "read_planes"):
-        return reader.read_planes(z0, z1, out=out)
-    return reader.read(z0, z1)
-
-
 def _pow2_at_least(n: float) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
@@ -139,7 +132,7 @@ def tissue_threshold(reader, factors) -> float:
     _, fy, fx = factors
     means = []
     for k in picks:
-        plane = _read_planes(reader, k, k + 1)[0]
+        plane = reader.read_planes(k, k + 1)[0]
         if plane.dtype.kind == "f" and np.isnan(plane).any():
             raise ValueError(f"{reader.where(k)}: found NaN voxels; expected finite intensities")
         sy, sx = max(1, fy // 4), max(1, fx // 4)
@@ -167,5 +160,5 @@ def low_resolution_tissue_mask(reader, chunk_z: int = DEFAULT_CHUNK_Z) -> tuple[
     threshold = tissue_threshold(reader, factors)
     stats = TissueStats(tuple(reader.shape), reader.dtype, factors, threshold)
     for z0 in range(0, reader.shape[0], factors[0]):
-        stats.update(_read_planes(reader, z0, min(reader.shape[0], z0 + factors[0])), z0)
+        stats.update(reader.read_planes(z0, min(reader.shape[0], z0 + factors[0])), z0)
     return stats.mask(), factors, threshold
