@@ -69,9 +69,14 @@ def patch_shape(subset: str, patch_scale: float) -> tuple[int, int, int]:
     """The (z, y, x) shape of a ``subset`` patch scaled by ``patch_scale`` (at least 16 per axis)."""
     if subset not in PATCH_SHAPES_2024:
         raise ValueError(f"unknown subset {subset!r}; expected one of {', '.join(PATCH_SHAPES_2024)}")
+    return _scaled(PATCH_SHAPES_2024[subset], patch_scale)
+
+
+def _scaled(shape: tuple[int, int, int], patch_scale: float) -> tuple[int, int, int]:
+    """``shape`` x ``patch_scale``, at least ``MIN_PATCH_EDGE`` per axis."""
     if patch_scale <= 0:
         raise ValueError(f"patch_scale must be > 0; got {patch_scale}")
-    return tuple(max(MIN_PATCH_EDGE, int(round(s * patch_scale))) for s in PATCH_SHAPES_2024[subset])
+    return tuple(max(MIN_PATCH_EDGE, int(round(s * patch_scale))) for s in shape)
 
 
 def encode_mask(mask: np.ndarray, encoding: tuple[int, ...]) -> np.ndarray:
@@ -241,12 +246,6 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
     return final
 
 
-def _edge(edge: int, patch_scale: float) -> tuple[int, int, int]:
-    if patch_scale <= 0:
-        raise ValueError(f"patch_scale must be > 0; got {patch_scale}")
-    return (max(MIN_PATCH_EDGE, int(round(edge * patch_scale))),) * 3
-
-
 def write_annotated_patches_2026(root: str | Path, cases_per_subset: int = DEFAULT_CASES_PER_SUBSET,
                                  patch_scale: float = 0.25, seed: int = 0, contrast: float = 1.0,
                                  first_number: int = 2301) -> dict[str, list[Path]]:
@@ -259,7 +258,7 @@ def write_annotated_patches_2026(root: str | Path, cases_per_subset: int = DEFAU
     images, masks = base / "images", base / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
-    shape, number, written = _edge(PATCH_EDGE_2026, patch_scale), first_number, {}
+    shape, number, written = _scaled((PATCH_EDGE_2026,) * 3, patch_scale), first_number, {}
     for s_index, (prefix, structure) in enumerate(SUBSETS_2026.items()):
         paths, panels = [], []
         for case in range(cases_per_subset):
@@ -287,7 +286,7 @@ def write_unannotated_patches_2026(root: str | Path, per_structure: int, patch_s
     """
     import tifffile
 
-    shape, written = _edge(UNANNOTATED_EDGE_2026, patch_scale), {}
+    shape, written = _scaled((UNANNOTATED_EDGE_2026,) * 3, patch_scale), {}
     for s_index, folder in enumerate(UNANNOTATED_STRUCTURES):
         structure = canonical_structure(folder)
         prefix = next(p for p, s in SUBSETS_2026.items() if s == structure)
