@@ -72,9 +72,14 @@ ARMS: dict[str, list[str] | None] = {
     # the mae arm's own checkpoints, written as nnssl checkpoints (nnUNetv2_selma_export_checkpoint): from
     # those the fine-tuning loads stem and encoder only, the decoder starts at random
     "mae_encoder": ["--method", "mae"],
+    # pretraining length: the profile's iterations times ARM_ITERATIONS, full load and encoder only
+    "mae_long": ["--method", "mae"],
+    "mae_long_encoder": ["--method", "mae"],
 }
 #: arm -> the arm whose pretraining it reuses, exported in nnssl format (encoder only is loaded)
-ENCODER_ONLY = {"mae_encoder": "mae"}
+ENCODER_ONLY = {"mae_encoder": "mae", "mae_long_encoder": "mae_long"}
+#: arm -> multiple of the profile's pretraining iterations (default 1)
+ARM_ITERATIONS = {"mae_long": 4}
 
 
 @dataclass(frozen=True)
@@ -240,11 +245,12 @@ class Study:
         if final.is_file():
             return final
         plans_file = self.pre / self.dataset_name(self.prof.structures[0]) / f"{self.plans}.json"
+        iterations = self.prof.pretrain_iterations * ARM_ITERATIONS.get(arm, 1)
         self.run(f"pretrain__{arm}_seed{seed}", [
             self.script("nnUNetv2_selma_pretrain"), "--store", str(self.store), "--plans", str(plans_file),
-            "-o", str(out), *ARMS[arm], "--iterations", str(self.prof.pretrain_iterations),
+            "-o", str(out), *ARMS[arm], "--iterations", str(iterations),
             "--batch-size", str(self.prof.pretrain_batch), "--seed", str(1000 + seed), "--device", self.prof.device,
-            "--checkpoint-every", str(max(1, self.prof.pretrain_iterations // 4)), "--no-progress", "--continue"])
+            "--checkpoint-every", str(max(1, iterations // 4)), "--no-progress", "--continue"])
         return final
 
     # -- stage 4-5: fine-tuning and scoring -----------------------------------------------------
