@@ -75,9 +75,13 @@ ARMS: dict[str, list[str] | None] = {
     # pretraining length: the profile's iterations times ARM_ITERATIONS, full load and encoder only
     "mae_long": ["--method", "mae"],
     "mae_long_encoder": ["--method", "mae"],
+    # the same, fine-tuned with the encoder at a tenth of the learning rate (ARM_TRAINER_SUFFIX)
+    "mae_long_encoder_slow": ["--method", "mae"],
 }
 #: arm -> the arm whose pretraining it reuses, exported in nnssl format (encoder only is loaded)
-ENCODER_ONLY = {"mae_encoder": "mae", "mae_long_encoder": "mae_long"}
+ENCODER_ONLY = {"mae_encoder": "mae", "mae_long_encoder": "mae_long", "mae_long_encoder_slow": "mae_long"}
+#: arm -> suffix of the profile's trainer it fine-tunes with (a variant in nnunetv2_selma.training.trainers)
+ARM_TRAINER_SUFFIX = {"mae_long_encoder_slow": "_encoderLR0p1"}
 #: arm -> multiple of the profile's pretraining iterations (default 1)
 ARM_ITERATIONS = {"mae_long": 4}
 
@@ -263,10 +267,11 @@ class Study:
         name = self.dataset_name(structure)
         fold = self.cases[structure]["folds"][(k_label(k), seed)]
         results = self.work / f"nnUNet_results_{arm}"
-        model = results / name / f"{self.prof.trainer}__{self.plans}__3d_fullres"
+        trainer = self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, "")
+        model = results / name / f"{trainer}__{self.plans}__3d_fullres"
         shutil.rmtree(model / f"fold_{fold}", ignore_errors=True)
         cmd = [self.script("nnUNetv2_train"), str(STRUCTURES[structure][1]), "3d_fullres", str(fold),
-               "-tr", self.prof.trainer, "-p", self.plans, "-device", self.prof.device]
+               "-tr", trainer, "-p", self.plans, "-device", self.prof.device]
         if weights is not None:
             cmd += ["-pretrained_weights", str(weights)]
         seconds = self.run(f"finetune__{run_id}", cmd, env={"nnUNet_results": str(results)})
@@ -277,7 +282,7 @@ class Study:
             pred_dir = model / f"fold_{fold}" / f"unseen_{target}"
             self.run(f"predict__{run_id}", [
                 self.script("nnUNetv2_predict"), "-i", str(self.test_input_folder(target)), "-o", str(pred_dir),
-                "-d", str(STRUCTURES[structure][1]), "-c", "3d_fullres", "-f", str(fold), "-tr", self.prof.trainer,
+                "-d", str(STRUCTURES[structure][1]), "-c", "3d_fullres", "-f", str(fold), "-tr", trainer,
                 "-p", self.plans, "-device", self.prof.device, "--disable_progress_bar", "-npp", "1", "-nps", "1",
                 *(["--disable_tta"] if self.prof.device == "cpu" else [])], env={"nnUNet_results": str(results)})
             rows.append(self.score(target, k, seed, arm, fold, model, pred_dir, structure, seconds))
@@ -317,7 +322,7 @@ class Study:
                 "tested_on": test, "k": k if k == "all" else int(k),
                 "n_train": len(self.cases[trained_on]["pool"]) if k == "all" else int(k),
                 "arm": arm, "seed": seed, "dice": float(np.mean(list(per_case.values()))), "per_case_dice": per_case,
-                "fold": fold, "trainer": self.prof.trainer, "finetune_seconds": round(seconds, 1),
+                "fold": fold, "trainer": self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, ""), "finetune_seconds": round(seconds, 1),
                 "model_folder": str(model)}
 
     def run_order(self) -> list:

@@ -195,6 +195,28 @@ def test_warmup_then_poly_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(lrs[10])
 
 
+def test_encoder_learning_rate_scale_groups_every_parameter_once(planned):
+    from nnunetv2_selma.training.trainers import nnUNetTrainerSelma, nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1
+
+    plans = {**json.loads(planned["plans"][521].read_text()), "continue_training": False}
+    dataset_json = json.loads((planned["raw"][521] / "dataset.json").read_text())
+    slow = nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1(plans, "3d_fullres", 3, dataset_json,
+                                                                device=torch.device("cpu"))
+    slow.initialize()
+    encoder, rest = slow.optimizer.param_groups
+    n_params = len(list(slow.network.parameters()))
+    assert len(encoder["params"]) + len(rest["params"]) == n_params
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in slow.network.encoder.parameters()}
+    for epoch in (0, 1, 4):
+        slow.lr_scheduler.step(epoch)
+        assert encoder["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] == pytest.approx(
+            slow.lr_scheduler.lr_at(epoch))
+    plans = {**json.loads(planned["plans"][521].read_text()), "continue_training": False}  # nnU-Net pops it
+    plain = nnUNetTrainerSelma(plans, "3d_fullres", 3, dataset_json, device=torch.device("cpu"))
+    plain.initialize()
+    assert len(plain.optimizer.param_groups) == 1 and len(plain.optimizer.param_groups[0]["params"]) == n_params
+
+
 def test_pth_line_appends_shim_folder_once():
     env = {"nnUNet_extTrainer": "/somewhere/else"}
     code = pth_line().replace("os.environ", "env").replace("import os; ", "")

@@ -51,6 +51,7 @@ __all__ = [
     "nnUNetTrainerSelma_500epochs",
     "nnUNetTrainerSelma_8epochs_25it",
     "nnUNetTrainerSelma_6epochs_25it_noTTA",
+    "nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1",
 ]
 
 #: environment variable naming a pretrained checkpoint to load when a Selma trainer initialises
@@ -95,7 +96,7 @@ class WarmupPolyLRScheduler(_LRScheduler):
             self.ctr += 1
         lr = self.lr_at(current_step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_last_lr(self) -> list[float]:
@@ -127,11 +128,14 @@ def _route_pretrained_weights_option() -> None:
 class nnUNetTrainerSelma(nnUNetTrainer):
     """nnU-Net trainer for fine-tuning from a SELMA pretraining checkpoint (see the module docstring).
 
-    Class attributes ``warmup_fraction`` (0.05) sets the warm-up length; everything else is
+    Class attributes ``warmup_fraction`` (0.05) sets the warm-up length and ``encoder_lr_scale`` (1.0)
+    the encoder's learning rate relative to the rest; everything else is
     nnU-Net's default (1000 epochs of 250 iterations, SGD 1e-2, Dice + CE, deep supervision).
     """
 
     warmup_fraction: float = 0.05
+    #: learning-rate multiplier of the encoder (stem included) during fine-tuning; 1.0: one rate for all
+    encoder_lr_scale: float = 1.0
     #: schedule overrides of the variants (None keeps nnU-Net's 1000 epochs x 250 iterations, 50 val)
     schedule_epochs: int | None = None
     schedule_iterations: int | None = None
@@ -159,12 +163,26 @@ class nnUNetTrainerSelma(nnUNetTrainer):
         return min(max(1, round(self.warmup_fraction * self.num_epochs)), self.num_epochs - 1)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+        optimizer = torch.optim.SGD(self._parameter_groups(), self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
         scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
         self.print_to_log_file(f"Learning rate: linear warm-up over {self.warmup_epochs} epoch(s) to "
-                               f"{self.initial_lr}, then poly (exponent 0.9) to 0 at epoch {self.num_epochs}")
+                               f"{self.initial_lr}, then poly (exponent 0.9) to 0 at epoch {self.num_epochs}"
+                               + (f"; encoder (stem included) at {self.encoder_lr_scale} x that"
+                                  if self.encoder_lr_scale != 1.0 else ""))
         return optimizer, scheduler
+
+    def _parameter_groups(self):
+        """All parameters at one learning rate, or (``encoder_lr_scale`` != 1) the encoder's in a group of
+        their own whose rate the scheduler multiplies by ``encoder_lr_scale``."""
+        if self.encoder_lr_scale == 1.0:
+            return self.network.parameters()
+        # the decoder of dynamic-network-architectures' U-Nets holds a reference to the encoder, so the
+        # rest is "every parameter not in the encoder", by identity
+        encoder = list(unwrap_network(self.network).encoder.parameters())
+        in_encoder = {id(p) for p in encoder}
+        rest = [p for p in self.network.parameters() if id(p) not in in_encoder]
+        return [{"params": encoder, "lr_scale": self.encoder_lr_scale}, {"params": rest, "lr_scale": 1.0}]
 
     def initialize(self):
         super().initialize()
@@ -269,3 +287,10 @@ class nnUNetTrainerSelma_6epochs_25it_noTTA(nnUNetTrainerSelma):
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None  # read by the final validation and saved for nnUNetv2_predict
         return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+
+class nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_6epochs_25it_noTTA):
+    """The CPU study schedule with the pretrained encoder fine-tuned at a tenth of the learning rate of the
+    decoder and head (a suspect of issue 12: full-rate SGD washes out what pretraining learnt)."""
+
+    encoder_lr_scale = 0.1
