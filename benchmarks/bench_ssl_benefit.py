@@ -322,7 +322,8 @@ class Study:
                 "tested_on": test, "k": k if k == "all" else int(k),
                 "n_train": len(self.cases[trained_on]["pool"]) if k == "all" else int(k),
                 "arm": arm, "seed": seed, "dice": float(np.mean(list(per_case.values()))), "per_case_dice": per_case,
-                "fold": fold, "trainer": self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, ""), "finetune_seconds": round(seconds, 1),
+                "fold": fold, "trainer": self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, ""),
+                "finetune_seconds": round(seconds, 1),
                 "model_folder": str(model)}
 
     def run_order(self) -> list:
