@@ -15,8 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="nnUNetv2_selma_objects",
         description="Connected components of a mask of any size, block by block (labels consistent across "
                     "block seams, equal to scipy.ndimage.label on the whole mask): objects.csv, summary.json, "
-                    "a density map (TIFF) and a MIP picture with the density over it. A killed run restarted "
-                    "with the same command resumes.")
+                    "a density map (TIFF or OME-Zarr) and a MIP picture with the density over it. A killed run "
+                    "restarted with the same command resumes. OME-Zarr outputs (--labels OUT.ome.zarr, "
+                    "--density-format ome-zarr) are multiscale and open in napari: "
+                    "napari --plugin napari-ome-zarr OUT.ome.zarr")
     parser.add_argument("-i", "--input", required=True,
                         help="mask (non-zero = foreground): folder of 2D TIFF slices, 3D .tif, .b2nd, .nii.gz, .mha "
                              "or OME-Zarr, e.g. the output of nnUNetv2_selma_predict_large")
@@ -34,10 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connectivity", type=connectivity, default=26,
                         help="6 (faces), 18 (+edges) or 26 (+corners, the default)")
     parser.add_argument("--labels", default=None,
-                        help="also write uint32 instance labels here (.tif, .b2nd, .nii.gz, .mha, or a folder of "
-                             "TIFF slices: a path without suffix)")
+                        help="also write uint32 instance labels here (.tif, .b2nd, .ome.zarr, .nii.gz, .mha, or a "
+                             "folder of TIFF slices: a path without suffix). .ome.zarr: a multiscale OME-Zarr that "
+                             "napari opens as a Labels layer")
     parser.add_argument("--density-voxels", type=positive_int, default=25,
                         help="edge of a density-map voxel, in voxels (default 25)")
+    parser.add_argument("--density-format", choices=("tif", "ome-zarr"), default=None,
+                        help="density map as OUT/density.tif or OUT/density.ome.zarr (multiscale, scaled to overlay "
+                             "the mask in napari); default: ome-zarr when --labels is an .ome.zarr, else tif")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(measure_objects(args.input, args.output, images=args.image, block_size=block,
                           connectivity=args.connectivity, min_voxels=args.min_voxels, labels=args.labels,
                           density_voxels=args.density_voxels, workers=args.workers, scheduler=args.scheduler,
-                          progress=not args.quiet))
+                          progress=not args.quiet, density_format=args.density_format))
     return 0
 
 

@@ -22,17 +22,16 @@ smaller than ``min_voxels`` are dropped and the ids stay consecutive).
 A second pass, only when instance labels are asked for, labels each block again (deterministic),
 maps local to global ids and writes them (uint32) through the same writers as ``predict_large``.
 
-Outputs in ``OUT_DIR``: ``objects.csv``, ``summary.json``, ``density.tif`` (objects per coarse
-voxel, counted at the centroid) and ``density_mip.png`` (MIP with the density over it).
+Outputs in ``OUT_DIR``: ``objects.csv``, ``summary.json``, ``density.tif`` or ``density.ome.zarr``
+(objects per coarse voxel, counted at the centroid) and ``density_mip.png`` (MIP with the density over
+it), written by :mod:`~nnunetv2_selma.inference.object_outputs`.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -42,6 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.inference.object_outputs import (
+    DENSITY_FILES,
+    DENSITY_PICTURE,
+    assemble_mip,
+    density_map,
+    save_density_picture,
+    volume_histogram,
+    write_csv,
+    write_density,
+    write_labels,
+)
 from nnunetv2_selma.inference.whole_volume import (
     _cached,
     _check_inputs_unchanged,
@@ -51,14 +61,9 @@ from nnunetv2_selma.inference.whole_volume import (
     load_block,
     save_block,
 )
-from nnunetv2_selma.io import write_atomic, write_json_atomic
-from nnunetv2_selma.volumes import (
-    SUPPORTED_OUTPUTS,
-    VolumeSource,
-    create_mask_writer,
-    open_volume,
-    volume_kind,
-)
+from nnunetv2_selma.io import write_json_atomic
+from nnunetv2_selma.volumes import VolumeSource, open_volume
+from nnunetv2_selma.volumes.writers import check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +76,6 @@ PARTIAL_DIR = ".partial"
 PROGRESS_FILE = "progress.json"
 OBJECTS_CSV = "objects.csv"
 SUMMARY_JSON = "summary.json"
-DENSITY_TIFF = "density.tif"
-DENSITY_PICTURE = "density_mip.png"
 #: the 13 block offsets that, with their opposites, are all neighbours of a block
 _FORWARD = tuple(d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0))
 
@@ -330,114 +333,18 @@ def relabel_block(job: ObjectJob, block: ObjectBlock) -> int:
     return block.index
 
 
-def _write_labels(path: Path, job: ObjectJob, blocks: Sequence[ObjectBlock], geometry: dict,
-                  slice_names: Sequence[str] | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = create_mask_writer(path, tmp, job.shape, geometry, slice_names, dtype=np.uint32)
-    try:
-        if not writer.sequential:
-            for b in blocks:
-                writer.write_region(b.slices, load_block(job.labels_dir, b.index)[...])
-        else:  # plane by plane: only the blocks of the current z row are open
-            for z_row in sorted({b.region[0] for b in blocks}):
-                row = [(b, load_block(job.labels_dir, b.index)) for b in blocks if b.region[0] == z_row]
-                for z in range(*z_row):
-                    plane = np.zeros(job.shape[1:], np.uint32)
-                    for b, arr in row:
-                        plane[b.slices[1], b.slices[2]] = arr[z - z_row[0]]
-                    writer.write_plane(z, plane)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-
-
-def _volume_histogram(count: np.ndarray) -> dict:
-    """Object volumes in power-of-two bins: ``edges`` [1, 2, 4, ...], ``counts[i]`` in [edges[i], edges[i+1])."""
-    top = int(count.max()) if count.size else 1
-    edges = [1 << k for k in range(max(1, top.bit_length()) + 1)]
-    counts, _ = np.histogram(count, bins=edges)
-    return {"edges": edges, "counts": [int(c) for c in counts]}
-
-
-def density_map(centroids: np.ndarray, shape: Sequence[int], voxels: int) -> np.ndarray:
-    """Objects per coarse voxel of ``voxels`` per side (uint32, shape ``ceil(shape / voxels)``), each object
-    counted once, in the coarse voxel holding its centroid."""
-    grid = tuple(math.ceil(s / voxels) for s in shape)
-    out = np.zeros(grid, np.uint32)
-    if len(centroids):
-        cells = np.minimum(np.floor(centroids / voxels).astype(np.int64), np.array(grid) - 1)
-        np.add.at(out, tuple(cells.T), 1)
-    return out
-
-
-def save_density_picture(path: Path, mip: np.ndarray, density: np.ndarray, voxels: int, title: str) -> Path:
-    """The z-MIP in grey (1st-99.8th percentile, gamma 0.5 as ``synthetic.pictures``) with the objects per
-    column of ``voxels`` x ``voxels`` (density summed over z) over it in colour; empty columns stay clear."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    step = max(1, math.ceil(max(mip.shape) / 2048))  # a picture, not the data: at most ~2k pixels a side
-    image = mip[::step, ::step].astype(np.float32)
-    lo, hi = np.percentile(image, (1.0, 99.8))
-    grey = np.sqrt(np.clip((image - lo) / max(float(hi - lo), 1e-6), 0, 1))
-    column = density.sum(axis=0)
-    h, w = mip.shape
-    scale = 6.0 / max(h, w)
-    fig, ax = plt.subplots(figsize=(max(3.0, w * scale + 1.5), max(3.0, h * scale + 0.6)), dpi=150)
-    ax.imshow(grey, cmap="gray", extent=(0, w, h, 0), interpolation="nearest")
-    shown = ax.imshow(np.ma.masked_equal(column, 0), cmap="magma", alpha=0.55, interpolation="nearest",
-                      extent=(0, column.shape[1] * voxels, column.shape[0] * voxels, 0))
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label=f"objects per {voxels}x{voxels} column (all z)")
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-    tmp = path.with_name(path.name + ".partial.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_csv(path: Path, result: dict, n_images: int) -> None:
-    header = ["id", "centroid_z", "centroid_y", "centroid_x", "voxels", "bbox_z0", "bbox_y0", "bbox_x0",
-              "bbox_z1", "bbox_y1", "bbox_x1"]
-    for c in range(n_images):
-        header += [f"mean_intensity_{c}", f"max_intensity_{c}"]
-
-    def write(f) -> None:
-        out = csv.writer(f, lineterminator="\n")
-        out.writerow(header)
-        n = len(result["count"])
-        for start in range(0, n, 65536):  # rows built from numpy columns a chunk at a time
-            stop = min(n, start + 65536)
-            cols = [np.arange(start + 1, stop + 1).tolist(), *result["centroid"][start:stop].T.tolist(),
-                    result["count"][start:stop].tolist(), *result["bbox_lo"][start:stop].T.tolist(),
-                    *result["bbox_hi"][start:stop].T.tolist()]
-            for c in range(n_images):
-                cols += [result["intensity_mean"][start:stop, c].tolist(),
-                         result["intensity_max"][start:stop, c].tolist()]
-            out.writerows(zip(*cols))
-
-    write_atomic(path, write)
-
-
 def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[str | Path] = (),
                     block_size: int | Sequence[int] | None = None, connectivity: int = 26,
                     min_voxels: int = 1, labels: str | Path | None = None,
                     density_voxels: int = DEFAULT_DENSITY_VOXELS, workers: int | None = None,
-                    scheduler: str | None = None, progress: bool = True) -> Path:
+                    scheduler: str | None = None, progress: bool = True, density_format: str | None = None) -> Path:
     """Connected components of a mask of any size, block by block, resumably, with per-object statistics.
 
     Parameters
     ----------
     mask : every volume kind ``predict_large`` reads (TIFF-slice folder, 3D ``.tif``, ``.b2nd``, OME-Zarr,
         ``.nii.gz``...). Non-zero voxels are foreground (all labels of a multi-class mask together).
-    output_dir : folder for ``objects.csv``, ``summary.json``, ``density.tif``, ``density_mip.png``;
+    output_dir : folder for ``objects.csv``, ``summary.json``, ``density.tif`` (or ``.ome.zarr``), ``density_mip.png``;
         created if missing. Partial results live in ``output_dir/.partial`` until the run ends.
     images : intensity volumes of the mask's shape (e.g. the channels it was predicted from): mean and max
         intensity per object per image; the first one is the picture's MIP.
@@ -448,8 +355,12 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         ``generate_binary_structure(3, 1 | 2 | 3)``.
     min_voxels : objects with fewer voxels are dropped (not counted, not labelled); ids stay consecutive.
     labels : optional path of a uint32 instance-label volume (kinds as ``predict_large``'s output; a path
-        without suffix is a folder of TIFF slices). Ids equal ``scipy.ndimage.label``'s on the whole mask.
+        without suffix is a folder of TIFF slices; ``.ome.zarr``: a multiscale OME-Zarr that napari opens as a
+        Labels layer). Ids equal ``scipy.ndimage.label``'s on the whole mask.
     density_voxels : coarse voxel edge of the density map.
+    density_format : ``"tif"`` (``density.tif``) or ``"ome-zarr"`` (``density.ome.zarr``: scale and origin
+        set so that it overlays the mask in napari); default ``"ome-zarr"`` when ``labels`` is OME-Zarr, else
+        ``"tif"``.
     workers, scheduler : run the blocks on a local ``dask.distributed`` cluster of N processes, or on an
         existing scheduler (serial in this process when neither is given).
     progress : show a progress bar.
@@ -479,11 +390,11 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
     labels = None if labels is None else Path(labels).resolve()
-    if labels is not None:
-        kind = volume_kind(labels)
-        if kind in ("zarr", "") or (kind == "slices" and any(ch.isalpha() for ch in labels.suffix)):
-            raise ValueError(f"{labels}: cannot write labels of kind {labels.suffix or labels.name!r}; expected "
-                             f"{SUPPORTED_OUTPUTS}")
+    labels_kind = None if labels is None else check_output_path(labels, "labels")
+    if density_format is None:
+        density_format = "ome-zarr" if labels_kind == "zarr" else "tif"
+    if density_format not in DENSITY_FILES:
+        raise ValueError(f"density_format {density_format!r}: expected one of {', '.join(DENSITY_FILES)}")
     sources = [open_volume(mask), *[open_volume(p) for p in images]]
     shape = tuple(int(s) for s in sources[0].shape)
     for p, s in zip(images, sources[1:]):
@@ -494,7 +405,7 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
                  "block_size": list(_block_sizes(block_size)),
                  "connectivity": int(connectivity), "input_content": [input_content_signature(s) for s in sources]}
     settings = {"min_voxels": int(min_voxels), "density_voxels": int(density_voxels),
-                "labels": None if labels is None else str(labels)}
+                "labels": None if labels is None else str(labels), "density_format": density_format}
     summary_path = output_dir / SUMMARY_JSON
     if summary_path.is_file():
         record = json.loads(summary_path.read_text())
@@ -566,16 +477,14 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()], "relabelled",
             "labels")
         slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
-        _write_labels(labels, job, blocks, sources[0].geometry, slice_names)
-
-    import tifffile
+        write_labels(labels, shape, [b.region for b in blocks], lambda i: load_block(job.labels_dir, blocks[i].index),
+                     sources[0].geometry, slice_names)
 
     density = density_map(result["centroid"], shape, density_voxels)
-    tmp = output_dir / f".{DENSITY_TIFF}.tmp.tif"
-    tifffile.imwrite(tmp, density, compression="zlib", metadata={"axes": "ZYX"})
-    os.replace(tmp, output_dir / DENSITY_TIFF)
-    _write_csv(output_dir / OBJECTS_CSV, result, len(images))
-    mip = _assemble_mip(job, blocks, shape)
+    density_file = write_density(output_dir, density, density_format, sources[0].geometry, density_voxels)
+    write_csv(output_dir / OBJECTS_CSV, result, len(images))
+    mip = assemble_mip(shape, [b.region for b in blocks],
+                       lambda i: np.load(block_table_file(job, blocks[i].index))["mip"])
     count = result["count"]
     save_density_picture(output_dir / DENSITY_PICTURE, mip, density, density_voxels,
                          f"{mask.name}: {len(count)} objects (connectivity {connectivity}, >= {min_voxels} voxels)")
@@ -583,24 +492,14 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         "count": int(len(count)), "total_voxels": int(count.sum()),
         "mean_voxels": float(count.mean()) if count.size else 0.0,
         "median_voxels": float(np.median(count)) if count.size else 0.0,
-        "volume_histogram": _volume_histogram(count), "density_shape": list(density.shape),
+        "volume_histogram": volume_histogram(count), "density_shape": list(density.shape),
         "blocks": len(blocks), "signature": signature, "settings": settings, "runs": state["runs"],
-        "files": {"objects": OBJECTS_CSV, "density": DENSITY_TIFF, "picture": DENSITY_PICTURE,
+        "files": {"objects": OBJECTS_CSV, "density": density_file, "picture": DENSITY_PICTURE,
                   "labels": settings["labels"]}})
     shutil.rmtree(work_dir)
     return output_dir
 
 
-def _assemble_mip(job: ObjectJob, blocks: Sequence[ObjectBlock], shape: Sequence[int]) -> np.ndarray:
-    mip = None
-    for b in blocks:
-        part = np.load(block_table_file(job, b.index))["mip"]
-        if mip is None:
-            mip = np.zeros(shape[1:], part.dtype)
-        view = mip[b.slices[1], b.slices[2]]
-        np.maximum(view, part, out=view)
-    return mip
-
-
+# density_map and save_density_picture live in object_outputs; kept importable from here
 __all__ = ["CONNECTIVITY_RANK", "ObjectBlock", "ObjectJob", "density_map", "measure_block", "measure_objects",
            "merge_block_tables", "plan_object_blocks", "relabel_block", "save_density_picture"]
