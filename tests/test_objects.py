@@ -177,6 +177,30 @@ def test_killed_run_resumes_without_redoing_blocks(tmp_path, monkeypatch):
     np.testing.assert_array_equal(table["max_intensity_0"], ref["rows"]["max_intensity_0"])
 
 
+def test_run_stopped_after_its_labels_resumes_past_them(tmp_path, monkeypatch):
+    mask = _mask()
+    path = _write("tif", tmp_path / "mask.tif", mask)
+    labels = tmp_path / "labels.b2nd"
+    real = objects_module.write_csv
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped after the labels were committed, before the tables
+
+    monkeypatch.setattr(objects_module, "write_csv", dies)
+    with pytest.raises(KeyboardInterrupt):
+        measure_objects(path, tmp_path / "objects", labels=labels, block_size=BLOCK, progress=False)
+    assert labels.is_file() and not (tmp_path / "objects" / "summary.json").exists()
+    first = labels.stat().st_mtime_ns
+    monkeypatch.setattr(objects_module, "write_csv", real)
+    out = measure_objects(path, tmp_path / "objects", labels=labels, block_size=BLOCK, progress=False)
+    assert (out / "summary.json").is_file() and labels.stat().st_mtime_ns == first  # not written twice
+    ref, _ = ndimage.label(mask != 0, structure=np.ones((3, 3, 3)))
+    np.testing.assert_array_equal(blosc2.open(str(labels))[:], ref)
+    # labels nobody's run wrote are still refused
+    with pytest.raises(FileExistsError, match="already exists"):
+        measure_objects(path, tmp_path / "other", labels=labels, block_size=BLOCK, progress=False)
+
+
 def test_image_of_another_shape_is_named(tmp_path):
     path = _write("b2nd", tmp_path / "mask.b2nd", _mask())
     other = _write("b2nd", tmp_path / "small.b2nd", _images()[0][:, :40])

@@ -416,15 +416,18 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
             return output_dir
         raise FileExistsError(f"{output_dir}: holds the results of another objects run; nothing was overwritten. "
                               f"Choose another output folder or remove it.")
-    if labels is not None and labels.exists() and (not labels.is_dir() or any(labels.iterdir())):
-        raise FileExistsError(f"{labels}: already exists; nothing was overwritten. Choose another labels path.")
-
     work_dir = output_dir / PARTIAL_DIR
     progress_path = work_dir / PROGRESS_FILE
+    state = json.loads(progress_path.read_text()) if progress_path.is_file() else None
+    # a run stopped after its labels were committed (the writer moves them into place whole) resumes
+    # past them; any other labels at that path are someone's file
+    labels_done = labels is not None and state is not None and state.get("labels_written") == str(labels)
+    if labels is not None and not labels_done and labels.exists() and (not labels.is_dir() or any(labels.iterdir())):
+        raise FileExistsError(f"{labels}: already exists; nothing was overwritten. Choose another labels path.")
+
     job = ObjectJob(str(mask), tuple(map(str, images)), shape, int(connectivity), str(work_dir),
                     json.dumps(signature["input_content"]))
-    if progress_path.is_file():
-        state = json.loads(progress_path.read_text())
+    if state is not None:
         _check_inputs_unchanged(state.get("signature", {}), signature, f"the partial run in {work_dir}",
                                 f"To start fresh on the new content, remove {work_dir} and rerun.")
         differ = _signature_mismatch(state.get("signature", {}), signature)
@@ -477,8 +480,11 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()], "relabelled",
             "labels")
         slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
-        write_labels(labels, shape, [b.region for b in blocks], lambda i: load_block(job.labels_dir, blocks[i].index),
-                     sources[0].geometry, slice_names)
+        if not labels_done:
+            write_labels(labels, shape, [b.region for b in blocks],
+                         lambda i: load_block(job.labels_dir, blocks[i].index), sources[0].geometry, slice_names)
+            state["labels_written"] = str(labels)
+            write_json_atomic(progress_path, state)
 
     density = density_map(result["centroid"], shape, density_voxels)
     density_file = write_density(output_dir, density, density_format, sources[0].geometry, density_voxels)
