@@ -526,7 +526,7 @@ def export_nnssl_checkpoint(
     normalization = ["ZScoreNormalization"]
     plans_name = meta.get("plans_name") or "nnUNetSelmaPlans"
     if plans is not None:
-        from nnunetv2_selma.network import read_plans_configuration
+        from nnunetv2_selma.model_folder import read_plans_configuration
 
         manager, config = read_plans_configuration(plans, configuration)
         architecture, patch_size = config.configuration["architecture"], list(config.patch_size)

@@ -9,57 +9,12 @@ layer, which fine-tuning never transfers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-#: what a configuration of an nnU-Net plans file must hold for the network and the patch sampler
-_REQUIRED_CONFIGURATION_KEYS = ("patch_size", "architecture")
-
-
-def read_plans_configuration(plans: dict | str | Path, configuration: str = "3d_fullres"):
-    """``(PlansManager, ConfigurationManager)`` of ``configuration`` in the plans, checked at the door.
-
-    nnU-Net's ``PlansManager`` reports a malformed plans file as a bare ``KeyError: 'configurations'``
-    or a JSON position; here every problem names the file and what was expected.
-
-    Raises
-    ------
-    FileNotFoundError when a plans path does not exist; ValueError naming the file when it is not
-    JSON, has no ``configurations``, lacks ``configuration`` or the configuration lacks a required key.
-    """
-    where = "the plans dictionary"
-    if not isinstance(plans, dict):
-        where = str(plans)
-        if not Path(plans).is_file():
-            raise FileNotFoundError(f"plans file {plans} does not exist; run nnUNetv2_selma_plan first (it "
-                                    f"writes $nnUNet_preprocessed/DatasetXXX/nnUNetSelmaPlans_<preset>.json)")
-        try:
-            plans = json.loads(Path(plans).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{where}: not a JSON plans file ({e}); expected nnU-Net plans, e.g. "
-                             f"$nnUNet_preprocessed/DatasetXXX/nnUNetSelmaPlans_cpu.json") from e
-    configurations = plans.get("configurations") if isinstance(plans, dict) else None
-    if not isinstance(configurations, dict):
-        raise ValueError(f"{where}: no 'configurations' entry; expected an nnU-Net plans file (written by "
-                         f"nnUNetv2_selma_plan or nnUNetv2_plan_experiment), not a dataset.json or another JSON")
-    if configuration not in configurations:
-        raise ValueError(f"{where}: configuration {configuration!r} is not in the plans; available: "
-                         f"{sorted(configurations)}")
-    manager = PlansManager(plans)
-    try:
-        config = manager.get_configuration(configuration)
-        missing = [k for k in _REQUIRED_CONFIGURATION_KEYS if k not in config.configuration]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{where}: configuration {configuration!r} is incomplete (missing {e}); re-plan with "
-                         f"nnUNetv2_selma_plan") from e
-    if missing:
-        raise ValueError(f"{where}: configuration {configuration!r} has no {', '.join(missing)}; re-plan with "
-                         f"nnUNetv2_selma_plan")
-    return manager, config
+from nnunetv2_selma.model_folder import read_plans_configuration
 
 
 def build_network(
@@ -96,10 +51,10 @@ def build_network(
 
     Raises
     ------
-    FileNotFoundError
-        If ``plans`` is a path that does not exist.
+    ModelFolderError (a ValueError)
+        If ``plans`` is a path that does not exist or is not nnU-Net plans, or ``configuration`` is not in them.
     ValueError
-        If ``configuration`` is not in the plans, or a channel count is below 1.
+        If a channel count is below 1.
     """
     if num_input_channels < 1 or num_output_channels < 1:
         raise ValueError(

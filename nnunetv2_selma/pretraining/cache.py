@@ -37,9 +37,9 @@ CACHE_ENV = "nnUNet_selma_pretraining_cache"
 
 def architecture_description(plans: dict | str | Path, configuration: str = "3d_fullres") -> dict[str, Any]:
     """What of the plans determines the pretrained network: class, kwargs, patch size."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_selma.model_folder import read_plans_configuration
 
-    config = PlansManager(plans if isinstance(plans, dict) else str(plans)).get_configuration(configuration)
+    _, config = read_plans_configuration(plans, configuration)
     return {
         "network_class_name": config.network_arch_class_name,
         "arch_kwargs": config.network_arch_init_kwargs,

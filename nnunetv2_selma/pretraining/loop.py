@@ -122,8 +122,8 @@ def do_compile(device: torch.device) -> bool:
 
 def plans_patch_size(plans: dict | str | Path, configuration: str) -> tuple[int, ...]:
     """Patch size (z, y, x) of ``configuration`` in the plans (dict or .json path); a malformed plans file
-    raises ValueError naming it (see :func:`nnunetv2_selma.network.read_plans_configuration`)."""
-    from nnunetv2_selma.network import read_plans_configuration
+    raises ValueError naming it (see :func:`nnunetv2_selma.model_folder.read_plans_configuration`)."""
+    from nnunetv2_selma.model_folder import read_plans_configuration
 
     return tuple(int(p) for p in read_plans_configuration(plans, configuration)[1].patch_size)
 
@@ -483,7 +483,7 @@ def pretrain(
                          f"{schedule.checkpoint_every}")
     if num_processes > 1 and device.type == "cuda" and torch.cuda.device_count() < num_processes:
         raise ValueError(f"{num_processes} GPUs requested, {torch.cuda.device_count()} visible")
-    from nnunetv2_selma.network import read_plans_configuration
+    from nnunetv2_selma.model_folder import read_plans_configuration
 
     manager, config = read_plans_configuration(plans_arg, configuration)
     architecture = config.configuration["architecture"]

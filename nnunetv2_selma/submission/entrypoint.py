@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.io import image_suffix, read_image, write_image
+from nnunetv2_selma.model_folder import UNREADABLE_CHECKPOINT, check_model_folder, unreadable_checkpoint
 from nnunetv2_selma.submission.interface import (
     DEFAULT_EDITION,
     DEFAULT_INPUT_ROOT,
@@ -154,18 +154,13 @@ def load_predictor(model: PackedModel, device: str = "cpu", use_mirroring: bool 
                    tile_step_size: float = 0.5):
     """An initialised ``nnUNetPredictor`` for a packed model.
 
-    Raises :class:`SubmissionError` naming the folder when files are missing.
+    Raises :class:`~nnunetv2_selma.model_folder.ModelFolderError` naming the file when one is missing or a
+    checkpoint is unreadable.
     """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    for name in ("plans.json", "dataset.json"):
-        if not (model.folder / name).is_file():
-            raise SubmissionError(f"model {model.name!r}: {model.folder / name} is missing")
-    for fold in model.folds:
-        ckpt = model.folder / f"fold_{fold}" / model.checkpoint
-        if not ckpt.is_file():
-            raise SubmissionError(f"model {model.name!r}: checkpoint {ckpt} is missing")
+    check_model_folder(model.folder, model.folds, model.checkpoint)
     _ensure_plugin_trainers_findable()
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=device == "cuda", device=torch.device(device),
@@ -173,12 +168,11 @@ def load_predictor(model: PackedModel, device: str = "cpu", use_mirroring: bool 
     try:
         predictor.initialize_from_trained_model_folder(str(model.folder), use_folds=model.folds,
                                                        checkpoint_name=model.checkpoint)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+    except UNREADABLE_CHECKPOINT as e:
         # torch reports a truncated file as "OSError: [Errno 22]" or a zip-reader error, naming no file
         paths = ", ".join(str(model.folder / f"fold_{fold}" / model.checkpoint) for fold in model.folds)
-        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
-        raise SubmissionError(f"model {model.name!r}: unreadable checkpoint among {paths} ({type(e).__name__}: "
-                              f"{reason}); it is truncated or corrupted: export the submission again") from e
+        raise unreadable_checkpoint(paths, e, f"Model {model.name!r} of this submission holds an unreadable "
+                                              f"checkpoint: export the submission again.") from e
     return predictor
 
 

@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from nnunetv2_selma.model_folder import check_model_folder
 from nnunetv2_selma.submission.interface import DEFAULT_EDITION, INVOKE_PORT, get_edition
 from nnunetv2_selma.submission.models import (
     KNOWN_STRUCTURE_PREFIXES,
@@ -137,15 +138,6 @@ def build_wheelhouse(dest: Path, requirements: Sequence[str], reuse: Path | None
         raise ValueError(f"wheelhouse {reuse or dest} has no wheel for: {', '.join(missing)}")
 
 
-def _folds_of(model_folder: Path, checkpoint: str) -> list[int | str]:
-    folds = []
-    for sub in sorted(model_folder.glob("fold_*")):
-        if (sub / checkpoint).is_file():
-            tail = sub.name[len("fold_"):]
-            folds.append(int(tail) if tail.isdigit() else tail)
-    return folds
-
-
 def _pack_model(source: Path, dest: Path, folds: Sequence[int | str], checkpoint: str) -> None:
     """Copy plans/dataset.json and weights-only (CPU) checkpoints of ``folds`` from ``source`` to ``dest``."""
     import torch
@@ -241,20 +233,11 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
     for item in model_folders:
         name, folder = item if isinstance(item, tuple) else parse_model_argument(str(item))
         folder = Path(folder)
-        for required in ("plans.json", "dataset.json"):
-            if not (folder / required).is_file():
-                raise ValueError(f"model folder {folder}: {required} is missing; expected an nnU-Net training output "
-                                 "folder like nnUNet_results/DatasetNNN_X/nnUNetTrainer__nnUNetPlans__3d_fullres")
+        chosen = check_model_folder(folder, folds, checkpoint)
         plans = json.loads((folder / "plans.json").read_text())
         name = name or structure_from_dataset_name(plans.get("dataset_name", folder.parent.name))
         if name in models:
             raise ValueError(f"two models are called {name!r}; name them explicitly with -m NAME=FOLDER")
-        available = _folds_of(folder, checkpoint)
-        chosen = list(folds) if folds is not None else available
-        absent = [f for f in chosen if f not in available]
-        if not chosen or absent:
-            raise ValueError(f"model folder {folder}: folds {absent or chosen} have no {checkpoint}; "
-                             f"folds with one: {available or 'none'}")
         models[name] = {"folder": name, "folds": chosen, "checkpoint": checkpoint,
                         "prefixes": list(KNOWN_STRUCTURE_PREFIXES.get(name, (name,))),
                         "dataset_name": plans.get("dataset_name"), "source": str(folder.resolve())}
