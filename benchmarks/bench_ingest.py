@@ -123,6 +123,7 @@ def link_subset(src: Path, dst: Path, z0: int, z1: int) -> None:
 def main() -> None:
     import blosc2
 
+    from nnunetv2_selma.normalization import normalize_image
     from nnunetv2_selma.store import PretrainingStore
     from nnunetv2_selma.store.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS
 
@@ -214,7 +215,7 @@ def main() -> None:
     store = PretrainingStore(work / "store1")
     name = store.volumes[0].name
     ms_store = random_reads(lambda st: store.read_patch(name, st, PATCH), store.volumes[0].shape, args.reads)
-    ms_norm = random_reads(lambda st: store.normalize(store.read_patch(name, st, PATCH)), store.volumes[0].shape,
+    ms_norm = random_reads(lambda st: normalize_image(store.read_patch(name, st, PATCH)), store.volumes[0].shape,
                            args.reads)
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 
@@ -238,7 +239,7 @@ def main() -> None:
     print("| source | chunks / blocks | ms per patch |")
     print("|---|---|---|")
     print(f"| store (uint16, read_patch) | {DEFAULT_CHUNKS} / {DEFAULT_BLOCKS} | {ms_store:.1f} |")
-    print(f"| store + normalize_patch (float32 out) | same | {ms_norm:.1f} |")
+    print(f"| store + normalize_image (float32 out) | same | {ms_norm:.1f} |")
     print(f"| nnU-Net preprocessed .b2nd (float32, save_case in {t_save:.0f} s) | {chunks} / {blocks} | {ms_nn:.1f} |")
     bytes_nn = sum(f.stat().st_size for f in pre.glob("case.b2nd"))
     print(f"(store on disk {sum(f.stat().st_size for f in (work / 'store1').rglob('*.b2nd')) / 1e6:.0f} MB; "

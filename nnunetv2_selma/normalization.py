@@ -21,7 +21,7 @@ Where the statistics come from:
 * pretraining patch: the patch itself (a sampled patch plays the role of a case; its size is
   that of the SELMA3D fine-tuning patches);
 * whole-volume inference: the whole volume, gathered by a streaming pass
-  (``inference.whole_volume.gather_volume_statistics``), which is what nnU-Net would compute if it
+  (``inference.volume_statistics.gather_volume_statistics``), which is what nnU-Net would compute if it
   could hold the volume.
 """
 
@@ -35,15 +35,19 @@ NORMALIZATION_SCHEME = "ZScoreNormalization"
 _EPS = 1e-8
 
 
-def zscore(image: np.ndarray, mean: float, std: float, out: np.ndarray | None = None) -> np.ndarray:
-    """Normalise ``image`` with given statistics, as nnU-Net's ``ZScoreNormalization`` does.
+def normalize_image(image: np.ndarray, mean: float | None = None, std: float | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Normalise ``image`` as nnU-Net's ``ZScoreNormalization`` (no mask) does: the one normalisation.
 
     Parameters
     ----------
     image : ndarray of any shape and real dtype (uint16, int16, float...)
         Negative values are kept (int16 light-sheet data).
-    mean, std : float
-        Statistics to use; ``std`` below 1e-8 is replaced by 1e-8 (a constant image maps to 0).
+    mean, std : float, optional
+        Statistics to use (a whole volume's, streamed); by default the image's own, computed as nnU-Net
+        does (float32), which makes the result bit-identical to
+        ``ZScoreNormalization(use_mask_for_norm=False).run(image)`` (fine-tuning case, challenge input,
+        pretraining patch). ``std`` below 1e-8 is replaced by 1e-8 (a constant image maps to 0).
     out : float32 ndarray of ``image``'s shape, optional
         Written in place (e.g. a view into a larger block array), so no extra float32 copy is made.
 
@@ -55,6 +59,10 @@ def zscore(image: np.ndarray, mean: float, std: float, out: np.ndarray | None = 
         out = np.asarray(image).astype(np.float32, copy=True)
     else:
         out[...] = image
+    if mean is None or std is None:
+        own_mean, own_std = out.mean(), out.std()  # float32, as nnU-Net computes them
+        mean = own_mean if mean is None else mean
+        std = own_std if std is None else std
     out -= np.float32(mean)
     out /= np.float32(max(float(std), _EPS))
     return out
@@ -64,16 +72,3 @@ def image_statistics(image: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of ``image`` exactly as nnU-Net computes them (float32)."""
     image = np.asarray(image).astype(np.float32, copy=False)
     return float(image.mean()), float(image.std())
-
-
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """Normalise an image with its own statistics (fine-tuning case, challenge input, patch).
-
-    Bit-identical to ``ZScoreNormalization(use_mask_for_norm=False).run(image)`` of nnU-Net.
-    """
-    image = np.asarray(image).astype(np.float32, copy=True)
-    mean = image.mean()
-    std = image.std()
-    image -= mean
-    image /= max(std, _EPS)
-    return image

@@ -22,7 +22,7 @@ from nnunetv2_selma.io import write_image
 from nnunetv2_selma.normalization import normalize_image
 from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest, verify_volume
 from nnunetv2_selma.store.ingest import DEFAULT_CHUNKS, find_volume_sources, ingest_store
-from nnunetv2_selma.store.reader import PretrainingStore, normalize_patch
+from nnunetv2_selma.store.reader import PretrainingStore
 
 
 def _tissue_volume(shape, dtype=np.uint16, seed=0, offset=0) -> np.ndarray:
@@ -173,7 +173,7 @@ def test_pickle_is_cheap_and_works(store):
                                   s.read_patch(s.volumes[0].name, (1, 2, 3), (5, 6, 7)))
 
 
-def test_three_normalisation_paths_agree(download, store):
+def test_store_patch_and_case_normalise_as_nnunet(download, store):
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
 
     _, vols = download
@@ -182,7 +182,7 @@ def test_three_normalisation_paths_agree(download, store):
     nnunet = ZScoreNormalization(use_mask_for_norm=False, intensityproperties={}, target_dtype=np.float32).run(
         case.copy(), None)
     ours = normalize_image(case)
-    store_patch = normalize_patch(s.read_patch("vessel/s1/C00", (5, 8, 10), (32, 32, 32)))
+    store_patch = normalize_image(s.read_patch("vessel/s1/C00", (5, 8, 10), (32, 32, 32)))
     np.testing.assert_array_equal(ours, nnunet)
     np.testing.assert_array_equal(store_patch, nnunet)
     assert store_patch.dtype == np.float32 and abs(float(store_patch.std()) - 1) < 1e-3

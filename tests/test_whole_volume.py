@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from nnunetv2_selma.inference.whole_volume import (
-    compute_tile_starts,
-    gather_volume_statistics,
-    plan_blocks,
-    predict_large,
-)
+from nnunetv2_selma.inference.blocks import compute_tile_starts, plan_blocks
+from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
+from nnunetv2_selma.inference.whole_volume import predict_large
 from nnunetv2_selma.io import SliceSeries, read_image
 from nnunetv2_selma.normalization import image_statistics
 from nnunetv2_selma.volumes import open_volume

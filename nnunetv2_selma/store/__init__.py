@@ -10,7 +10,7 @@ the format only (numpy; no torch, no blosc2 until a volume is opened).
 """
 
 from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest, verify_volume, volume_paths
-from nnunetv2_selma.store.reader import PretrainingStore, StoreVolume, normalize_patch, open_store
+from nnunetv2_selma.store.reader import PretrainingStore, StoreVolume, open_store
 
-__all__ = ["MANIFEST_NAME", "PretrainingStore", "StoreVolume", "load_manifest", "normalize_patch", "open_store",
-           "verify_volume", "volume_paths"]
+__all__ = ["MANIFEST_NAME", "PretrainingStore", "StoreVolume", "load_manifest", "open_store", "verify_volume",
+           "volume_paths"]

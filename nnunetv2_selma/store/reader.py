@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from nnunetv2_selma.normalization import normalize_image
 from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest
 
 
@@ -46,12 +45,6 @@ class StoreVolume:
     dtype: np.dtype
     stats: dict
     source: str
-
-
-def normalize_patch(patch: np.ndarray) -> np.ndarray:
-    """Normalise a raw store patch exactly as fine-tuning and inference do (design decision 2):
-    nnU-Net's ``ZScoreNormalization`` with the patch's own statistics. Returns float32, same shape."""
-    return normalize_image(patch)
 
 
 class PretrainingStore:
@@ -225,10 +218,6 @@ class PretrainingStore:
             start.append(int(max(0, min(s, d - n))) if d >= n else 0)
         start = tuple(start)
         return self.read_patch(name, start, size), name, start
-
-    def normalize(self, patch: np.ndarray) -> np.ndarray:
-        """Same as :func:`normalize_patch`."""
-        return normalize_patch(patch)
 
 
 def open_store(store: Any) -> Any:

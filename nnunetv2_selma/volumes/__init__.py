@@ -6,15 +6,15 @@ streaming statistics and the low-resolution tissue mask.
   3D TIFF, NIfTI, MHA/NRRD, ``.b2nd`` and OME-Zarr;
 * :mod:`~nnunetv2_selma.volumes.writers`: :func:`create_mask_writer` -> :class:`MaskWriter`;
 * :mod:`~nnunetv2_selma.volumes.moments`: :class:`ExactHistogram` (exact moments and percentiles of
-  <= 16-bit integer images);
+  <= 16-bit integer images) and :class:`NumpyFloat32Sum` (numpy's float32 sum, fed in pieces);
 * :mod:`~nnunetv2_selma.volumes.tissue`: :func:`low_resolution_tissue_mask` and the tissue statistics.
 
 Everything above (store, inference, submission) imports these; nothing here imports them.
 """
 
-from nnunetv2_selma.volumes.moments import ExactHistogram
+from nnunetv2_selma.volumes.moments import ExactHistogram, NumpyFloat32Sum
 from nnunetv2_selma.volumes.readers import SUPPORTED_INPUTS, VolumeSource, open_volume, volume_kind
 from nnunetv2_selma.volumes.writers import SUPPORTED_OUTPUTS, MaskWriter, create_mask_writer
 
-__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter",
+__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter", "NumpyFloat32Sum",
            "VolumeSource", "create_mask_writer", "open_volume", "volume_kind"]

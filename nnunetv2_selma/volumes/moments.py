@@ -1,10 +1,12 @@
-"""Exact intensity moments and percentiles of integer volumes streamed in pieces (slabs, sub-grids).
+"""Intensity moments of volumes streamed in pieces (slabs, sub-grids), two ways.
 
 :class:`ExactHistogram` counts integer images of at most 16 bits (the light-sheet case): one
 ``np.bincount`` per piece, exact integer sums, so the mean and std are exact to float64 rounding
-and percentiles need no sample. The pretraining store's tissue statistics use it. Whole-volume
-inference does not: it must reproduce nnU-Net's float32 arithmetic to the bit, not the exact value
-(``inference.whole_volume.gather_volume_statistics``).
+and percentiles need no sample. The pretraining store's tissue statistics use it.
+
+:class:`NumpyFloat32Sum` gives instead the float32 sum numpy would give for the whole array, rounding
+included: whole-volume inference must reproduce nnU-Net's float32 mean and std to the bit, not the
+exact value (``inference.volume_statistics.gather_volume_statistics``).
 """
 
 from __future__ import annotations
@@ -87,3 +89,37 @@ class ExactHistogram:
         cdf = np.cumsum(counts)
         n = cdf[-1]
         return [float(values[np.searchsorted(cdf, q / 100.0 * n)]) for q in qs]
+
+
+class NumpyFloat32Sum:
+    """The float32 sum numpy's ``add.reduce`` gives for a whole float32 array, fed in C-order pieces.
+
+    numpy reduces a whole array in buffers of ``np.getbufsize()`` (8192) elements taken in C order
+    (contiguous arrays and cropped views alike), sums each buffer pairwise and adds the buffer sums
+    one after the other in float32. Fed the same values in the same order, this gives the same bits,
+    so ``ZScoreNormalization``'s float32 mean and std of a volume nnU-Net would hold whole are
+    reproduced without holding it (an exact mean, rounded once to float32, is often 1-2 ULP away).
+    """
+
+    def __init__(self) -> None:
+        self.total = np.float32(0)
+        self.count = 0
+        self._rest = np.empty(0, dtype=np.float32)
+
+    def update(self, values: np.ndarray) -> None:
+        """Add the next float32 values (any shape, taken in C order)."""
+        flat = values.reshape(-1)
+        if self._rest.size:
+            flat = np.concatenate([self._rest, flat])
+        buffer = np.getbufsize()
+        full = flat.size - flat.size % buffer
+        if full:
+            sums = np.add.reduce(flat[:full].reshape(-1, buffer), axis=1)  # each buffer pairwise
+            self.total = np.cumsum(np.concatenate([[self.total], sums]), dtype=np.float32)[-1]  # one by one
+        self._rest = flat[full:].copy()
+        self.count += values.size
+
+    def mean(self) -> np.float32:
+        """``sum / count`` as ``ndarray.mean`` rounds it (float64 division, then float32)."""
+        total = self.total + np.add.reduce(self._rest) if self._rest.size else self.total
+        return np.float32(np.float64(total) / self.count) if self.count else np.float32(0)

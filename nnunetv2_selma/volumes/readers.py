@@ -96,7 +96,7 @@ class VolumeSource:
         """The files whose size and modification time stand for the volume's content (in a fixed order).
 
         One file for single-file kinds, every slice for a slice folder, the array metadata for OME-Zarr
-        (a whole brain has millions of chunk files; sampled content covers them, see ``whole_volume``).
+        (a whole brain has millions of chunk files; sampled content covers them, see ``inference.resume``).
         """
         return [self.path]
 
