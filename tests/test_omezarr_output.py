@@ -106,6 +106,7 @@ def test_writer_pyramid_and_metadata_read_back_with_ome_zarr(tmp_path, monkeypat
     # our own reader takes it as input (level 0)
     source = open_volume(out)
     assert source.shape == data.shape and source.dtype == dtype
+    assert source.geometry["spacing"] == GEOMETRY["spacing"] and source.geometry["origin"] == GEOMETRY["origin"]
     np.testing.assert_array_equal(source.read((slice(5, 40), slice(30, 140), slice(0, 130))), data[5:40, 30:140])
     assert not (out / "0" / "0" / "0" / "0").exists(), "all-zero chunks are not stored"
 
@@ -242,9 +243,6 @@ def test_predict_large_reads_ome_zarr_input(tiny):
     np.testing.assert_array_equal(open_volume(out).read((slice(0, 24), slice(0, 64), slice(0, 64))), tiny["mask"])
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason="whole_volume.predict_large still refuses output kind 'zarr' (its own output check); "
-                          "remove this mark once it accepts .ome.zarr")
 def test_predict_large_writes_ome_zarr(tiny):
     out = predict_large(tiny["root"] / "input.tif", tiny["root"] / "pred.ome.zarr", tiny["model"],
                         block_size=(16, 32, 32), progress=False, tissue_mask="none")

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="input volume (one per channel): folder of 2D TIFF slices, 3D .tif, .nii.gz, .mha, "
                              ".b2nd or OME-Zarr")
     parser.add_argument("-o", "--output", required=True,
-                        help="output: a folder for TIFF slices (no suffix), .tif, .b2nd, .nii.gz, .mha (uint8)")
+                        help="output: a folder for TIFF slices (no suffix), .tif, .b2nd, .nii.gz, .mha, .ome.zarr "
+                             "(uint8; OME-Zarr with a multiscale pyramid, opens in napari)")
     parser.add_argument("-m", "--model", required=True, help="nnU-Net model folder (Trainer__Plans__Configuration)")
     parser.add_argument("-f", "--folds", nargs="+", type=fold, default=["0"],
                         help="folds to ensemble (default: 0)")

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.inference.block_jobs import block_file, load_block, save_block, worker_cached
+from nnunetv2_selma.inference.dask_executor import run_on_dask
 from nnunetv2_selma.inference.object_outputs import (
     DENSITY_FILES,
     DENSITY_PICTURE,
@@ -52,15 +54,7 @@ from nnunetv2_selma.inference.object_outputs import (
     write_density,
     write_labels,
 )
-from nnunetv2_selma.inference.whole_volume import (
-    _cached,
-    _check_inputs_unchanged,
-    _run_on_dask,
-    _signature_mismatch,
-    input_content_signature,
-    load_block,
-    save_block,
-)
+from nnunetv2_selma.inference.resume import check_inputs_unchanged, input_content_signature, signature_mismatch
 from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.volumes import VolumeSource, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path
@@ -135,7 +129,7 @@ def _structure(connectivity: int) -> np.ndarray:
 
 
 def _sources(job: ObjectJob) -> list[VolumeSource]:
-    return _cached(("object_sources", job.mask, job.images, job.content),
+    return worker_cached(("object_sources", job.mask, job.images, job.content),
                    lambda: [open_volume(p) for p in (job.mask, *job.images)])
 
 
@@ -409,9 +403,9 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     summary_path = output_dir / SUMMARY_JSON
     if summary_path.is_file():
         record = json.loads(summary_path.read_text())
-        _check_inputs_unchanged(record.get("signature", {}), signature, f"the results in {output_dir}",
+        check_inputs_unchanged(record.get("signature", {}), signature, f"the results in {output_dir}",
                                 f"Remove {output_dir} (or choose another) to measure the new content.")
-        if not _signature_mismatch(record.get("signature", {}), signature) and record.get("settings") == settings:
+        if not signature_mismatch(record.get("signature", {}), signature) and record.get("settings") == settings:
             logger.info("%s: objects already measured with these arguments; nothing to do", output_dir)
             return output_dir
         raise FileExistsError(f"{output_dir}: holds the results of another objects run; nothing was overwritten. "
@@ -428,9 +422,9 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     job = ObjectJob(str(mask), tuple(map(str, images)), shape, int(connectivity), str(work_dir),
                     json.dumps(signature["input_content"]))
     if state is not None:
-        _check_inputs_unchanged(state.get("signature", {}), signature, f"the partial run in {work_dir}",
+        check_inputs_unchanged(state.get("signature", {}), signature, f"the partial run in {work_dir}",
                                 f"To start fresh on the new content, remove {work_dir} and rerun.")
-        differ = _signature_mismatch(state.get("signature", {}), signature)
+        differ = signature_mismatch(state.get("signature", {}), signature)
         if differ:
             raise FileExistsError(f"{work_dir}: holds a partial run with other {', '.join(differ)}; nothing was "
                                   f"overwritten. Rerun with the same arguments to resume, or remove that folder.")
@@ -462,7 +456,7 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
                 for b in pending:
                     finished(task(job, b))
             else:
-                _run_on_dask(job, pending, workers, scheduler, finished, task=task)
+                run_on_dask(job, pending, workers, scheduler, finished, task=task)
         finally:
             bar.close()
             run_info["seconds"][counter] = time.perf_counter() - t0
@@ -475,8 +469,6 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     if labels is not None:
         np.save(work_dir / "node_ids.npy", result["node_ids"])
         np.save(work_dir / "offsets.npy", result["offsets"])
-        from nnunetv2_selma.inference.whole_volume import block_file
-
         run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()], "relabelled",
             "labels")
         slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None

@@ -51,8 +51,6 @@ from nnunetv2_selma.inference.block_jobs import (
     job_predictor,
     load_block,
     run_block,
-    save_block,  # noqa: F401  (inference/objects.py imports it from here)
-    worker_cached,
 )
 from nnunetv2_selma.inference.blocks import Block, BlockPlan, VolumeFrame, default_block_size, plan_blocks
 from nnunetv2_selma.inference.dask_executor import run_on_dask
@@ -67,20 +65,14 @@ from nnunetv2_selma.inference.resume import (
 from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
 from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.model_folder import read_model_folder
-from nnunetv2_selma.volumes import SUPPORTED_OUTPUTS, create_mask_writer, open_volume, volume_kind
+from nnunetv2_selma.volumes import create_mask_writer, open_volume
+from nnunetv2_selma.volumes.writers import check_output_path
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.json"
 RECORD_SUFFIX = ".predict_large.json"
 PARTIAL_SUFFIX = ".partial"
-
-# inference/objects.py imports these from here under their former names
-_cached = worker_cached
-_check_inputs_unchanged = check_inputs_unchanged
-_run_on_dask = run_on_dask
-_signature_mismatch = signature_mismatch
-
 
 def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Path, progress: bool,
                      tissue=None) -> None:
@@ -132,7 +124,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         OME-Zarr (needs ``zarr``). All channels must have one shape.
     output : path
         Kind from the suffix: no suffix = folder of TIFF slices (named like the input slices when the
-        input is a slice folder), ``.tif``, ``.b2nd``, ``.nii.gz``, ``.mha``... uint8 labels.
+        input is a slice folder), ``.tif``, ``.b2nd``, ``.nii.gz``, ``.mha``, ``.ome.zarr`` (chunked, with a multiscale
+        pyramid for napari / neuroglancer)... uint8 labels.
         Must not exist (or be an empty folder), unless it is the finished output of this very run.
     model_folder : nnU-Net model folder (``Trainer__Plans__Configuration``).
     folds : folds to ensemble (logits averaged as ``nnUNetPredictor`` does).
@@ -173,10 +166,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     output = Path(output).resolve()
     model_folder = Path(model_folder).resolve()
     folds = tuple(f if f == "all" else int(f) for f in folds)
-    kind = volume_kind(output)
-    if kind in ("zarr", "") or (kind == "slices" and any(c.isalpha() for c in output.suffix)):
-        raise ValueError(f"{output}: cannot write output of kind {output.suffix or output.name!r}; expected "
-                         f"{SUPPORTED_OUTPUTS} (a folder of TIFF slices is a path without a suffix)")
+    check_output_path(output)
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
     _check_run_numbers(block_size, tile_step_size, workers, intensity_stats)

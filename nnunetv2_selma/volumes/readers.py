@@ -237,6 +237,21 @@ class _Blosc2Source(VolumeSource):
         return np.asarray(self._array[region])
 
 
+def _ngff_geometry(multiscale: dict) -> dict:
+    """Spacing and origin (x, y, z, as SimpleITK orders them) of level 0 of an NGFF ``multiscales`` entry:
+    its ``scale`` and ``translation`` over the last three axes (z, y, x), times the multiscale-wide ones."""
+    spacing, origin = [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
+    for transforms in (multiscale["datasets"][0].get("coordinateTransformations", []),
+                       multiscale.get("coordinateTransformations", [])):
+        for t in transforms:
+            if t.get("type") == "scale" and len(t.get("scale", [])) >= 3:
+                spacing = [a * float(b) for a, b in zip(spacing, t["scale"][-3:])]
+                origin = [a * float(b) for a, b in zip(origin, t["scale"][-3:])]
+            elif t.get("type") == "translation" and len(t.get("translation", [])) >= 3:
+                origin = [a + float(b) for a, b in zip(origin, t["translation"][-3:])]
+    return {**IDENTITY_GEOMETRY, "spacing": tuple(spacing[::-1]), "origin": tuple(origin[::-1])}
+
+
 class _ZarrSource(VolumeSource):
     kind = "zarr"
 
@@ -251,11 +266,13 @@ class _ZarrSource(VolumeSource):
         self.path = path
         group = zarr.open(str(path), mode="r")
         array = group
+        geometry = dict(IDENTITY_GEOMETRY)
         if not hasattr(group, "shape"):  # an OME-Zarr group: level 0 of the first multiscale
             multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
             if not multiscales:
                 raise ValueError(f"{path}: a zarr group without OME 'multiscales' metadata; expected OME-Zarr")
             array = group[multiscales[0]["datasets"][0]["path"]]
+            geometry = _ngff_geometry(multiscales[0])
         shape = tuple(int(s) for s in array.shape)
         lead = len(shape) - 3
         if lead < 0 or any(s != 1 for s in shape[:lead]):
@@ -264,7 +281,7 @@ class _ZarrSource(VolumeSource):
         self._array, self._lead = array, (0,) * lead
         self.shape = shape[lead:]
         self.dtype = np.dtype(array.dtype)
-        self.geometry = dict(IDENTITY_GEOMETRY)
+        self.geometry = geometry
 
     def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         return np.asarray(self._array[(*self._lead, *region)])
