@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).parent))
 from model_factory import _plans  # noqa: E402
+from torch import nn
 
 from nnunetv2_selma.checkpoints import (  # noqa: E402
     export_nnssl_checkpoint,
@@ -234,15 +231,8 @@ def test_export_to_nnssl_and_back(openmind, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from nnunetv2_selma.store.ingest import ingest_store
-    from nnunetv2_selma.synthetic.download import write_unannotated_volume
-
-    root = tmp_path_factory.mktemp("foundation_store")
-    write_unannotated_volume(root / "download" / "unannotated_cfos" / "sample0", (40, 64, 64), "cfos", seed=0,
-                             picture=False)
-    assert ingest_store(root / "download", root / "store", progress=False).ok
-    return root / "store"
+def store(tiny_store) -> Path:
+    return tiny_store
 
 
 def test_pretrain_init_continues_from_our_and_nnssl_checkpoints(store, tmp_path):

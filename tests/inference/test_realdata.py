@@ -12,22 +12,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from model_factory import make_model_folder  # noqa: E402
 
 from nnunetv2_selma.cli.predict_large import main as predict_large_command
 from nnunetv2_selma.inference.tissue import auto_tissue_mask
 from nnunetv2_selma.inference.whole_volume import predict_large
 from nnunetv2_selma.volumes import open_volume
 
-sys.path.insert(0, str(Path(__file__).parent))
-from model_factory import make_model_folder  # noqa: E402
-
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "cellfinder_mouse_brain"
+REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "cellfinder_mouse_brain"
 CHANNELS = ("C00", "C01")
 PLANES = range(5, 21)
 CROP = (slice(0, 256), slice(0, 256))

@@ -56,17 +56,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from nnunetv2_selma.store.ingest import ingest_store
-    from nnunetv2_selma.synthetic.download import write_unannotated_volume
-
-    root = tmp_path_factory.mktemp("ssl_store")
-    for i, structure in enumerate(("cfos", "nucleus")):
-        write_unannotated_volume(root / "download" / f"unannotated_{structure}" / f"sample{i}", (48, 96, 96),
-                                 structure, seed=i, picture=False)
-    report = ingest_store(root / "download", root / "store", progress=False)
-    assert report.ok, report.failed
-    return root / "store"
+def store(tiny_store) -> Path:
+    return tiny_store
 
 
 @pytest.fixture(scope="module")

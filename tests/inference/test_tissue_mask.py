@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from model_factory import make_model_folder  # noqa: E402
 from scipy import ndimage
 
 from nnunetv2_selma.inference.tissue import TISSUE_MARGIN_BLOCKS, auto_tissue_mask
 from nnunetv2_selma.inference.whole_volume import predict_large
 from nnunetv2_selma.volumes import open_volume
-
-sys.path.insert(0, str(Path(__file__).parent))
-from model_factory import make_model_folder  # noqa: E402
 
 SHAPE = (16, 64, 128)
 ALL = tuple(slice(0, s) for s in SHAPE)

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
-sys.path.insert(0, str(Path(__file__).parent))
 from model_factory import make_model_folder  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -18,18 +18,16 @@ from skimage.measure import block_reduce
 pytest.importorskip("zarr")
 pytest.importorskip("ome_zarr")
 
+from model_factory import make_model_folder  # noqa: E402
 from ome_zarr.io import parse_url  # noqa: E402
 from ome_zarr.reader import Label, Multiscales, Reader  # noqa: E402
+from test_objects import BLOCK, SHAPE, _mask, _reference  # noqa: E402
 
 from nnunetv2_selma.inference.objects import measure_objects  # noqa: E402
 from nnunetv2_selma.inference.whole_volume import predict_large  # noqa: E402
 from nnunetv2_selma.volumes import create_mask_writer, open_volume  # noqa: E402
 from nnunetv2_selma.volumes import writers as writers_module  # noqa: E402
 from nnunetv2_selma.volumes.writers import check_output_path, pyramid_shapes  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from model_factory import make_model_folder  # noqa: E402
-from test_objects import BLOCK, SHAPE, _mask, _reference  # noqa: E402
 
 GEOMETRY = {"spacing": (0.5, 1.0, 2.0), "origin": (10.0, 20.0, 30.0), "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
 

@@ -228,7 +228,6 @@ def test_predict_large_objects_runs_right_after_prediction(tmp_path):
     """``predict_large --objects``: the objects of the predicted mask, intensities from the input."""
     import os
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from model_factory import make_model_folder
 
     model = make_model_folder(Path(os.environ["nnUNet_results"]), "Dataset575_SELMAobjects", patch_size=(16, 32, 32),

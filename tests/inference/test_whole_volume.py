@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from model_factory import make_model_folder  # noqa: E402
 
 from nnunetv2_selma.inference.blocks import compute_tile_starts, plan_blocks
 from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
@@ -20,9 +21,6 @@ from nnunetv2_selma.inference.whole_volume import predict_large
 from nnunetv2_selma.io import SliceSeries, read_image
 from nnunetv2_selma.normalization import image_statistics
 from nnunetv2_selma.volumes import open_volume
-
-sys.path.insert(0, str(Path(__file__).parent))
-from model_factory import make_model_folder  # noqa: E402
 
 SHAPE = (24, 64, 64)
 PATCH = (16, 32, 32)
