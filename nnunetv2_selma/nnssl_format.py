@@ -23,8 +23,10 @@ writes one for our checkpoints. :mod:`nnunetv2_selma.checkpoints` loads and expo
 
 from __future__ import annotations
 
+import json
 import pydoc
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from typing import Any
 
 #: the entry of an nnssl checkpoint that holds the adaptation plan
@@ -324,3 +326,96 @@ def make_adaptation_plan(
         "keys_to_in_proj": list(KEYS_TO_IN_PROJ),
         "key_to_lpe": None,
     }
+
+
+def export_nnssl_checkpoint(
+    source: str | PathLike, destination: str | PathLike, plans: dict | str | PathLike | None = None,
+    configuration: str = "3d_fullres",
+) -> dict:
+    """Write one of our pretraining checkpoints in nnssl's format, with a correct adaptation plan.
+
+    The output is what nnssl saves (``network_weights`` with the whole network, ``decoder.encoder.*``
+    duplicates included, ``nnssl_adaptation_plan``, ``trainer_name``, ``init_args``, ``current_epoch``)
+    plus our ``"selma"`` metadata, in plain types only: nnU-Net master's ``nnUNetv2_train_pretrained``
+    reads it with ``torch.load(weights_only=True)``, and
+    :func:`nnunetv2_selma.checkpoints.load_pretrained_weights` reads it back as an nnssl checkpoint.
+
+    Parameters
+    ----------
+    source : path
+        A checkpoint of ``nnUNetv2_selma_pretrain`` (or of the trainer flag's cache).
+    destination : path
+        Output ``.pth`` (written atomically; parent folders created).
+    plans : plans dict or .json path, optional
+        The plans the checkpoint was pretrained with; needed only for checkpoints that do not record
+        their architecture (written before nnunetv2-selma 0.1 recorded it).
+    configuration : str
+        Plans configuration.
+
+    Returns
+    -------
+    dict
+        The adaptation plan written.
+
+    Raises
+    ------
+    ValueError
+        The source is already an nnssl checkpoint, records no architecture and no plans were given,
+        is not a ResidualEncoderUNet, or its tensors do not fit the architecture it records.
+    """
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    # checkpoints imports this module lazily too: both sit on the ground floor, neither at import time
+    from nnunetv2_selma.checkpoints import atomic_torch_save, read_checkpoint
+
+    checkpoint = read_checkpoint(source)
+    if checkpoint.source == "nnssl":
+        raise ValueError(f"{source}: already an nnssl checkpoint (it has '{PLAN_KEY}'); nothing to export")
+    meta = dict(checkpoint.metadata)
+    architecture, patch_size = meta.get("architecture"), meta.get("patch_size")
+    normalization = ["ZScoreNormalization"]
+    plans_name = meta.get("plans_name") or "nnUNetSelmaPlans"
+    if plans is not None:
+        from nnunetv2_selma.model_folder import read_plans_configuration
+
+        manager, config = read_plans_configuration(plans, configuration)
+        architecture, patch_size = config.configuration["architecture"], list(config.patch_size)
+        normalization = list(config.normalization_schemes)[:1] or normalization
+        plans_name = manager.plans.get("plans_name", plans_name)
+    if not architecture or not patch_size:
+        raise ValueError(f"{source}: the checkpoint does not record its network (source {checkpoint.source!r}); give "
+                         f"the plans it was pretrained with (--plans $nnUNet_preprocessed/DatasetXXX/"
+                         f"nnUNetSelmaPlans_<preset>.json)")
+    class_name = architecture.get("network_class_name", "")
+    if class_name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
+        raise ValueError(f"{source}: network {class_name!r}; nnssl's adaptation plan describes ResidualEncoderUNet "
+                         f"networks only")
+    weights = checkpoint.weights
+    stem_key = "encoder.stem.convs.0.conv.weight"
+    if stem_key not in weights:
+        raise ValueError(f"{source}: no {stem_key!r}; not a checkpoint of a residual-encoder U-Net")
+    channels = int(weights[stem_key].shape[1])
+    # prove the weights fit the plan: build the plans' network without memory (meta device) and compare
+    with torch.device("meta"):
+        reference = get_network_from_plans(class_name, architecture["arch_kwargs"],
+                                           architecture.get("_kw_requires_import", []), channels, 1,
+                                           allow_init=False, deep_supervision=False).state_dict()
+    for key, value in reference.items():
+        if key.startswith("encoder.") and (key not in weights or tuple(weights[key].shape) != tuple(value.shape)):
+            found = tuple(weights[key].shape) if key in weights else "missing"
+            raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
+                             f"{tuple(value.shape)}; the checkpoint does not belong to these plans")
+    plan = make_adaptation_plan(architecture["arch_kwargs"], patch_size, channels, configuration, normalization,
+                                plans_name=plans_name)
+    plain_meta = json.loads(json.dumps(meta, default=str))  # weights_only-safe
+    atomic_torch_save({
+        "network_weights": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        PLAN_KEY: plan,
+        "trainer_name": f"nnunetv2_selma.{meta.get('method', 'pretraining')}",
+        "init_args": {"plans_name": plans_name, "configuration": configuration,
+                      "method_params": plain_meta.get("method_params")},
+        "current_epoch": int(meta.get("iterations_done") or 0),
+        "selma": plain_meta,
+    }, destination)
+    return plan

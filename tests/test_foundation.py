@@ -20,13 +20,12 @@ from model_factory import _plans  # noqa: E402
 from torch import nn
 
 from nnunetv2_selma.checkpoints import (  # noqa: E402
-    export_nnssl_checkpoint,
     load_pretrained_weights,
     read_checkpoint,
     save_pretrained_checkpoint,
 )
 from nnunetv2_selma.network import build_network  # noqa: E402
-from nnunetv2_selma.nnssl_format import check_adaptation_plan  # noqa: E402
+from nnunetv2_selma.nnssl_format import check_adaptation_plan, export_nnssl_checkpoint  # noqa: E402
 from nnunetv2_selma.training.planner import PRESETS  # noqa: E402
 
 #: an adaptation plan as nnssl's BaseMAETrainer serialises it (and as the OpenMind releases publish it)

@@ -14,7 +14,7 @@ from nnunetv2_selma.cli._args import add_debug_flag, cli_command
 
 @cli_command
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run :func:`nnunetv2_selma.checkpoints.export_nnssl_checkpoint`."""
+    """Parse arguments and run :func:`nnunetv2_selma.nnssl_format.export_nnssl_checkpoint`."""
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_selma_export_checkpoint",
         description="Write a pretraining checkpoint of nnUNetv2_selma_pretrain (or of the trainer flag's cache) in "
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     add_debug_flag(parser)
     args = parser.parse_args(argv)
 
-    from nnunetv2_selma.checkpoints import export_nnssl_checkpoint
+    from nnunetv2_selma.nnssl_format import export_nnssl_checkpoint
 
     plan = export_nnssl_checkpoint(args.input, args.output, plans=args.plans, configuration=args.configuration)
     name = plan["architecture_plans"]["arch_class_name"]

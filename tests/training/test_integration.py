@@ -284,7 +284,7 @@ def test_mismatching_checkpoint_stops_nnunetv2_train(planned, checkpoints):
 def test_nnssl_format_checkpoint_fine_tunes_through_nnunetv2_train(planned, checkpoints, tmp_path):
     """An nnssl-format checkpoint (our SSL checkpoint exported with an adaptation plan for the cpu preset's
     ResidualEncoderUNet) fine-tunes through the real nnUNetv2_train: stem and encoder loaded, decoder at random."""
-    from nnunetv2_selma.checkpoints import export_nnssl_checkpoint
+    from nnunetv2_selma.nnssl_format import export_nnssl_checkpoint
 
     nnssl = tmp_path / "nnssl_checkpoint_final.pth"
     export_nnssl_checkpoint(checkpoints["ssl"], nnssl, plans=planned["plans"][520])
