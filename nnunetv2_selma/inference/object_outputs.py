@@ -18,6 +18,7 @@ import numpy as np
 
 from nnunetv2_selma.io import IDENTITY_GEOMETRY, write_atomic
 from nnunetv2_selma.volumes import create_mask_writer
+from nnunetv2_selma.volumes.writers import write_blocks
 
 DENSITY_TIFF = "density.tif"
 DENSITY_OME_ZARR = "density.ome.zarr"
@@ -30,28 +31,14 @@ def write_labels(path: Path, shape: Sequence[int], regions: Sequence[tuple[tuple
     """Write uint32 instance labels to ``path`` (any kind :func:`create_mask_writer` takes) from blocks:
     ``regions[i]`` is block ``i``'s ``(start, stop)`` per axis, ``load(i)`` its labels (e.g. memory-mapped).
 
-    Region writers (``.b2nd``, OME-Zarr...) take one block at a time; plane writers (TIFF) one z plane at a
-    time, with only the blocks of the current row of blocks open. Nothing is left at ``path`` on failure.
+    Written by :func:`~nnunetv2_selma.volumes.writers.write_blocks` (block by block, or plane by plane with only
+    the blocks a plane crosses open). Nothing is left at ``path`` on failure.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = create_mask_writer(path, tmp, shape, geometry, slice_names, dtype=np.uint32)
-    try:
-        if not writer.sequential:
-            for i, region in enumerate(regions):
-                writer.write_region(tuple(slice(a, b) for a, b in region), load(i)[...])
-        else:
-            for z_row in sorted({r[0] for r in regions}):
-                row = [(r, load(i)) for i, r in enumerate(regions) if r[0] == z_row]
-                for z in range(*z_row):
-                    plane = np.zeros(tuple(shape[1:]), np.uint32)
-                    for r, arr in row:
-                        plane[slice(*r[1]), slice(*r[2])] = arr[z - z_row[0]]
-                    writer.write_plane(z, plane)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    placed = [(tuple(slice(a, b) for a, b in region), i) for i, region in enumerate(regions)]
+    with create_mask_writer(path, path.with_name(f".{path.name}.tmp"), shape, geometry, slice_names,
+                            dtype=np.uint32) as writer:
+        write_blocks(writer, placed, load)
 
 
 def volume_histogram(count: np.ndarray) -> dict:
@@ -98,14 +85,9 @@ def write_density(output_dir: Path, density: np.ndarray, density_format: str, ge
     final = output_dir / name
     if final.exists():  # a run killed after writing it and before summary.json: ours, written again
         shutil.rmtree(final)
-    writer = create_mask_writer(final, output_dir / f".{name}.tmp", density.shape, density_geometry(geometry, voxels),
-                                dtype=np.uint32, labels=False)
-    try:
+    with create_mask_writer(final, output_dir / f".{name}.tmp", density.shape, density_geometry(geometry, voxels),
+                            dtype=np.uint32, labels=False) as writer:
         writer.write_region(tuple(slice(0, s) for s in density.shape), density)  # ceil(shape / voxels): small
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
     return name
 
 

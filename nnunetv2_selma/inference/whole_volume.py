@@ -66,7 +66,7 @@ from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
 from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.model_folder import read_model_folder
 from nnunetv2_selma.volumes import create_mask_writer, open_volume
-from nnunetv2_selma.volumes.writers import check_output_path
+from nnunetv2_selma.volumes.writers import check_output_path, write_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -77,35 +77,14 @@ PARTIAL_SUFFIX = ".partial"
 def _assemble_output(writer, frame: VolumeFrame, plan: BlockPlan, blocks_dir: Path, progress: bool,
                      tissue=None) -> None:
     """Write the stored blocks into ``writer``; labels outside ``tissue`` (a ``TissueMask``) become 0."""
-    from tqdm import tqdm
-
     placed = []
     for block in plan.blocks:
         valid = frame.valid(block.core)
         if any(b <= a for a, b in valid):
             continue
         placed.append((frame.to_original(valid), block.index))
-    if not writer.sequential:
-        for region, index in tqdm(placed, desc="writing", disable=not progress, leave=False):
-            data = load_block(blocks_dir, index)[...]
-            if tissue is not None:
-                data = data * tissue.region(region)
-            writer.write_region(region, data)
-        return
-    shape = frame.shape
-    open_maps: dict = {}
-    for z in tqdm(range(shape[0]), desc="writing", disable=not progress, leave=False):
-        plane = np.zeros(shape[1:], dtype=np.uint8)
-        for region, index in placed:
-            if region[0].start <= z < region[0].stop:
-                if index not in open_maps:
-                    open_maps[index] = load_block(blocks_dir, index)
-                plane[region[1], region[2]] = open_maps[index][z - region[0].start]
-            elif z >= region[0].stop:
-                open_maps.pop(index, None)  # this block is behind us: release the mapping
-        if tissue is not None:
-            plane *= tissue.region((slice(z, z + 1), slice(0, shape[1]), slice(0, shape[2])))[0]
-        writer.write_plane(z, plane)
+    write_blocks(writer, placed, lambda index: load_block(blocks_dir, index),
+                 keep=None if tissue is None else tissue.region, progress=progress)
 
 
 def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, model_folder: str | Path,
@@ -308,14 +287,10 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         timings["tissue_mask"] = time.perf_counter() - t0
         logger.info("%s: tissue mask kept %.1f%% of the volume", output, 100 * tissue.info["fraction"])
     slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
-    writer = create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry, slice_names)
     t0 = time.perf_counter()
-    try:
+    with create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry,
+                            slice_names) as writer:
         _assemble_output(writer, frame, plan, blocks_dir, progress, tissue)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
     timings["write"] = time.perf_counter() - t0
     write_json_atomic(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
                                "block_size": list(plan.block_size), "redundancy": plan.redundancy,

@@ -75,6 +75,52 @@ class MaskWriter:
         elif self.tmp.exists():
             self.tmp.unlink()
 
+    def __enter__(self) -> MaskWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Commit when the block ends normally; abort (nothing at the final path) when it raises or commit does."""
+        if exc_type is not None:
+            self.abort()
+            return False
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
+        return False
+
+
+def write_blocks(writer: MaskWriter, placed: Sequence[tuple[tuple[slice, slice, slice], object]],
+                 load, keep=None, progress: bool = False, desc: str = "writing") -> None:
+    """Write blocks into ``writer``: ``placed`` holds each block's region of the volume and a key,
+    ``load(key)`` its voxels (a memory map is fine), ``keep(region)`` (optional) a 0/1 array that multiplies
+    them (e.g. a tissue mask). Region writers take one block at a time; plane writers one z plane at a
+    time, with only the blocks that plane crosses open (a block behind the plane is released)."""
+    from tqdm import tqdm
+
+    if not writer.sequential:
+        for region, key in tqdm(placed, desc=desc, disable=not progress, leave=False):
+            data = load(key)[...]
+            if keep is not None:
+                data = data * keep(region)
+            writer.write_region(region, data)
+        return
+    shape = writer.shape
+    open_blocks: dict = {}
+    for z in tqdm(range(shape[0]), desc=desc, disable=not progress, leave=False):
+        plane = np.zeros(shape[1:], dtype=writer.dtype)
+        for region, key in placed:
+            if region[0].start <= z < region[0].stop:
+                if key not in open_blocks:
+                    open_blocks[key] = load(key)
+                plane[region[1], region[2]] = open_blocks[key][z - region[0].start]
+            elif z >= region[0].stop:
+                open_blocks.pop(key, None)
+        if keep is not None:
+            plane *= keep((slice(z, z + 1), slice(0, shape[1]), slice(0, shape[2])))[0]
+        writer.write_plane(z, plane)
+
 
 class _SliceFolderWriter(MaskWriter):
     sequential = True
