@@ -469,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structures", nargs="+", default=None, choices=sorted(STRUCTURES))
     parser.add_argument("--ks", nargs="+", default=None, help="override the label counts (ints and 'all')")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--trainer", default=None,
+                        help="fine-tuning trainer for every arm instead of the profile's (runs are kept per trainer)")
     parser.add_argument("--collect", action="store_true",
                         help="no new run: results, table and plot from the runs finished so far (marked partial)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -481,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         prof = Profile(**{**asdict(prof), "structures": tuple(args.structures)})
     if args.ks:
         prof = Profile(**{**asdict(prof), "ks": tuple(k if k == "all" else int(k) for k in args.ks)})
+    if args.trainer:
+        prof = Profile(**{**asdict(prof), "trainer": args.trainer})
     arms = tuple(args.arms or prof.arms)
     if "scratch" not in arms:
         parser.error("--arms must include scratch (every difference is paired against it)")

@@ -52,6 +52,7 @@ __all__ = [
     "nnUNetTrainerSelma_8epochs_25it",
     "nnUNetTrainerSelma_6epochs_25it_noTTA",
     "nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1",
+    "nnUNetTrainerSelma_12epochs_25it_noTTA",
 ]
 
 #: environment variable naming a pretrained checkpoint to load when a Selma trainer initialises
@@ -294,3 +295,11 @@ class nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_6epo
     decoder and head (a suspect of issue 12: full-rate SGD washes out what pretraining learnt)."""
 
     encoder_lr_scale = 0.1
+
+
+class nnUNetTrainerSelma_12epochs_25it_noTTA(nnUNetTrainerSelma_6epochs_25it_noTTA):
+    """The CPU study schedule twice as long (12 epochs of 25 iterations, warm-up 1 epoch, no test-time
+    mirroring): with 150 iterations a fine-tuning run from one or two faint labelled patches sometimes ended
+    before its first foreground prediction (Dice 0, training loss still falling), in every arm (issue 12)."""
+
+    schedule_epochs = 12
