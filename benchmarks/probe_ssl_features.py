@@ -31,19 +31,28 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from bench_ssl_benefit import STRUCTURES
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from torch.nn import functional
 
 from nnunetv2_selma.checkpoints import load_pretrained_weights
+from nnunetv2_selma.evaluation.metrics import dice
 from nnunetv2_selma.network import build_network
 from nnunetv2_selma.normalization import normalize_image
 
 log = logging.getLogger("probe_ssl_features")
 
-#: structure -> dataset folder of the study (bench_ssl_benefit.STRUCTURES ids)
-DATASETS = {"nuclei": "Dataset701_SELMA3D_Nuclei", "cfos": "Dataset703_SELMA3D_cFos",
-            "plaques": "Dataset704_SELMA3D_Plaques"}
+
+
+def dataset_folder(root: Path, structure: str) -> Path:
+    """The study's dataset folder of ``structure`` under ``root`` (nnUNet_raw or nnUNet_preprocessed)."""
+    did = STRUCTURES[structure][1]
+    found = sorted(p for p in root.glob(f"Dataset{did}_*") if p.is_dir())
+    if not found:
+        raise FileNotFoundError(f"{root}: no Dataset{did}_* folder for {structure}; expected a bench_ssl_benefit.py "
+                                f"--work folder whose study included {structure}")
+    return found[0]
 
 
 def read_case(raw: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,14 +70,9 @@ def voxel_features(network: torch.nn.Module, image: np.ndarray, with_intensity: 
     x[tuple(slice(0, s) for s in shape)] = image
     x = torch.from_numpy(x)[None, None]
     maps = []
-    if network is not None:
-        h = x
-        encoder = network.encoder
-        if getattr(encoder, "stem", None) is not None:
-            h = encoder.stem(h)
-        for stage in encoder.stages:
-            h = stage(h)
-            maps.append(functional.interpolate(h, size=padded, mode="trilinear", align_corners=False))
+    if network is not None:  # a U-Net's encoder returns every stage's output (its skips)
+        maps = [functional.interpolate(h, size=padded, mode="trilinear", align_corners=False)
+                for h in network.encoder(x)]
     if with_intensity or not maps:
         maps.append(x)
     feats = torch.cat(maps, 1)[0][(slice(None), *(slice(0, s) for s in shape))]
@@ -77,7 +81,7 @@ def voxel_features(network: torch.nn.Module, image: np.ndarray, with_intensity: 
 
 def probe(features_train, labels_train, features_test, labels_test, seed: int, n_fit: int = 40000) -> dict:
     rng = np.random.default_rng(seed)
-    X, y = np.concatenate(features_train), np.concatenate(labels_train)
+    X, y = np.concatenate(features_train), np.concatenate([lab.ravel() for lab in labels_train])
     pick = rng.choice(len(y), size=min(n_fit, len(y)), replace=False)
     mean, std = X[pick].mean(0), X[pick].std(0) + 1e-6
     clf = LogisticRegression(max_iter=400, class_weight="balanced", C=1.0)
@@ -85,10 +89,8 @@ def probe(features_train, labels_train, features_test, labels_test, seed: int, n
     aps, dices = [], []
     for f, lab in zip(features_test, labels_test):
         p = clf.predict_proba((f - mean) / std)[:, 1]
-        aps.append(float(average_precision_score(lab, p)) if lab.any() else float("nan"))
-        pred = p > 0.5
-        denom = pred.sum() + lab.sum()
-        dices.append(float(2 * (pred & lab).sum() / denom) if denom else 1.0)
+        aps.append(float(average_precision_score(lab.ravel(), p)) if lab.any() else float("nan"))
+        dices.append(dice(p.reshape(lab.shape) > 0.5, lab))
     return {"ap": float(np.nanmean(aps)), "dice": float(np.mean(dices))}
 
 
@@ -99,7 +101,6 @@ def load(spec: str, plans: Path) -> tuple[str, torch.nn.Module | None]:
         torch.manual_seed(int(spec.split(":")[1]))
         return "random", build_network(plans, num_output_channels=2).eval()
     name, path = spec.split("=", 1)
-    torch.manual_seed(0)
     network = build_network(plans, num_output_channels=2).eval()
     load_pretrained_weights(network, path, log=lambda *a, **k: None)
     return name, network
@@ -110,17 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="bench_ssl_benefit.py --work folder")
     parser.add_argument("--checkpoints", nargs="+", required=True,
                         help="intensity | random:SEED | NAME=PATH (several PATHs per NAME = seeds)")
-    parser.add_argument("--structures", nargs="+", default=list(DATASETS))
+    parser.add_argument("--structures", nargs="+", default=["nuclei", "cfos", "plaques"], choices=sorted(STRUCTURES))
     parser.add_argument("--pool", type=int, default=8, help="labelled patches the probe is fitted on")
     parser.add_argument("--with-intensity", action="store_true", help="append the raw intensity to every vector")
     parser.add_argument("-o", "--output", type=Path, help="results .json (a .png bar chart is written beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
-    plans = args.work / "nnUNet_preprocessed" / DATASETS["nuclei"] / "nnUNetSelmaPlans_cpu.json"
+    # the study pretrains every arm with the plans of its first structure (nuclei)
+    plans = dataset_folder(args.work / "nnUNet_preprocessed", "nuclei") / "nnUNetSelmaPlans_cpu.json"
     data = {}
     for s in args.structures:
-        raw = args.work / "nnUNet_raw" / DATASETS[s]
+        raw = dataset_folder(args.work / "nnUNet_raw", s)
         cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (raw / "imagesTr").glob("*_0000.nii.gz"))
         data[s] = [read_case(raw, c) for c in cases]
     results = defaultdict(lambda: defaultdict(list))
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         name, network = load(spec, plans)
         for s, cases in data.items():
             feats = [voxel_features(network, img, args.with_intensity) for img, _ in cases]
-            labels = [lab.ravel() for _, lab in cases]
+            labels = [lab for _, lab in cases]
             r = probe(feats[:args.pool], labels[:args.pool], feats[args.pool:], labels[args.pool:], seed=0)
             results[name][s].append(r)
             log.info("%-28s %-8s AP %.3f Dice %.3f", spec[:28], s, r["ap"], r["dice"])
