@@ -69,6 +69,8 @@ ARMS: dict[str, list[str] | None] = {
     "denoise_n1": ["--method", "denoise", "--noise-std", "1.0"],
     # its checkpoints as nnssl checkpoints: stem and encoder loaded, decoder at random (as mae_encoder)
     "denoise_n1_encoder": ["--method", "denoise", "--noise-std", "1.0"],
+    # the same, fine-tuned with the encoder at a tenth of the learning rate: keeps the features the probe rewards
+    "denoise_n1_encoder_slow": ["--method", "denoise", "--noise-std", "1.0"],
     # the method before issue 12 (16^3 blocks, normalisation over masked zeros): kept to measure the fix
     "mae_v01": ["--method", "mae", "--block-size", "16", "--dense-norm"],
     # one suspect at a time
@@ -84,10 +86,10 @@ ARMS: dict[str, list[str] | None] = {
     "mae_long_encoder_slow": ["--method", "mae"],
 }
 #: arm -> the arm whose pretraining it reuses, exported in nnssl format (encoder only is loaded)
-ENCODER_ONLY = {"mae_encoder": "mae", "denoise_n1_encoder": "denoise_n1", "mae_long_encoder": "mae_long",
-                "mae_long_encoder_slow": "mae_long"}
+ENCODER_ONLY = {"mae_encoder": "mae", "denoise_n1_encoder": "denoise_n1", "denoise_n1_encoder_slow": "denoise_n1",
+                "mae_long_encoder": "mae_long", "mae_long_encoder_slow": "mae_long"}
 #: arm -> suffix of the profile's trainer it fine-tunes with (a variant in nnunetv2_selma.training.trainers)
-ARM_TRAINER_SUFFIX = {"mae_long_encoder_slow": "_encoderLR0p1"}
+ARM_TRAINER_SUFFIX = {"mae_long_encoder_slow": "_encoderLR0p1", "denoise_n1_encoder_slow": "_encoderLR0p1"}
 #: arm -> multiple of the profile's pretraining iterations (default 1)
 ARM_ITERATIONS = {"mae_long": 4}
 

@@ -53,6 +53,7 @@ __all__ = [
     "nnUNetTrainerSelma_6epochs_25it_noTTA",
     "nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1",
     "nnUNetTrainerSelma_12epochs_25it_noTTA",
+    "nnUNetTrainerSelma_12epochs_25it_noTTA_encoderLR0p1",
 ]
 
 #: environment variable naming a pretrained checkpoint to load when a Selma trainer initialises
@@ -303,3 +304,10 @@ class nnUNetTrainerSelma_12epochs_25it_noTTA(nnUNetTrainerSelma_6epochs_25it_noT
     before its first foreground prediction (Dice 0, training loss still falling), in every arm (issue 12)."""
 
     schedule_epochs = 12
+
+
+class nnUNetTrainerSelma_12epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The 12-epoch study schedule with the encoder at a tenth of the decoder's learning rate: keeps close to a
+    pretrained encoder whose frozen features probe well (issue 12, the denoising encoder)."""
+
+    encoder_lr_scale = 0.1

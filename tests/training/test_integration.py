@@ -196,7 +196,11 @@ def test_warmup_then_poly_schedule():
 
 
 def test_encoder_learning_rate_scale_groups_every_parameter_once(planned):
-    from nnunetv2_selma.training.trainers import nnUNetTrainerSelma, nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1
+    from nnunetv2_selma.training.trainers import (
+        nnUNetTrainerSelma,
+        nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1,
+        nnUNetTrainerSelma_12epochs_25it_noTTA_encoderLR0p1,
+    )
 
     plans = {**json.loads(planned["plans"][521].read_text()), "continue_training": False}
     dataset_json = json.loads((planned["raw"][521] / "dataset.json").read_text())
@@ -211,7 +215,12 @@ def test_encoder_learning_rate_scale_groups_every_parameter_once(planned):
         slow.lr_scheduler.step(epoch)
         assert encoder["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] == pytest.approx(
             slow.lr_scheduler.lr_at(epoch))
+    # the 12-epoch study schedule's variant: the same two groups, 12 epochs
     plans = {**json.loads(planned["plans"][521].read_text()), "continue_training": False}  # nnU-Net pops it
+    slow12 = nnUNetTrainerSelma_12epochs_25it_noTTA_encoderLR0p1(plans, "3d_fullres", 3, dataset_json,
+                                                                   device=torch.device("cpu"))
+    assert slow12.num_epochs == 12 and slow12.num_iterations_per_epoch == 25 and slow12.encoder_lr_scale == 0.1
+    plans = {**json.loads(planned["plans"][521].read_text()), "continue_training": False}
     plain = nnUNetTrainerSelma(plans, "3d_fullres", 3, dataset_json, device=torch.device("cpu"))
     plain.initialize()
     assert len(plain.optimizer.param_groups) == 1 and len(plain.optimizer.param_groups[0]["params"]) == n_params
