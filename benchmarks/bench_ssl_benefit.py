@@ -132,6 +132,11 @@ def k_label(k) -> str:
     return "all" if k == "all" else str(int(k))
 
 
+def label_counts(rows: list[dict]) -> list[str]:
+    """The label counts of ``rows`` in increasing order, "all" last (rows come in run order: 1, 2, all, 4)."""
+    return sorted({k_label(r["k"]) for r in rows}, key=lambda k: (k == "all", int(k) if k != "all" else 0))
+
+
 class Study:
     def __init__(self, prof: Profile, work: Path, arms: tuple[str, ...], seeds: int, jobs: int) -> None:
         self.prof, self.work, self.arms, self.seeds, self.jobs = prof, work, arms, seeds, jobs
@@ -413,7 +418,7 @@ def write_table(results: dict, path: Path) -> str:
     summary = arm_summary(results["rows"])
     arms = list(dict.fromkeys(r["arm"] for r in results["rows"]))
     structures = list(dict.fromkeys(r["structure"] for r in results["rows"]))
-    ks = list(dict.fromkeys(k_label(r["k"]) for r in results["rows"]))
+    ks = label_counts(results["rows"])
     lines = ["| tested on | k | " + " | ".join(f"{a} Dice" for a in arms)
              + " | " + " | ".join(f"{a} − scratch [95% CI]" for a in arms if a != "scratch") + " |",
              "|---|---|" + "---|" * (2 * len(arms) - 1)]
@@ -444,7 +449,7 @@ def plot(results: dict, path: Path) -> None:
     summary = arm_summary(results["rows"])
     structures = list(dict.fromkeys(r["structure"] for r in results["rows"]))
     arms = list(dict.fromkeys(r["arm"] for r in results["rows"]))
-    ks = list(dict.fromkeys(k_label(r["k"]) for r in results["rows"]))
+    ks = label_counts(results["rows"])
     n_all = {r["structure"]: r["n_train"] for r in results["rows"] if r["k"] == "all"}
     fig, axes = plt.subplots(1, len(structures), figsize=(4.2 * len(structures), 4), squeeze=False)
     for ax, s in zip(axes[0], structures):
