@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.structures import unannotated_folder_structures
+
 HERE = Path(__file__).resolve().parent
 REALDATA = HERE.parent.parent / "shared" / "realdata" / "cellfinder_mouse_brain"
 log = logging.getLogger("bench_ssl_benefit")
@@ -86,8 +88,9 @@ ARMS: dict[str, list[str] | None] = {
     "mae_long_encoder_slow": ["--method", "mae"],
     # the pretraining data: tissue-aware sampling draws in proportion to tissue, so the real two-channel
     # volume (~70,000 tissue blocks against ~600 per generated volume) gives 96% of the patches of every arm
-    # above; this arm samples the generated volumes only, the domain the fine-tuning patches come from
-    "mae_generated": ["--method", "mae", "--structures", "nucleus", "cfos", "ab_plaque", "vessel"],
+    # above; this arm samples the generated volumes only (the folders the generator writes), the domain the
+    # fine-tuning patches come from
+    "mae_generated": ["--method", "mae", "--structures", *sorted(unannotated_folder_structures())],
 }
 #: arm -> the arm whose pretraining it reuses, exported in nnssl format (encoder only is loaded)
 ENCODER_ONLY = {"mae_encoder": "mae", "denoise_n1_encoder": "denoise_n1", "denoise_n1_encoder_slow": "denoise_n1",
