@@ -222,8 +222,11 @@ class Study:
         extra = [UNSEEN[s] for s in self.prof.structures if s in UNSEEN and UNSEEN[s] not in self.prof.structures]
         return list(self.prof.structures) + extra
 
+    def dataset_id(self, structure: str) -> int:
+        return STRUCTURES[structure][1]
+
     def dataset_name(self, structure: str) -> str | None:
-        did = STRUCTURES[structure][1]
+        did = self.dataset_id(structure)
         found = sorted(p.name for p in self.raw.glob(f"Dataset{did}_*") if p.is_dir())
         return found[0] if found else None
 
@@ -290,19 +293,18 @@ class Study:
         trainer = self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, "")
         model = results / name / f"{trainer}__{self.plans}__3d_fullres"
         shutil.rmtree(model / f"fold_{fold}", ignore_errors=True)
-        cmd = [self.script("nnUNetv2_train"), str(STRUCTURES[structure][1]), "3d_fullres", str(fold),
+        cmd = [self.script("nnUNetv2_train"), str(self.dataset_id(structure)), "3d_fullres", str(fold),
                "-tr", trainer, "-p", self.plans, "-device", self.prof.device]
         if weights is not None:
             cmd += ["-pretrained_weights", str(weights)]
         seconds = self.run(f"finetune__{run_id}", cmd, env={"nnUNet_results": str(results)})
-        rows = [self.score(structure, k, seed, arm, fold, model, model / f"fold_{fold}" / "validation",
-                           structure, seconds)]
+        rows = self.validation_rows(structure, k, seed, arm, fold, model, seconds)
         if structure in UNSEEN:
             target = UNSEEN[structure]
             pred_dir = model / f"fold_{fold}" / f"unseen_{target}"
             self.run(f"predict__{run_id}", [
                 self.script("nnUNetv2_predict"), "-i", str(self.test_input_folder(target)), "-o", str(pred_dir),
-                "-d", str(STRUCTURES[structure][1]), "-c", "3d_fullres", "-f", str(fold), "-tr", trainer,
+                "-d", str(self.dataset_id(structure)), "-c", "3d_fullres", "-f", str(fold), "-tr", trainer,
                 "-p", self.plans, "-device", self.prof.device, "--disable_progress_bar", "-npp", "1", "-nps", "1",
                 *(["--disable_tta"] if self.prof.device == "cpu" else [])], env={"nnUNet_results": str(results)})
             rows.append(self.score(target, k, seed, arm, fold, model, pred_dir, structure, seconds))
@@ -311,6 +313,12 @@ class Study:
         row_tmp.write_text(json.dumps(rows, indent=1))
         os.replace(row_tmp, row_file)
         return rows
+
+    def validation_rows(self, structure: str, k, seed: int, arm: str, fold: int, model: Path,
+                        seconds: float) -> list[dict]:
+        """Rows scored on nnU-Net's final validation of the fold (the held-out patches)."""
+        return [self.score(structure, k, seed, arm, fold, model, model / f"fold_{fold}" / "validation",
+                           structure, seconds)]
 
     def test_input_folder(self, structure: str) -> Path:
         """The held-out patches of ``structure`` as an nnU-Net input folder (links to imagesTr)."""
@@ -328,13 +336,13 @@ class Study:
         return folder
 
     def score(self, test: str, k, seed: int, arm: str, fold: int, model: Path, pred_dir: Path, trained_on: str,
-              seconds: float) -> dict:
+              seconds: float, cases: list[str] | None = None) -> dict:
         from nnunetv2_selma.evaluation.metrics import dice
         from nnunetv2_selma.io import read_image
 
         labels = self.raw / self.dataset_name(test) / "labelsTr"
         per_case = {}
-        for case in self.cases[test]["test"]:
+        for case in self.cases[test]["test"] if cases is None else cases:
             ref, _ = read_image(labels / f"{case}.nii.gz")
             pred, _ = read_image(pred_dir / f"{case}.nii.gz")
             per_case[case] = dice(pred, ref)
@@ -426,9 +434,9 @@ def write_table(results: dict, path: Path) -> str:
     arms = list(dict.fromkeys(r["arm"] for r in results["rows"]))
     structures = list(dict.fromkeys(r["structure"] for r in results["rows"]))
     ks = label_counts(results["rows"])
-    lines = ["| tested on | k | " + " | ".join(f"{a} Dice" for a in arms)
-             + " | " + " | ".join(f"{a} − scratch [95% CI]" for a in arms if a != "scratch") + " |",
-             "|---|---|" + "---|" * (2 * len(arms) - 1)]
+    header = ["tested on", "k", *(f"{a} Dice" for a in arms),
+              *(f"{a} − scratch [95% CI]" for a in arms if a != "scratch")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     paired = {(p["structure"], k_label(p["k"]), p["method"]): p for p in results["paired"]}
     for s in structures:
         for k in ks:

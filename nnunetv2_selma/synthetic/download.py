@@ -34,12 +34,14 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from nnunetv2_selma.io import apply_default_mode, write_image
 from nnunetv2_selma.structures import STRUCTURES, SUBSETS, subsets_of_edition, unannotated_folder_structures
+from nnunetv2_selma.synthetic.domains import AcquisitionDomain
 from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 from nnunetv2_selma.synthetic.volumes import LightSheetScene, canonical_structure, n_channels
 
@@ -116,7 +118,8 @@ def _patch_dirs(root: Path, layout: str, subset: str) -> tuple[Path, Path, Path,
 def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets=tuple(SUBSETS_2024),
                             cases_per_subset: int = DEFAULT_CASES_PER_SUBSET, patch_scale: float = 0.25,
                             seed: int = 0, file_format: str = ".nii.gz",
-                            dtype: str = "uint16", contrast: float = 1.0) -> dict[str, list[Path]]:
+                            dtype: str = "uint16", contrast: float = 1.0,
+                            domains: Sequence[AcquisitionDomain] | None = None) -> dict[str, list[Path]]:
     """Write annotated patches of the 2024 subsets in one of ``LAYOUTS``.
 
     Parameters
@@ -131,6 +134,8 @@ def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets
     file_format : ``.nii.gz`` or ``.mha``.
     dtype : image dtype, ``uint16`` or ``int16``; masks are always uint8.
     contrast : object brightness multiplier (1.0 default; lower is dimmer objects, a harder task).
+    domains : ``None`` (default scenes) or one acquisition domain per case (``cases_per_subset`` of them):
+        case ``i`` of every subset is recorded under ``domains[i]``.
 
     Returns
     -------
@@ -139,6 +144,8 @@ def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets
     root = Path(root)
     if file_format not in PATCH_FORMATS:
         raise ValueError(f"file_format must be one of {PATCH_FORMATS}; got {file_format!r}")
+    if domains is not None and len(domains) != cases_per_subset:
+        raise ValueError(f"domains: {len(domains)} given; expected one per case ({cases_per_subset})")
     written: dict[str, list[Path]] = {}
     for subset in subsets:
         if subset not in SUBSETS_2024:
@@ -151,7 +158,7 @@ def write_annotated_patches(root: str | Path, layout: str = "challenge", subsets
         paths, panels = [], []
         for case in range(cases_per_subset):
             scene = LightSheetScene(SUBSETS_2024[subset], shape, seed=_seed(seed, 10, s_index, case), dtype=dtype,
-                                    contrast=contrast)
+                                    contrast=contrast, domain=domains[case] if domains is not None else None)
             channels, mask = scene.render(0, shape[0])
             name = f"{prefix}patchvolume_{case:03d}"
             for ch, image in enumerate(channels):
@@ -181,7 +188,8 @@ def _slice_name(z: int, zero_pad: bool) -> str:
 
 def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int], structure: str,
                              dtype: str = "uint16", seed: int = 0, slab: int = 32,
-                             zero_pad: bool = False, picture: bool = True, contrast: float = 1.0) -> list[Path]:
+                             zero_pad: bool = False, picture: bool = True, contrast: float = 1.0,
+                             domain: AcquisitionDomain | None = None) -> list[Path]:
     """Write one unannotated volume as folders of 2D TIFF slices, slab by slab.
 
     Parameters
@@ -196,6 +204,7 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
         ``slice_1.tif``... (numbered from 0, no padding, so string order != numeric order).
     picture : also save ``<sample_dir>/preview.png`` (MIPs accumulated slab by slab, mask outlined).
     contrast : object brightness multiplier (see :class:`~nnunetv2_selma.synthetic.volumes.LightSheetScene`).
+    domain : acquisition domain the volume is recorded under (``None``: the default scene).
 
     Returns
     -------
@@ -205,7 +214,7 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
     if slab < 1:
         raise ValueError(f"slab must be >= 1; got {slab}")
     scene = LightSheetScene(canonical_structure(structure), shape, seed=_seed(seed, 20), whole_sample=True,
-                            dtype=dtype, contrast=contrast)
+                            dtype=dtype, contrast=contrast, domain=domain)
     nch = n_channels(structure)
     final = [sample_dir / f"C{ch:02d}" for ch in range(nch)]
     partial = [d.with_name(d.name + ".partial") for d in final]

@@ -23,6 +23,7 @@ from scipy import ndimage
 from scipy.special import expit
 
 from nnunetv2_selma.structures import unannotated_folder_structures
+from nnunetv2_selma.synthetic.domains import AcquisitionDomain
 
 #: what the generator can draw (the ``synthetic`` field of :data:`nnunetv2_selma.structures.STRUCTURES`)
 STRUCTURES = ("vessel", "nuclei", "cfos", "plaques", "microglia")
@@ -35,6 +36,10 @@ _INT16_SHIFT = 400.0  # int16 data: background sits below zero, as in some signe
 _PSF_SIGMA = (1.6, 0.7, 0.7)  # (z, y, x): light-sheet axial resolution is worse than lateral
 _TRUNCATE = 3.0
 BLUR_HALO = int(math.ceil(_TRUNCATE * _PSF_SIGMA[0])) + 1
+
+
+def _blur_halo(psf_z: float) -> int:
+    return int(math.ceil(_TRUNCATE * psf_z)) + 1
 
 
 def canonical_structure(structure: str) -> str:
@@ -161,10 +166,15 @@ class LightSheetScene:
     contrast : multiplies every object's brightness (the autofluorescence background stays): 1.0 is
         the default scene, lower values give dim, low-SNR objects closer to the background, as in
         weakly stained or deep tissue. The objects and the mask do not depend on it.
+    domain : imaging conditions (:class:`~nnunetv2_selma.synthetic.domains.AcquisitionDomain`): PSF,
+        photon budget, autofluorescence level and texture, stripes, depth attenuation, object size and
+        brightness spread, and hard negatives (bright unlabelled look-alikes of the target, painted into
+        the image but not the mask). The scene jitters the domain's values a little. ``None`` (default)
+        draws the default scene, byte for byte as without this option.
     """
 
     def __init__(self, structure: str, shape: tuple[int, int, int], seed: int, whole_sample: bool = False,
-                 dtype: str = "uint16", contrast: float = 1.0) -> None:
+                 dtype: str = "uint16", contrast: float = 1.0, domain: AcquisitionDomain | None = None) -> None:
         self.structure = canonical_structure(structure)
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 3 or min(self.shape) < 1:
@@ -206,9 +216,80 @@ class LightSheetScene:
         self.ellipsoids, self.capsules = self._draw_objects(rng)
         if not contrast > 0:
             raise ValueError(f"contrast must be > 0; got {contrast}")
+        self.psf, self.texture_amp, self.photons = _PSF_SIGMA, 0.2, 1.0
+        self.negative_ellipsoids = np.zeros((0, 6 + self.n_channels))
+        self.negative_capsules = np.zeros((0, 8 + self.n_channels))
+        self.domain = None
+        if domain is not None:  # after every default draw: without a domain the random stream is unchanged
+            self._apply_domain(domain)
         if contrast != 1.0:  # after drawing: the random stream, hence objects and mask, stay the same
-            self.ellipsoids[:, 6:] *= contrast
-            self.capsules[:, 8:] *= contrast
+            for rows, first in ((self.ellipsoids, 6), (self.capsules, 8), (self.negative_ellipsoids, 6),
+                                (self.negative_capsules, 8)):
+                rows[:, first:] *= contrast
+        self.blur_halo = _blur_halo(self.psf[0])
+
+    # ------------------------------------------------------------------ acquisition domain
+    def _apply_domain(self, domain: AcquisitionDomain) -> None:
+        rng = np.random.default_rng([self.seed, 5])
+        dom = domain.jittered(rng)
+        self.domain = dom
+        self.psf, self.texture_amp, self.photons = dom.psf_sigma, dom.texture_amp, dom.photons
+        self.texture = _SmoothField(rng, self.shape, step=dom.texture_scale)
+        self.autofluo = dom.autofluo * np.array([1.0, 0.6])[: self.n_channels]
+        self.att_z_len /= dom.depth
+        self.stripes[:, 3] = np.clip(self.stripes[:, 3] * dom.stripes, 0.0, 0.9)
+        # object size and brightness: radii scaled, each object's brightness log-normally spread
+        E, K = self.ellipsoids, self.capsules
+        E[:, 3:6] *= dom.size
+        K[:, 6:8] *= dom.size
+        E[:, 6:] *= dom.brightness * rng.lognormal(0.0, dom.spread, (len(E), 1))
+        K[:, 8:] *= dom.brightness * rng.lognormal(0.0, dom.spread, (len(K), 1))
+        self.negative_ellipsoids, self.negative_capsules = self._draw_negatives(rng, dom)
+
+    def _draw_negatives(self, rng: np.random.Generator, dom: AcquisitionDomain) -> tuple[np.ndarray, np.ndarray]:
+        """Hard negatives: bright look-alikes of the target that differ in shape or size only.
+
+        Nuclei get vessel-wall fragments (thin tubes); c-Fos cells and plaques get autofluorescent
+        debris (small bright grains) and elongated cell bodies; vessels get round cell bodies; all as
+        bright as the targets (``negative_brightness``), inside tissue, away from target centres.
+        """
+        from scipy.spatial import cKDTree
+
+        C, shape = self.n_channels, np.asarray(self.shape, float)
+        targets = self.ellipsoids if len(self.ellipsoids) else self.capsules
+        n_targets = max(1, len(self.ellipsoids) if len(self.ellipsoids) else len(self.capsules) // 8)
+        first = 6 if len(self.ellipsoids) else 8
+        level = float(np.median(targets[:, first])) if len(targets) else 1000.0 * dom.brightness
+        n = rng.poisson(dom.negatives * n_targets)
+        centres = rng.uniform(0, 1, (n, 3)) * (shape - 0.5)
+        centres = centres[self._tissue_at(centres)]
+        if len(self.ellipsoids) and len(centres):
+            dist, _ = cKDTree(self.ellipsoids[:, :3]).query(centres, k=1)
+            centres = centres[dist > 1.2 * self.ellipsoids[:, 3:6].max() + 2.0]
+        ell, caps = [], []
+
+        def bright() -> list[float]:
+            b = level * dom.negative_brightness * rng.lognormal(0.0, 0.25)
+            return [b] + [b * 0.5] * (C - 1)
+
+        for c in centres:
+            kind = {"nuclei": "tube", "cfos": "grain_or_body", "plaques": "grain_or_body",
+                    "microglia": "grain_or_body", "vessel": "blob"}[self.structure]
+            if kind == "grain_or_body":
+                kind = "grain" if rng.random() < 0.5 else "body"
+            if kind == "grain":  # debris / lipofuscin: a few small bright grains
+                for _ in range(int(rng.integers(1, 4))):
+                    ell.append([*(c + rng.normal(0, 2.0, 3)), *rng.uniform(1.0, 1.8, 3) * dom.size, *bright()])
+            elif kind == "blob":
+                ell.append([*c, *rng.uniform(3.0, 4.5, 3) * dom.size, *bright()])
+            else:  # a straight tube: vessel wall (thin, long) or elongated cell body (thicker, shorter)
+                d = np.asarray([rng.normal(0, 0.3), rng.normal(), rng.normal()])
+                d /= np.linalg.norm(d) + 1e-9
+                r, half = (rng.uniform(1.1, 1.8), rng.uniform(6, 12)) if kind == "tube" else \
+                    (rng.uniform(2.0, 3.0), rng.uniform(4, 7))
+                r *= dom.size
+                caps.append([*(c - d * half), *(c + d * half), r, r, *bright()])
+        return (np.asarray(ell, float).reshape(-1, 6 + C), np.asarray(caps, float).reshape(-1, 8 + C))
 
     # ------------------------------------------------------------------ objects
     def _tissue_at(self, points: np.ndarray) -> np.ndarray:
@@ -297,7 +378,15 @@ class LightSheetScene:
         _, ny, nx = self.shape
         sig = np.zeros((self.n_channels, zb - za, ny, nx), np.float32)
         mask = np.zeros((zb - za, ny, nx), bool)
-        E = self.ellipsoids
+        self._paint_ellipsoids(self.ellipsoids, za, zb, sig, mask)
+        self._paint_capsules(self.capsules, za, zb, sig, mask)
+        # hard negatives: in the image, never in the mask
+        self._paint_ellipsoids(self.negative_ellipsoids, za, zb, sig, None)
+        self._paint_capsules(self.negative_capsules, za, zb, sig, None)
+        return sig, mask
+
+    def _paint_ellipsoids(self, E: np.ndarray, za: int, zb: int, sig: np.ndarray, mask: np.ndarray | None) -> None:
+        _, ny, nx = self.shape
         sel = E[(E[:, 0] + E[:, 3] >= za - 1) & (E[:, 0] - E[:, 3] <= zb)]
         for row in sel:
             c, r, b = row[:3], row[3:6], row[6:]
@@ -312,8 +401,11 @@ class LightSheetScene:
             region = (slice(lo[0] - za, hi[0] - za), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
             for ch in range(self.n_channels):
                 np.maximum(sig[ch][region], b[ch] * prof, out=sig[ch][region])
-            mask[region] |= inside
-        K = self.capsules
+            if mask is not None:
+                mask[region] |= inside
+
+    def _paint_capsules(self, K: np.ndarray, za: int, zb: int, sig: np.ndarray, mask: np.ndarray | None) -> None:
+        _, ny, nx = self.shape
         if len(K):
             zmin = np.minimum(K[:, 0], K[:, 3]) - np.maximum(K[:, 6], K[:, 7])
             zmax = np.maximum(K[:, 0], K[:, 3]) + np.maximum(K[:, 6], K[:, 7])
@@ -342,8 +434,8 @@ class LightSheetScene:
                         prof = 0.4 + 0.6 * np.sqrt(np.clip(1.0 - u, 0, 1))
                     val = np.where(inside, bright[ch] * prof, 0).astype(np.float32)
                     np.maximum(sig[ch][region], val, out=sig[ch][region])
-                mask[region] |= inside
-        return sig, mask
+                if mask is not None:
+                    mask[region] |= inside
 
     def _tissue(self, za: int, zb: int) -> np.ndarray:
         _, ny, nx = self.shape
@@ -387,12 +479,13 @@ class LightSheetScene:
         mask : bool array (z1-z0, y, x), the exact object support (objects outside tissue removed)
 
         Rendering any split of ``[0, z)`` into ranges and concatenating gives the same arrays as
-        rendering it at once: blur context comes from a halo of ``BLUR_HALO`` planes.
+        rendering it at once: blur context comes from a halo of ``blur_halo`` planes (``BLUR_HALO``
+        without a domain).
         """
         nz = self.shape[0]
         if not 0 <= z0 < z1 <= nz:
             raise ValueError(f"z range [{z0}, {z1}) is outside the scene's 0..{nz}")
-        za, zb = max(0, z0 - BLUR_HALO), min(nz, z1 + BLUR_HALO)
+        za, zb = max(0, z0 - self.blur_halo), min(nz, z1 + self.blur_halo)
         # memory: about five float32 arrays of (zb - za, y, x) at the peak (two more for vessels)
         sig, mask = self._paint(za, zb)
         background = self._tissue(za, zb)
@@ -401,7 +494,7 @@ class LightSheetScene:
         sig *= inside  # objects end where the tissue ends, so no unmasked signal remains outside
         del inside
         texture = self.texture(za, zb, self.shape[1], self.shape[2])
-        texture *= 0.2
+        texture *= self.texture_amp
         texture += 1.0
         np.clip(texture, 0.2, None, out=texture)
         background *= texture  # autofluorescence pattern, zero outside the tissue
@@ -413,7 +506,9 @@ class LightSheetScene:
             emitted += sig[ch]
             emitted *= light_zy
             emitted *= light_x
-            blurred = ndimage.gaussian_filter(emitted, _PSF_SIGMA, truncate=_TRUNCATE, mode="reflect", output=emitted)
+            if self.photons != 1.0:  # the photon budget: fewer photo-electrons, relatively more shot noise
+                emitted *= np.float32(self.photons)
+            blurred = ndimage.gaussian_filter(emitted, self.psf, truncate=_TRUNCATE, mode="reflect", output=emitted)
             blurred = blurred[z0 - za: z1 - za]
             np.clip(blurred, 0, None, out=blurred)
             out = np.empty(blurred.shape, self.dtype)
@@ -432,7 +527,8 @@ class LightSheetScene:
 
 
 def render_patch(structure: str, shape: tuple[int, int, int], rng: np.random.Generator,
-                 dtype: str = "uint16", contrast: float = 1.0) -> tuple[list[np.ndarray], np.ndarray]:
+                 dtype: str = "uint16", contrast: float = 1.0,
+                 domain: AcquisitionDomain | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Draw one annotated patch cut from inside cleared tissue.
 
     Parameters
@@ -442,6 +538,7 @@ def render_patch(structure: str, shape: tuple[int, int, int], rng: np.random.Gen
     rng : the only source of randomness; the same generator state gives the same patch.
     dtype : ``uint16`` (default) or ``int16`` (background below zero).
     contrast : object brightness multiplier (see :class:`LightSheetScene`).
+    domain : imaging conditions and hard negatives (see :class:`LightSheetScene`); ``None``: the default scene.
 
     Returns
     -------
@@ -450,5 +547,5 @@ def render_patch(structure: str, shape: tuple[int, int, int], rng: np.random.Gen
     mask : bool (z, y, x), the exact object support.
     """
     scene = LightSheetScene(structure, shape, seed=int(rng.integers(2**63 - 1)), whole_sample=False, dtype=dtype,
-                            contrast=contrast)
+                            contrast=contrast, domain=domain)
     return scene.render(0, scene.shape[0])

@@ -1,0 +1,299 @@
+"""Do the unannotated volumes pay? A benchmark with headroom: acquisition domains and hard negatives.
+
+    .venv/bin/python benchmarks/bench_unannotated_benefit.py --profile smoke|cpu|gpu [--work DIR]
+        [--arms scratch ...] [--ks 1 all] [--seeds N] [--structures ...] [-o results.json] [--collect]
+
+The label-efficiency study (``bench_ssl_benefit.py``) drew every patch under one imaging condition, so
+eight times the labels gave scratch only +0.03 Dice: no room for any use of unannotated data to show.
+Here every annotated patch and unannotated volume is recorded in an acquisition domain
+(:mod:`nnunetv2_selma.synthetic.domains`: PSF, photon budget, autofluorescence level and texture,
+stripes, depth attenuation, object size and brightness spread) and holds hard negatives (bright
+unlabelled look-alikes of the target). Of ``n_domains`` domains the first ``labelled_domains`` give the
+labelled pool and the held-out ``seen_domains`` test patches; the others are never labelled, their
+patches are the ``unseen_domains`` test and their unannotated volumes are in the store. A third test,
+``unseen_structure``, runs nuclei models on the c-Fos patches of the unseen domains.
+
+Everything runs through the user's commands (``nnUNetv2_selma_convert``, ``_ingest``, ``_plan``,
+``_pretrain``, ``nnUNetv2_train``, ``nnUNetv2_predict``) in this study's own nnU-Net folders, one
+training process at a time, resumable (finished runs are kept in ``--work``). Each (k, seed) is one fold
+of ``splits_final.json`` whose validation cases are both held-out test sets, so nnU-Net's own final
+validation scores them; seed s fixes the labelled subset (k patches of the pool), so arm - scratch at the
+same (structure, k, seed) differs only in the method. CI: two-level bootstrap (seeds, then cases).
+
+The gate (before any method is judged): scratch at k = all minus scratch at k = 1 on ``unseen_domains``
+must reach +0.10 Dice on at least two structures; ``--gate`` prints it from the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ssl_benefit as ssl  # noqa: E402  (the label-efficiency study's pipeline steps)
+
+log = logging.getLogger("bench_unannotated_benefit")
+
+#: structure -> the 2024 subset written for it, its dataset id (own ids: never mixed with the other study's),
+#: the unannotated folder of its volumes
+STRUCTURES = {"nuclei": ("shannel_cells", 721, "nucleus"), "cfos": ("cFos-Active_Neurons", 723, "cfos"),
+              "plaques": ("AD_plaques", 724, "ab_plaque")}
+TESTS = ("seen_domains", "unseen_domains", "unseen_structure")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One study arm: the fine-tuning trainer's suffix and the pretraining it starts from (if any)."""
+
+    name: str
+    trainer_suffix: str = ""  # appended to nnUNetTrainerSelma (the product trainers) or the profile's schedule
+    pretraining: tuple[str, ...] | None = None  # nnUNetv2_selma_pretrain flags; None: random initialisation
+
+
+ARMS = {a.name: a for a in (
+    Arm("scratch"),
+    Arm("mae", pretraining=("--method", "mae")),
+)}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    preset: str
+    structures: tuple[str, ...]
+    ks: tuple
+    seeds: int
+    arms: tuple[str, ...]
+    trainer: str
+    n_domains: int
+    labelled_domains: int
+    pool_per_domain: int  # labelled pool patches per labelled domain
+    test_per_domain: int  # held-out test patches per domain (seen and unseen)
+    patch_scale: float
+    unannotated_shape: tuple[int, int, int]
+    pretrain_iterations: int
+    pretrain_batch: int
+    device: str = "cpu"
+    domain_seed: int = 0
+
+
+PROFILES = {p.name: p for p in (
+    Profile("smoke", "cpu", ("nuclei",), (1, "all"), 1, ("scratch",), "nnUNetTrainerSelma_1epoch_2it",
+            n_domains=3, labelled_domains=2, pool_per_domain=1, test_per_domain=1, patch_scale=0.25,
+            unannotated_shape=(32, 64, 64), pretrain_iterations=8, pretrain_batch=2),
+    Profile("cpu", "cpu", ("nuclei", "cfos", "plaques"), (1, 2, "all"), 3, ("scratch",),
+            "nnUNetTrainerSelma_12epochs_25it_noTTA", n_domains=8, labelled_domains=4, pool_per_domain=2,
+            test_per_domain=2, patch_scale=0.32, unannotated_shape=(64, 128, 128), pretrain_iterations=300,
+            pretrain_batch=4),
+    Profile("gpu", "M", ("nuclei", "cfos"), (1, "all"), 2, ("scratch",), "nnUNetTrainerSelma_8epochs_25it",
+            n_domains=8, labelled_domains=4, pool_per_domain=2, test_per_domain=2, patch_scale=0.64,
+            unannotated_shape=(128, 256, 256), pretrain_iterations=500, pretrain_batch=2, device="cuda"),
+)}
+
+
+def case_domains(prof: Profile) -> list[tuple[int, str]]:
+    """(domain index, role) of every annotated case number: the pool, then seen-domain tests, then unseen."""
+    L, N = prof.labelled_domains, prof.n_domains
+    out = [(d, "pool") for _ in range(prof.pool_per_domain) for d in range(L)]
+    out += [(d, "seen_domains") for _ in range(prof.test_per_domain) for d in range(L)]
+    out += [(d, "unseen_domains") for _ in range(prof.test_per_domain) for d in range(L, N)]
+    return out
+
+
+class DomainStudy(ssl.Study):
+    """The label-efficiency study's pipeline on the domain download: data, splits and scoring differ."""
+
+    def __init__(self, prof: Profile, work: Path, arms: tuple[str, ...], seeds: int) -> None:
+        base = ssl.Profile(prof.name, prof.preset, prof.structures, prof.ks, 0, 0, seeds, arms,
+                           prof.pretrain_iterations, prof.pretrain_batch, prof.trainer, prof.patch_scale,
+                           prof.unannotated_shape, 1, device=prof.device)
+        super().__init__(base, work, arms, seeds, jobs=1)
+        self.domain_prof = prof
+        self.roles = case_domains(prof)
+
+    # -- data --------------------------------------------------------------------------------------
+    def write_data(self, download: Path) -> None:
+        from nnunetv2_selma.synthetic.domains import draw_domains
+        from nnunetv2_selma.synthetic.download import write_annotated_patches, write_unannotated_volume
+
+        prof = self.domain_prof
+        domains = draw_domains(prof.n_domains, prof.domain_seed)
+        tmp = Path(tempfile.mkdtemp(prefix=".download.partial-", dir=download.parent))
+        subsets = [STRUCTURES[s][0] for s in self.all_structures()]
+        write_annotated_patches(tmp, "challenge", subsets, cases_per_subset=len(self.roles),
+                                patch_scale=prof.patch_scale, seed=2026, domains=[domains[d] for d, _ in self.roles])
+        for s_index, s in enumerate(self.all_structures()):
+            for d, domain in enumerate(domains):
+                write_unannotated_volume(tmp / f"unannotated_{STRUCTURES[s][2]}" / f"sample_{d + 1}",
+                                         prof.unannotated_shape, STRUCTURES[s][2], seed=ssl_seed(s_index, d),
+                                         domain=domain)
+        record = {"domains": [d.to_dict() for d in domains], "labelled_domains": list(range(prof.labelled_domains)),
+                  "cases": [{"case": f"patchvolume_{i:03d}", "domain": d, "role": role}
+                            for i, (d, role) in enumerate(self.roles)]}
+        (tmp / "domains.json").write_text(json.dumps(record, indent=1))
+        shutil.rmtree(download, ignore_errors=True)
+        tmp.rename(download)
+
+    def prepare(self) -> None:
+        download = self.work / "download"
+        if not (download / "domains.json").is_file():
+            t = time.perf_counter()
+            self.write_data(download)
+            self.timings["synthesize"] = time.perf_counter() - t
+        if not all(self.dataset_name(s) for s in self.all_structures()):
+            self.run("convert", [self.script("nnUNetv2_selma_convert"), "-i", str(download), "-o", str(self.raw),
+                                 "--subsets", *(STRUCTURES[s][0] for s in self.all_structures()), "--overwrite",
+                                 "--ids", *(f"{STRUCTURES[s][0]}={STRUCTURES[s][1]}" for s in self.all_structures())])
+        self.store = self.work / "store"
+        if any(ARMS[a].pretraining for a in self.arms) and not (self.store / "manifest.json").is_file():
+            self.run("ingest", [self.script("nnUNetv2_selma_ingest"), "-i", str(download), "-o", str(self.store),
+                                "-np", "2"])
+        ids = [str(STRUCTURES[s][1]) for s in self.all_structures()]
+        if not all((self.pre / self.dataset_name(s) / f"{self.plans}.json").is_file() for s in self.all_structures()):
+            self.run("plan", [self.script("nnUNetv2_selma_plan"), "-d", *ids, "--preset", self.prof.preset,
+                              "-np", "2"])
+        self.cases = {s: self.write_splits(s) for s in self.all_structures()}
+
+    def all_structures(self) -> list[str]:
+        extra = ["cfos"] if "nuclei" in self.prof.structures and "cfos" not in self.prof.structures else []
+        return list(self.prof.structures) + extra
+
+    def dataset_id(self, structure: str) -> int:
+        return STRUCTURES[structure][1]
+
+    def write_splits(self, structure: str) -> dict:
+        """One fold per (k, seed): k pool patches for training; validation = both held-out test sets."""
+        name = self.dataset_name(structure)
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (self.raw / name / "labelsTr").glob("*.nii.gz"))
+        if len(cases) != len(self.roles):
+            raise RuntimeError(f"{name}: {len(cases)} cases, expected {len(self.roles)} (domains.json)")
+        by_role = {role: [c for c, (_, r) in zip(cases, self.roles) if r == role]
+                   for role in ("pool", "seen_domains", "unseen_domains")}
+        pool, test = by_role["pool"], by_role["seen_domains"] + by_role["unseen_domains"]
+        splits, folds = [], {}
+        for ki, k in enumerate(self.prof.ks):
+            for s in range(self.seeds):
+                rng = np.random.default_rng([s, ki, STRUCTURES[structure][1]])
+                train = sorted(pool) if k == "all" else sorted(rng.choice(pool, size=int(k), replace=False).tolist())
+                folds[(ssl.k_label(k), s)] = len(splits)
+                splits.append({"train": train, "val": list(test)})
+        path = self.pre / name / "splits_final.json"
+        if not path.is_file() or json.loads(path.read_text()) != splits:
+            path.write_text(json.dumps(splits, indent=1))
+        # the unseen-structure test (nuclei models on c-Fos) uses the unseen-domain patches
+        return {"pool": pool, "test": by_role["unseen_domains"], "folds": folds, **by_role}
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def validation_rows(self, structure, k, seed, arm, fold, model, seconds) -> list[dict]:
+        row = self.score(structure, k, seed, arm, fold, model, model / f"fold_{fold}" / "validation",
+                         structure, seconds, cases=self.cases[structure]["seen_domains"]
+                         + self.cases[structure]["unseen_domains"])
+        out = []
+        for test in ("seen_domains", "unseen_domains"):
+            per_case = {c: row["per_case_dice"][c] for c in self.cases[structure][test]}
+            out.append({**row, "test": test, "per_case_dice": per_case,
+                        "dice": float(np.mean(list(per_case.values())))})
+        return out
+
+    def score(self, test, k, seed, arm, fold, model, pred_dir, trained_on, seconds, cases=None) -> dict:
+        row = super().score(test, k, seed, arm, fold, model, pred_dir, trained_on, seconds, cases=cases)
+        if test != trained_on:
+            row["test"] = "unseen_structure"
+        return row
+
+
+def ssl_seed(s_index: int, d: int) -> int:
+    return 4000 + 100 * s_index + d
+
+
+def keyed(rows: list[dict]) -> list[dict]:
+    """Rows with ``structure`` = "<trained on>/<test>" so the other study's grouping keeps the tests apart."""
+    return [{**r, "structure": f"{r['trained_on']}/{r['test']}"} for r in rows]
+
+
+def gate(rows: list[dict]) -> dict:
+    """Scratch at k = all minus k = 1 on the unseen domains, per structure, with the seeds' spread."""
+    out = {}
+    for s in sorted({r["trained_on"] for r in rows}):
+        by_k = {}
+        for k in ("1", "all"):
+            d = [r["dice"] for r in rows if r["trained_on"] == s and r["test"] == "unseen_domains"
+                 and r["arm"] == "scratch" and ssl.k_label(r["k"]) == k]
+            by_k[k] = d
+        if by_k["1"] and by_k["all"]:
+            out[s] = {"k1_mean": float(np.mean(by_k["1"])), "k1_seeds": by_k["1"],
+                      "all_mean": float(np.mean(by_k["all"])), "all_seeds": by_k["all"],
+                      "gain": float(np.mean(by_k["all"]) - np.mean(by_k["1"]))}
+    out["holds"] = sum(v["gain"] >= 0.10 for v in out.values() if isinstance(v, dict)) >= 2
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    parser.add_argument("--work", default=None, help="working folder (default /tmp/selma_unannotated_<profile>)")
+    parser.add_argument("-o", "--output", default=None, help="results .json (default WORK/results.json)")
+    parser.add_argument("--arms", nargs="+", default=None, choices=sorted(ARMS))
+    parser.add_argument("--structures", nargs="+", default=None, choices=sorted(STRUCTURES))
+    parser.add_argument("--ks", nargs="+", default=None, help="label counts (ints and 'all')")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--collect", action="store_true", help="no new run: results from the runs finished so far")
+    args = parser.parse_args(argv)
+
+    prof = PROFILES[args.profile]
+    if args.structures:
+        prof = replace(prof, structures=tuple(args.structures))
+    if args.ks:
+        prof = replace(prof, ks=tuple(k if k == "all" else int(k) for k in args.ks))
+    arms = tuple(args.arms or prof.arms)
+    if "scratch" not in arms:
+        parser.error("--arms must include scratch (every difference is paired against it)")
+    seeds = args.seeds or prof.seeds
+    work = Path(args.work or f"/tmp/selma_unannotated_{prof.name}").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(work / "study.log"), logging.StreamHandler()])
+    log.info("profile %s, arms %s, %d seeds, work %s", prof.name, arms, seeds, work)
+    t0 = time.perf_counter()
+    study = DomainStudy(prof, work, arms, seeds)
+    study.prepare()
+    if args.collect:
+        rows, total = study.collect()
+    else:
+        rows, total = study.execute(), None
+    runs_done = len({(r["trained_on"], ssl.k_label(r["k"]), r["arm"], r["seed"]) for r in rows})
+    shown = keyed(rows)
+    results = {"profile": {**asdict(prof), "arms": list(arms), "seeds": seeds},
+               "complete": total is None or runs_done == total, "runs_done": runs_done,
+               "rows": [{"structure": r["trained_on"], "test": r["test"], "k": r["k"], "arm": r["arm"],
+                         "seed": r["seed"], "dice": r["dice"], "per_case_dice": r["per_case_dice"],
+                         "finetune_seconds": r["finetune_seconds"]} for r in rows],
+               "paired": [{**p, "structure": p["structure"].split("/")[0], "test": p["structure"].split("/")[1]}
+                          for p in ssl.paired_differences(shown)],
+               "gate": gate(rows), "timings": {**study.timings, "total": time.perf_counter() - t0},
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+               "command": " ".join(sys.argv)}
+    out = Path(args.output) if args.output else work / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    table = ssl.write_table({**results, "rows": shown, "paired": ssl.paired_differences(shown)}, out.with_suffix(".md"))
+    ssl.plot({**results, "rows": shown}, out.with_suffix(".png"))
+    print(table)
+    print("gate:", json.dumps(results["gate"], indent=1))
+    print(f"results: {out} ({results['timings']['total'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
