@@ -32,6 +32,7 @@ __all__ = [
     "nnUNetTrainerSelmaMAE",
     "nnUNetTrainerSelmaMAE_1epoch_2it",
     "nnUNetTrainerSelmaDenoise",
+    "pretraining_store",
 ]
 
 #: environment variable naming the pretraining store (a folder written by nnUNetv2_selma_ingest)
@@ -40,6 +41,24 @@ STORE_ENV = "nnUNet_selma_store"
 STORE_PLANS_KEY = "selma_pretraining_store"
 #: environment variable naming a checkpoint the trainer flag's pretraining starts from
 INIT_ENV = "nnUNet_selma_pretraining_init"
+
+
+def pretraining_store(trainer) -> str:
+    """Path of the store of unannotated volumes a trainer uses: ``nnUNet_selma_store``, else the plans'
+    ``selma_pretraining_store``. Raises naming both and the command that writes a store."""
+    path = os.environ.get(STORE_ENV) or trainer.plans_manager.plans.get(STORE_PLANS_KEY)
+    if not path:
+        raise RuntimeError(
+            f"{type(trainer).__name__} uses unannotated volumes but no store is named: set the environment "
+            f"variable {STORE_ENV} to a store written by nnUNetv2_selma_ingest (or add "
+            f"'{STORE_PLANS_KEY}' to the plans)"
+            + (f", or set {PRETRAINED_ENV} to an existing pretraining checkpoint"
+               if hasattr(trainer, "pretraining_method") else "")
+        )
+    if not (Path(path) / "manifest.json").is_file():
+        raise FileNotFoundError(f"store of unannotated volumes {path} (from {STORE_ENV} / plans) has no "
+                                f"manifest.json; run nnUNetv2_selma_ingest -i DOWNLOAD -o {path}")
+    return str(path)
 
 
 class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
@@ -86,17 +105,7 @@ class nnUNetTrainerSelmaMAE(nnUNetTrainerSelma):
 
     def pretraining_store(self) -> str:
         """Path of the pretraining store (``nnUNet_selma_store`` or the plans' ``selma_pretraining_store``)."""
-        path = os.environ.get(STORE_ENV) or self.plans_manager.plans.get(STORE_PLANS_KEY)
-        if not path:
-            raise RuntimeError(
-                f"{type(self).__name__} pretrains on unannotated volumes but no store is named: set the environment "
-                f"variable {STORE_ENV} to a store written by nnUNetv2_selma_ingest (or add "
-                f"'{STORE_PLANS_KEY}' to the plans), or set {PRETRAINED_ENV} to an existing pretraining checkpoint"
-            )
-        if not (Path(path) / "manifest.json").is_file():
-            raise FileNotFoundError(f"pretraining store {path} (from {STORE_ENV} / plans) has no manifest.json; "
-                                    f"run nnUNetv2_selma_ingest -i DOWNLOAD -o {path}")
-        return str(path)
+        return pretraining_store(self)
 
     def initialize(self):
         if self.was_initialized or self._selma_resuming or os.environ.get(PRETRAINED_ENV):

@@ -1,0 +1,283 @@
+"""Semi-supervised fine-tuning: nnU-Net's labelled batch plus a mean-teacher loss on store patches.
+
+``nnUNetv2_train D 3d_fullres F -tr nnUNetTrainerSelmaSemi -p nnUNetSelmaPlans_M`` trains as
+:class:`~nnunetv2_selma.training.trainers.nnUNetTrainerSelma` does (nnU-Net's batch, augmentation and
+Dice + CE loss with deep supervision) and, in the same iteration, on a batch of unannotated patches
+from the pretraining store (the tissue-aware sampler, restricted to the unannotated folders of the
+dataset's structure): an exponential moving average of the network (the *teacher*) segments a weak
+view of each patch (the patch itself), the network (the *student*) a strong view (intensity scale and
+shift, gamma, noise, blur, random flips undone on its output), and the student is pulled towards the
+teacher's softmax where the teacher is confident (mean squared difference of probabilities on voxels
+whose teacher confidence reaches ``semi_confidence``). The weight of that term rises from 0 to
+``semi_weight`` over the first ``semi_rampup`` of the iterations (a sigmoid ramp), so the teacher has
+learnt something from the labels before it teaches.
+
+Why during fine-tuning and not only before: the unannotated volumes show the network the imaging
+conditions (other brains, microscopes, stains) its few labelled patches do not, and the teacher's
+confident predictions there carry the labels' meaning into them; pretraining alone learnt features
+that fine-tuning from one or two patches did not keep (``benchmarks/RESULTS.md``).
+
+The store is found as :class:`~nnunetv2_selma.training.ssl_trainers.nnUNetTrainerSelmaMAE` finds it
+(``nnUNet_selma_store``, else the plans' ``selma_pretraining_store``). The unannotated batch of
+iteration ``i`` on rank ``r`` is a pure function of ``(semi_seed, r, i)``, and the teacher is saved in
+every checkpoint (``selma_teacher_weights``), so ``--c`` continues with the same teacher and patches.
+With DDP every rank updates its teacher from the same synchronised student: the teachers stay equal.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import numpy as np
+import torch
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunetv2_selma.checkpoints import unwrap_network
+from nnunetv2_selma.pretraining.data import sample_batch
+from nnunetv2_selma.store.reader import open_store
+from nnunetv2_selma.structures import STRUCTURES, SUBSETS
+from nnunetv2_selma.training.ssl_trainers import nnUNetTrainerSelmaMAE, pretraining_store
+from nnunetv2_selma.training.trainers import nnUNetTrainerSelma
+
+__all__ = [
+    "TEACHER_KEY",
+    "nnUNetTrainerSelmaSemi",
+    "nnUNetTrainerSelmaMAESemi",
+    "structure_folders",
+    "mean_teacher_loss",
+]
+
+#: checkpoint entry holding the teacher's weights
+TEACHER_KEY = "selma_teacher_weights"
+
+
+def structure_folders(dataset_name: str) -> list[str] | None:
+    """The store's structure names (unannotated folders) of an nnU-Net dataset: ``Dataset721_SELMA3D_Nuclei``
+    -> ``["nucleus"]``; None when the name names no known structure (then every store volume is used)."""
+    tail = dataset_name.split("_", 1)[1].lower() if "_" in dataset_name else dataset_name.lower()
+    for subset in SUBSETS.values():
+        if tail.endswith(subset.dataset_structure.lower()):
+            folders = STRUCTURES[subset.structure].unannotated_folders
+            return list(folders) if folders else None
+    return None
+
+
+def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      confidence: float) -> tuple[torch.Tensor, float]:
+    """Mean squared difference of softmax probabilities on the voxels where the teacher is confident.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : (B, C, z, y, x), same shape; the teacher's carry no gradient.
+    confidence : a voxel counts when the teacher's largest probability reaches it.
+
+    Returns
+    -------
+    (loss, fraction of voxels that counted). The loss is averaged over all voxels (masked ones add 0), so
+    its scale does not jump when the confident fraction changes; it is 0 when no voxel is confident.
+    """
+    p_student = torch.softmax(student_logits.float(), 1)
+    p_teacher = torch.softmax(teacher_logits.float(), 1)
+    mask = (p_teacher.max(1, keepdim=True).values >= confidence).float()
+    loss = (((p_student - p_teacher) ** 2).sum(1, keepdim=True) * mask).mean()
+    return loss, float(mask.mean())
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """0 -> 1 as ``exp(-5 (1 - t)^2)`` over ``length`` steps (Laine & Aila's ramp), 1 after."""
+    if length <= 0 or step >= length:
+        return 1.0
+    t = max(0.0, step) / length
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def strong_view(images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """The student's view of normalised patches ``images`` (B, C, z, y, x): per patch a contrast scale
+    (0.7-1.3) and shift (+-0.2), gamma (0.7-1.5 on the rescaled intensities), Gaussian noise (std 0-0.2),
+    Gaussian blur (sigma 0.5-1.2, half the patches) and random flips. Returns the view and each patch's
+    flipped axes (tensor dims), to undo on the student's output."""
+    from scipy import ndimage
+
+    out = np.empty(images.shape, np.float32)
+    flips = []
+    src = images.detach().cpu().numpy()
+    for b in range(src.shape[0]):
+        x = src[b] * rng.uniform(0.7, 1.3) + rng.uniform(-0.2, 0.2)
+        lo, hi = float(x.min()), float(x.max())
+        if hi > lo:
+            x = ((x - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5) * (hi - lo) + lo
+        x = x + rng.normal(0.0, rng.uniform(0.0, 0.2), x.shape)
+        if rng.random() < 0.5:
+            s = rng.uniform(0.5, 1.2)
+            x = np.stack([ndimage.gaussian_filter(c, s) for c in x])
+        axes = tuple(int(a) + 2 for a in range(x.ndim - 1) if rng.random() < 0.5)
+        flips.append(axes)
+        out[b] = x
+    view = torch.from_numpy(out).to(images.device)
+    return torch.stack([torch.flip(v[None], a)[0] if a else v for v, a in zip(view, flips)]), flips
+
+
+class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
+    """Fine-tuning with a mean-teacher consistency loss on unannotated store patches (see the module docstring).
+
+    Class attributes
+    ----------------
+    semi_weight : largest weight of the consistency term (reached after the ramp)
+    semi_rampup : fraction of all iterations over which the weight rises from 0
+    semi_ema : teacher decay per iteration (teacher = ema * teacher + (1 - ema) * student)
+    semi_confidence : a voxel counts when the teacher's largest probability reaches it
+    semi_batch_size : unannotated patches per iteration (None: the plans' batch size)
+    semi_seed : seed of the unannotated stream
+    """
+
+    semi_weight: float = 1.0
+    semi_rampup: float = 0.3
+    semi_ema: float = 0.99
+    semi_confidence: float = 0.8
+    semi_batch_size: int | None = None
+    semi_seed: int = 0
+
+    # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
+    # __init__ in every checkpoint and replays it)
+    teacher: torch.nn.Module | None = None
+    _teacher_weights_to_load: dict | None = None
+    _semi_store = None
+    _semi_structures: list[str] | None = None
+    _iteration_in_epoch: int = 0
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def on_train_start(self):
+        super().on_train_start()
+        if self.num_input_channels != 1:
+            raise ValueError(f"{type(self).__name__}: the store holds one-channel volumes but dataset "
+                             f"{self.plans_manager.dataset_name} has {self.num_input_channels} input channels; "
+                             "use nnUNetTrainerSelma for multi-channel datasets")
+        store_path = pretraining_store(self)
+        self._semi_store = open_store(store_path)
+        self._semi_structures = structure_folders(self.plans_manager.dataset_name)
+        try:
+            self._semi_store.eligible(self._semi_structures)
+        except ValueError:
+            self.print_to_log_file(f"the store {store_path} holds no volume of {self._semi_structures}: "
+                                   "sampling every volume instead")
+            self._semi_structures = None
+        student = unwrap_network(self.network)
+        self.teacher = copy.deepcopy(student)
+        if self._teacher_weights_to_load is not None:
+            self.teacher.load_state_dict(self._teacher_weights_to_load)
+            self.print_to_log_file("teacher restored from the checkpoint")
+            self._teacher_weights_to_load = None
+        self.teacher.decoder.deep_supervision = False
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.print_to_log_file(
+            f"semi-supervised: store {store_path}, structures {self._semi_structures or 'all'}, "
+            f"{self._semi_batch()} unannotated patches per iteration, weight {self.semi_weight} ramped over "
+            f"{self._rampup_steps()} iterations, teacher EMA {self.semi_ema}, confidence {self.semi_confidence}")
+
+    def _semi_batch(self) -> int:
+        return self.semi_batch_size or self.configuration_manager.batch_size
+
+    def _rampup_steps(self) -> int:
+        return int(round(self.semi_rampup * self.num_epochs * self.num_iterations_per_epoch))
+
+    def _step(self) -> int:
+        # the global iteration: a pure function of where training stands, so --c resumes the same stream
+        return self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._iteration_in_epoch = 0
+        self._semi_log: list[tuple[float, float]] = []
+
+    # -- one iteration --------------------------------------------------------------------------
+    def _unannotated(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+        rng = np.random.default_rng([self.semi_seed, self.local_rank, step])
+        patches = sample_batch(self._semi_store, self.configuration_manager.patch_size, self._semi_batch(), rng,
+                               self._semi_structures, augment=False)
+        weak = torch.from_numpy(patches).to(self.device, non_blocking=True)
+        strong, flips = strong_view(weak, rng)
+        return weak, strong, flips
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        step = self._step()
+        weak, strong, flips = self._unannotated(step)
+        n = data.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            with torch.no_grad():
+                teacher_logits = self.teacher(weak)
+            # one forward for both batches: DDP expects one forward per backward, instance norm is per sample
+            output = self.network(torch.cat([data, strong]))
+            outputs = output if isinstance(output, (list, tuple)) else [output]
+            supervised = self.loss([o[:n] for o in outputs] if isinstance(output, (list, tuple)) else output[:n],
+                                   target)
+            student = outputs[0][n:]
+            student = torch.stack([torch.flip(s[None], a)[0] if a else s for s, a in zip(student, flips)])
+            consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
+            weight = self.semi_weight * sigmoid_rampup(step, self._rampup_steps())
+            loss = supervised + weight * consistency
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self._update_teacher()
+        self._iteration_in_epoch += 1
+        self._semi_log.append((float(consistency.detach()), confident))
+        # nnU-Net's logged training loss stays the supervised one (comparable with the other trainers)
+        return {"loss": supervised.detach().cpu().numpy()}
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        student = unwrap_network(self.network).state_dict()
+        for name, t in self.teacher.state_dict().items():
+            s = student[name]
+            if t.dtype.is_floating_point:
+                t.mul_(self.semi_ema).add_(s.detach(), alpha=1.0 - self.semi_ema)
+            else:
+                t.copy_(s)
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        if getattr(self, "_semi_log", None):
+            c, f = np.mean(self._semi_log, axis=0)
+            step = self._step()
+            self.print_to_log_file(f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight "
+                                   f"{self.semi_weight * sigmoid_rampup(step, self._rampup_steps()):.3f}")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank != 0 or self.disable_checkpointing or self.teacher is None:
+            return
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint[TEACHER_KEY] = self.teacher.state_dict()
+        tmp = f"{filename}.tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        self._teacher_weights_to_load = checkpoint.get(TEACHER_KEY)
+        super().load_checkpoint(checkpoint)
+
+
+class nnUNetTrainerSelmaMAESemi(nnUNetTrainerSelmaMAE, nnUNetTrainerSelmaSemi):
+    """Masked-image-modelling pretraining (as :class:`nnUNetTrainerSelmaMAE`), then semi-supervised fine-tuning
+    (as :class:`nnUNetTrainerSelmaSemi`) on the same store."""

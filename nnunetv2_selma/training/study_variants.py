@@ -1,0 +1,57 @@
+"""Schedules of the semi-supervised trainers that exist for the tests and the benchmarks only.
+
+A variant is the product trainer with a shorter schedule (nnU-Net's ``nnUNetTrainer_250epochs`` manner):
+``benchmarks/bench_unannotated_benefit.py`` fine-tunes every arm with the ``_12epochs_25it_noTTA``
+schedule, the tests with ``_1epoch_2it``.
+"""
+
+from __future__ import annotations
+
+from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaMAESemi, nnUNetTrainerSelmaSemi
+from nnunetv2_selma.training.ssl_trainers import nnUNetTrainerSelmaMAE_1epoch_2it
+from nnunetv2_selma.training.trainers import nnUNetTrainerSelma_1epoch_2it, nnUNetTrainerSelma_12epochs_25it_noTTA
+
+__all__ = [
+    "nnUNetTrainerSelmaSemi_1epoch_2it",
+    "nnUNetTrainerSelmaSemi_2epochs_3it",
+    "nnUNetTrainerSelmaMAESemi_1epoch_2it",
+    "nnUNetTrainerSelmaSemi_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaMAESemi_12epochs_25it_noTTA",
+]
+
+
+class nnUNetTrainerSelmaSemi_1epoch_2it(nnUNetTrainerSelmaSemi, nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule: 1 epoch of 2 iterations, the consistency weight ramped over the first iteration."""
+
+    semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemi_2epochs_3it(nnUNetTrainerSelmaSemi):
+    """Resume test schedule: 2 epochs of 3 iterations, a checkpoint after each epoch, no final validation."""
+
+    schedule_epochs = 2
+    schedule_iterations = 3
+    schedule_val_iterations = 1
+    semi_batch_size = 2
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.save_every = 1  # checkpoint_latest after every epoch, so a kill after epoch 1 can resume
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test schedule)")
+
+
+class nnUNetTrainerSelmaMAESemi_1epoch_2it(nnUNetTrainerSelmaMAE_1epoch_2it, nnUNetTrainerSelmaSemi):
+    """Test schedule of :class:`~nnunetv2_selma.training.semi_trainers.nnUNetTrainerSelmaMAESemi`."""
+
+    semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemi_12epochs_25it_noTTA(nnUNetTrainerSelmaSemi, nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule (12 epochs of 25 iterations, no test-time mirroring) with the consistency loss."""
+
+
+class nnUNetTrainerSelmaMAESemi_12epochs_25it_noTTA(nnUNetTrainerSelmaMAESemi,
+                                                    nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """MAE pretraining, then the CPU study schedule with the consistency loss."""
