@@ -378,8 +378,12 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     root = Path(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: found a file; expected a folder for the download (absent or empty). "
+                         f"Choose a folder path")
     if root.exists() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True")
+        raise FileExistsError(f"{root}: exists and is not empty; nothing was written. Choose another folder, or "
+                              f"pass --overwrite (overwrite=True in Python) to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
