@@ -63,6 +63,15 @@ def rank_main(argv: list[str] | None = None) -> int:
     for team in ranking["order"]:
         t = ranking["teams"][team]
         print(f"{t['rank']:5.1f}  {team:30s} mean rank {t['score']:.3f}")
+    if "left_out" in ranking:
+        from nnunetv2_selma.evaluation.leaderboard import NAN_LEFT_OUT_RULE
+
+        print(f"note: {NAN_LEFT_OUT_RULE}")
+        for team in ranking["order"]:
+            left = ranking["left_out"][team]
+            print(f"  {team}: " + ("; ".join(f"{key} leaves out {len(c)} NaN case(s) ({', '.join(c[:5])}"
+                                             f"{', ...' if len(c) > 5 else ''})" for key, c in left.items())
+                                   or "no NaN case left out"))
     print(f"wrote {args.output}")
 
 

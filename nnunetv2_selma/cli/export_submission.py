@@ -62,15 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        out = export_submission(args.models, args.output, edition=args.edition, folds=args.folds,
-                                checkpoint=args.checkpoint, default=args.default,
-                                use_mirroring=not args.disable_mirroring, base_image=args.base_image,
-                                base_python=args.base_python, wheelhouse=args.wheelhouse,
-                                build_wheels=not args.no_wheels, overwrite=args.overwrite)
-    except ValueError as e:
-        print(f"nnUNetv2_selma_export_submission: ERROR: {e}", file=sys.stderr)
-        return 1
+    # a ValueError ends as "error: ..." and status 1 through cli_command, as every command's
+    out = export_submission(args.models, args.output, edition=args.edition, folds=args.folds,
+                            checkpoint=args.checkpoint, default=args.default,
+                            use_mirroring=not args.disable_mirroring, base_image=args.base_image,
+                            base_python=args.base_python, wheelhouse=args.wheelhouse,
+                            build_wheels=not args.no_wheels, overwrite=args.overwrite)
     print(f"build context written to {out}; run {out}/test_run.sh INPUT_IMAGE to build and test it"
           + ("; upload model.tar.gz separately as the algorithm's Model" if args.edition == "2026" else ""))
     return 0

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--density-format", choices=("tif", "ome-zarr"), default=None,
                         help="density map as OUT/density.tif or OUT/density.ome.zarr (multiscale, scaled to overlay "
                              "the mask in napari); default: ome-zarr when --labels is an .ome.zarr, else tif")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace objects.csv, the density map and density_mip.png already in -o (a user's "
+                             "files or another objects run's); without it they are refused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print(measure_objects(args.input, args.output, images=args.image, block_size=block,
                           connectivity=args.connectivity, min_voxels=args.min_voxels, labels=args.labels,
                           density_voxels=args.density_voxels, workers=args.workers, scheduler=args.scheduler,
-                          progress=not args.quiet, density_format=args.density_format))
+                          progress=not args.quiet, density_format=args.density_format,
+                          overwrite=args.overwrite))
     return 0
 
 

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                              "pretraining): one of ours or an nnssl / OpenMind ResEnc-L checkpoint_final.pth, whose "
                              "adaptation plan must match the plans' network (preset L); decoder and head are "
                              "loaded too where they match")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an -o that holds checkpoint_final.pth of an earlier run (replaced at "
+                             "the end); without it (or --c) such an -o is refused")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log file only)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     final = pretrain(args.store, plans_file, args.output, method=method, schedule=schedule,
                      configuration=args.configuration, device=device, num_processes=args.num_gpus,
                      continue_training=args.continue_training, show_progress=not args.no_progress,
-                     init=args.init)
+                     init=args.init, overwrite=args.overwrite)
     print(f"pretraining checkpoint: {final}\n"
           f"fine-tune with: nnUNetv2_train DATASET {args.configuration} FOLD -tr nnUNetTrainerSelma "
           f"-p PLANS -pretrained_weights {final}")

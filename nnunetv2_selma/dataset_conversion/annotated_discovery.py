@@ -22,13 +22,14 @@ layout it belongs to. Images and masks are paired by (subset, brain, patch numbe
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnunetv2_selma.io import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
+from nnunetv2_selma.io import DOWNLOAD_RECORD, IMAGE_SUFFIXES, image_suffix, recorded_test_set, strip_image_suffix
 from nnunetv2_selma.structures import SUBSETS
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,58 @@ def _describe_root(root: Path) -> str:
     return shown or "an empty folder"
 
 
+def _recorded_test_sets(root: Path, dirs: list[Path]) -> list[Path]:
+    """Test-input folders named by download records at or above ``root`` or in ``dirs`` (logged, never scanned).
+
+    A generated download keeps its challenge-style test inputs (``images/`` + ``masks/``, a layout
+    discovery would otherwise take for 2026 training patches) in the folder its record names.
+    """
+    found = []
+    for folder in [*reversed(root.parents), *dirs]:
+        try:
+            test_set = recorded_test_set(folder)
+        except ValueError as e:
+            raise AnnotatedLayoutError(str(e)) from e
+        if test_set is None:
+            continue
+        test_set = test_set.resolve()
+        if root == test_set or test_set in root.parents:
+            raise AnnotatedLayoutError(
+                f"{root}: is the test set named by {folder / DOWNLOAD_RECORD} (test inputs, never training "
+                f"data); expected the download root {folder}: pass -i {folder}, its test set is skipped")
+        if test_set.is_dir():
+            logger.info("%s: skipped, the test set named by %s (test inputs are never training data)",
+                        test_set, folder / DOWNLOAD_RECORD)
+            found.append(test_set)
+    return found
+
+
+def _training_cases_among_test_inputs(cases, test_sets: list[Path]) -> list[str]:
+    """One problem per training case that is also a test input: the same case name, or the same file bytes."""
+    tests = [p for t in test_sets for d in _walk_dirs(t) if d.name not in MASK_FOLDERS for p in _image_files(d)]
+    if not tests:
+        return []
+    by_name = {}
+    for path in tests:
+        stem = strip_image_suffix(path)
+        by_name.setdefault(stem, path)
+        by_name.setdefault(re.sub(r"_\d{4}$", "", stem), path)
+    problems = []
+    for case in sorted(cases, key=lambda c: (c.subset, c.case_id)):
+        for path in case.channels.values():
+            name = re.sub(r"_\d{4}$", "", strip_image_suffix(path)) if case.layout != "2026" else \
+                f"{case.subset}_{case.number}"
+            same = by_name.get(name) or next(
+                (t for t in tests if t.stat().st_size == path.stat().st_size and filecmp.cmp(t, path, shallow=False)),
+                None)
+            if same is not None:
+                problems.append(f"{path}: training case {name} of subset {case.subset} is also the test "
+                                f"input {same}; expected test inputs never to be training data: remove it from "
+                                f"the training folders (or from the test set)")
+                break
+    return problems
+
+
 def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
     """Find every annotated subset below ``root``, in any known layout, and pair images with masks.
 
@@ -138,8 +191,11 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
     Raises
     ------
     AnnotatedLayoutError listing every problem at once: an image without mask, a mask without image,
-    a case missing a channel file, an empty subset folder, two files claiming the same case, or a
-    root that matches no known layout.
+    a case missing a channel file, an empty subset folder, two files claiming the same case, a
+    training case that is also a test input, or a root that matches no known layout.
+
+    A folder that a download record (``synthetic_summary.json``, at or above ``root`` or below it)
+    names as the test set is never scanned: test inputs are never training data.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -151,6 +207,8 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
     empty_folders: list[Path] = []
 
     dirs = _walk_dirs(root)
+    test_sets = _recorded_test_sets(root, dirs)
+    dirs = [d for d in dirs if not any(d == t or t in d.parents for t in test_sets)]
     for folder in dirs:
         if folder.name not in IMAGE_FOLDERS:
             continue
@@ -256,6 +314,8 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
                 where = first.parent.parent / "gt" / name
             problems.append(f"{first}: image without mask; found no mask of subset {case.subset} patch "
                             f"{case.number}, expected {where}")
+
+    problems += _training_cases_among_test_inputs(cases.values(), test_sets)
 
     subsets: dict[str, AnnotatedSubset] = {}
     for case in sorted(cases.values(), key=lambda c: (c.subset, c.case_id)):

@@ -257,13 +257,15 @@ def rank_predictions(
         written by :func:`evaluate_folders`, one per team
     edition : "2024", "2025" or "2026"
     output_json : the ranking (see :func:`leaderboard.rank_teams`), plus a ``.csv`` next to it.
-        Each scored folder's full result goes to ``<output stem>.<team>.json``.
+        Each scored folder's full result goes to ``<output stem>.<team>.json``. 2026 adds ``left_out``:
+        per team, the cases whose metric is NaN and so left out of its means (:func:`leaderboard.nan_cases`).
     reference_folder : needed when any entry of ``predictions`` is a folder
     names : team names; default: each folder's or JSON file's name
     category, num_processes, allow_missing, progress : as for :func:`evaluate_folders`
 
     Raises
     ------
+    FileNotFoundError naming a prediction that does not exist (before any folder is scored);
     ValueError when team names repeat, results come from another edition or other cases.
     """
     edition = lb.check_edition(edition)
@@ -274,6 +276,10 @@ def rank_predictions(
         raise ValueError(f"got {len(names)} names for {len(predictions)} predictions; expected one name each")
     if len(set(names)) != len(names):
         raise ValueError(f"team names repeat ({', '.join(names)}); pass --names to tell them apart")
+    for source in map(Path, predictions):  # all named before any folder is scored
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: not found; expected a folder of predicted masks or a result JSON "
+                                    f"of nnUNetv2_selma_evaluate (-o). Check the path given to -pred.")
     results: dict[str, dict] = {}
     for name, source in zip(names, predictions):
         source = Path(source)
@@ -301,6 +307,8 @@ def rank_predictions(
     else:
         ranked_on = {name: r["aggregates"] for name, r in results.items()}
     ranking = lb.rank_teams(ranked_on, edition)
+    if edition in lb.MEAN_STD_EDITIONS:
+        ranking["left_out"] = {name: lb.nan_cases(r["cases"], edition) for name, r in results.items()}
     write_json_atomic(output_json, ranking, indent=2)
 
     metric_keys = list(ranking["teams"][first]["metric_ranks"])

@@ -247,6 +247,31 @@ def aggregate(cases: dict[str, dict], edition: str) -> tuple[dict[str, float], d
     return aggregates, n_cases
 
 
+#: the 2026 scoring rule users trip over, said where ``nnUNetv2_selma_rank --edition 2026`` prints its table
+NAN_LEFT_OUT_RULE = (
+    "2026 rule (the organisers' evaluate.py): a case whose metric is NaN is left out of that team's mean. An "
+    "empty prediction on a contiguous case has no skeleton, so its clDice is NaN and does not count: a team that "
+    "predicts nothing on a hard case can tie one that half-segments it (its Dice, 0, still counts).")
+
+
+def nan_cases(cases: dict[str, dict], edition: str) -> dict[str, list[str]]:
+    """``{"<category prefix>_<metric>": [cases]}``: the cases whose metric is NaN, left out of the aggregates.
+
+    Only the editions that leave NaN out (``MEAN_STD_EDITIONS``); metrics without a NaN case are absent.
+    """
+    edition = check_edition(edition)
+    if edition not in MEAN_STD_EDITIONS:
+        return {}
+    out = {}
+    for category in EDITIONS[edition].values():
+        rows = {c: v for c, v in cases.items() if v["category"] == category.name}
+        for metric in category.metrics if rows else ():
+            nan = sorted(c for c, v in rows.items() if not math.isfinite(float(v[metric])))
+            if nan:
+                out[f"{category.key_prefix}_{metric}"] = nan
+    return out
+
+
 def aggregate_warnings(cases: dict[str, dict], edition: str) -> list[str]:
     """Sentences naming the cases whose NaN metrics the aggregates leave out, and undefined stds."""
     edition = check_edition(edition)

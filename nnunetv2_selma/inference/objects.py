@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.inference.block_jobs import block_file, load_block, save_block, worker_cached
+from nnunetv2_selma.inference.blocks import row_regions
 from nnunetv2_selma.inference.dask_executor import run_on_dask
 from nnunetv2_selma.inference.object_outputs import (
     DENSITY_FILES,
@@ -327,11 +328,28 @@ def relabel_block(job: ObjectJob, block: ObjectBlock) -> int:
     return block.index
 
 
+def _refuse_non_finite_mask(source: VolumeSource, max_voxels: int = 2**24) -> None:
+    """Raise ValueError naming the plane of the first NaN/inf voxel of a float mask (streamed; integer masks
+    cannot hold one). ``mask != 0`` would make each NaN a one-voxel object."""
+    if source.dtype.kind != "f":
+        return
+    for region in row_regions(source.shape, max_voxels):
+        values = source.read(region)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            plane = int(np.flatnonzero(bad.any(axis=(1, 2)))[0])
+            z = region[0].start + plane
+            raise ValueError(f"{source.where(z)}: the mask holds {int(bad[plane].sum())} NaN or infinite voxel(s) "
+                             f"in this plane; expected finite values, non-zero = foreground (a NaN is neither "
+                             f"foreground nor background). Set them to 0 or 1 in the mask and rerun.")
+
+
 def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[str | Path] = (),
                     block_size: int | Sequence[int] | None = None, connectivity: int = 26,
                     min_voxels: int = 1, labels: str | Path | None = None,
                     density_voxels: int = DEFAULT_DENSITY_VOXELS, workers: int | None = None,
-                    scheduler: str | None = None, progress: bool = True, density_format: str | None = None) -> Path:
+                    scheduler: str | None = None, progress: bool = True, density_format: str | None = None,
+                    overwrite: bool = False) -> Path:
     """Connected components of a mask of any size, block by block, resumably, with per-object statistics.
 
     Parameters
@@ -358,6 +376,9 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     workers, scheduler : run the blocks on a local ``dask.distributed`` cluster of N processes, or on an
         existing scheduler (serial in this process when neither is given).
     progress : show a progress bar.
+    overwrite : replace files of the names this run writes (``objects.csv``, the density map, its picture)
+        that ``output_dir`` already holds, and the results of another objects run there; without it they
+        are refused before any work.
 
     Returns
     -------
@@ -367,8 +388,10 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     Raises
     ------
     FileNotFoundError for a missing input; ValueError naming the file for an image whose shape differs from
-    the mask's, a bad argument or an unsupported labels path; FileExistsError when ``output_dir`` holds the
-    results or a partial run of other arguments, or ``labels`` exists (nothing is overwritten).
+    the mask's, a mask holding NaN or infinite voxels, a bad argument, an unsupported labels path or an
+    ``output_dir`` that is a file; FileExistsError when ``output_dir`` holds the results of another run or
+    files of the output names (unless ``overwrite``), a partial run of other arguments, or ``labels`` exists
+    (nothing is overwritten).
     """
     from tqdm import tqdm
 
@@ -383,6 +406,9 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
             raise ValueError(f"{name} {value}: expected an integer >= 1")
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{output_dir}: found a file; expected an output folder (created if missing). "
+                         f"Give -o a folder path (objects.csv, summary.json and the density map go inside it).")
     labels = None if labels is None else Path(labels).resolve()
     labels_kind = None if labels is None else check_output_path(labels, "labels")
     if density_format is None:
@@ -408,11 +434,21 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         if not signature_mismatch(record.get("signature", {}), signature) and record.get("settings") == settings:
             logger.info("%s: objects already measured with these arguments; nothing to do", output_dir)
             return output_dir
-        raise FileExistsError(f"{output_dir}: holds the results of another objects run; nothing was overwritten. "
-                              f"Choose another output folder or remove it.")
+        if not overwrite:
+            raise FileExistsError(f"{output_dir}: holds the results of another objects run; nothing was "
+                                  f"overwritten. Choose another output folder, remove it, or pass --overwrite.")
+        summary_path.unlink()  # results of that run stop being ours to resume from
     work_dir = output_dir / PARTIAL_DIR
     progress_path = work_dir / PROGRESS_FILE
     state = json.loads(progress_path.read_text()) if progress_path.is_file() else None
+    if state is None and not overwrite:
+        # a partial run of ours may have written them before it was killed; anything else is someone's file
+        taken = [output_dir / n for n in (OBJECTS_CSV, DENSITY_FILES[density_format], DENSITY_PICTURE)
+                 if (output_dir / n).exists()]
+        if taken:
+            raise FileExistsError(f"{output_dir}: already holds {', '.join(p.name for p in taken)}, not written by "
+                                  f"an objects run; nothing was overwritten. Choose another output folder, move "
+                                  f"them, or pass --overwrite to replace them.")
     # a run stopped after its labels were committed (the writer moves them into place whole) resumes
     # past them; any other labels at that path are someone's file
     labels_done = labels is not None and state is not None and state.get("labels_written") == str(labels)
@@ -434,6 +470,7 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
                                   f"Remove it or choose another output folder.")
         for s in sources:
             s.check_all_planes()
+        _refuse_non_finite_mask(sources[0])
         job.blocks_dir.mkdir(parents=True)
         job.labels_dir.mkdir()
         state = {"signature": signature, "runs": []}

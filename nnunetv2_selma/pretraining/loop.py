@@ -444,6 +444,7 @@ def pretrain(
     show_progress: bool = True,
     metadata: dict | None = None,
     init: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Pretrain the plans' network self-supervised on the store; return ``checkpoint_final.pth``.
 
@@ -465,6 +466,8 @@ def pretrain(
         (checked hyperparameter by hyperparameter). Every tensor whose name and shape match is loaded,
         decoder and reconstruction head included; the first convolution is adapted to the input
         channels. Recorded (with a content fingerprint) in the metadata and in ``checkpoint_latest.pth``.
+    overwrite : start afresh even though ``output_dir`` holds a ``checkpoint_final.pth`` (replaced at the
+        end); without it, and without ``continue_training``, such a folder is refused before any work.
 
     Returns
     -------
@@ -493,6 +496,10 @@ def pretrain(
         raise ValueError(f"pretraining store {store} holds no volumes; run nnUNetv2_selma_ingest first")
     if hasattr(store_obj, "check_files"):
         store_obj.check_files(schedule.structures)
+    if (out / FINAL).is_file() and not (continue_training or overwrite):
+        raise FileExistsError(f"{out / FINAL}: exists, the result of an earlier pretraining run; nothing was "
+                              f"overwritten. Choose another -o, pass --c to continue that run, or --overwrite to "
+                              f"start afresh and replace it.")
     if continue_training and not (out / LATEST).is_file():
         # nnU-Net's --c does the same (start afresh), but the user must see it, not only the log
         print(f"WARNING: --continue given but {out / LATEST} does not exist: starting from iteration 0",

@@ -41,7 +41,7 @@ from nnunetv2_selma.store.format import (
     volume_paths,
     write_manifest,
 )
-from nnunetv2_selma.volumes import open_volume, volume_kind
+from nnunetv2_selma.volumes import MultiChannelVolumeError, open_volume, volume_kind
 from nnunetv2_selma.volumes.tissue import TissueStats, mask_factors, tissue_threshold
 
 LOG_NAME = "ingest.log"
@@ -301,7 +301,12 @@ def ingest_volume(source: UnannotatedVolume, store: str | Path, chunks: tuple[in
     a series, gap in the numbering, empty folder, NaN in float input, empty volume.
     """
     t0 = time.perf_counter()
-    reader = open_volume(source.path)
+    try:
+        reader = open_volume(source.path)
+    except MultiChannelVolumeError as e:
+        raise ValueError(f"{e} per channel, named after it, in the sample folder "
+                         f"(unannotated_{source.structure}/{source.sample}/C00.ome.zarr, C01.ome.zarr, ...); "
+                         f"each becomes one store volume") from e
     shape, dtype = reader.shape, reader.dtype
     if min(shape) < 1:
         raise ValueError(f"{source.path}: volume of shape {shape} holds no voxel")

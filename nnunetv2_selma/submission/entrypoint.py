@@ -102,9 +102,12 @@ class SubmissionSettings:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cuda", "cpu"):
             raise SubmissionError(f"SELMA_DEVICE={device!r}: expected 'cuda' or 'cpu'")
-        mirroring = env.get("SELMA_USE_MIRRORING")
-        use_mirroring = bool(config.get("use_mirroring", True)) if mirroring is None else \
-            mirroring.strip().lower() in ("1", "true", "yes", "on")
+        mirroring = env.get("SELMA_USE_MIRRORING", "").strip()
+        if mirroring not in ("", "0", "1"):
+            # any other word used to mean "off" without a word: a typo must not change the predictions
+            raise SubmissionError(f"SELMA_USE_MIRRORING={env['SELMA_USE_MIRRORING']!r}: expected 0 (off) or 1 (on); "
+                                  f"unset it to use models.json's default")
+        use_mirroring = bool(config.get("use_mirroring", True)) if not mirroring else mirroring == "1"
         try:
             step = float(env.get("SELMA_TILE_STEP_SIZE", config.get("tile_step_size", 0.5)))
         except ValueError as e:

@@ -15,7 +15,8 @@
    problem otherwise. Invocations run one at a time; ``/health`` stays answerable meanwhile.
 
 If ``/input/inputs.json`` (written by Grand Challenge) is present it must list the edition's
-input socket; otherwise the invocation fails with a message naming the sockets found.
+input socket (each entry's ``socket``, or ``interface`` in older templates); otherwise the
+invocation fails with a message naming the sockets found.
 
 Options: ``--host`` (default 0.0.0.0), ``--port`` (default ``SELMA_PORT`` or 4743). Other settings:
 the ``SELMA_*`` variables of :mod:`.entrypoint` (``python -m nnunetv2_selma.submission --help``).
@@ -46,15 +47,36 @@ log = logging.getLogger("nnunetv2_selma.submission.server")
 INPUTS_JSON = "inputs.json"
 
 
+#: the key of an entry's socket: ``socket`` now, ``interface`` in older Grand Challenge templates
+SOCKET_KEYS = ("socket", "interface")
+
+
+def _socket_slug(path, index: int, entry) -> str:
+    """The slug of one ``inputs.json`` entry, under either of ``SOCKET_KEYS``; anything else is named."""
+    for key in SOCKET_KEYS:
+        socket = entry.get(key) if isinstance(entry, dict) else None
+        if isinstance(socket, dict) and isinstance(socket.get("slug"), str):
+            return socket["slug"]
+    found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+    raise SubmissionError(f"{path}: entry {index} has {found}; expected a {' or '.join(repr(k) for k in SOCKET_KEYS)} "
+                          f'object with a "slug" (Grand Challenge\'s inputs.json: [{{"socket": {{"slug": ...}}, '
+                          f'"image": ...}}])')
+
+
 def check_inputs_json(settings: SubmissionSettings) -> None:
     """Refuse a case whose ``inputs.json`` does not list the edition's input socket (absent file: fine)."""
     path = settings.input_root / INPUTS_JSON
     if not path.is_file():
         return
     try:
-        sockets = [entry["socket"]["slug"] for entry in json.loads(path.read_text())]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SubmissionError(f"{path}: not a Grand Challenge inputs.json ({type(e).__name__}: {e})") from e
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SubmissionError(f"{path}: not JSON ({e}); expected Grand Challenge's inputs.json, a list of "
+                              f'{{"socket": {{"slug": ...}}, ...}} entries') from e
+    if not isinstance(entries, list):
+        raise SubmissionError(f"{path}: found a JSON {type(entries).__name__}; expected Grand Challenge's "
+                              f"inputs.json, a list of entries")
+    sockets = [_socket_slug(path, i, entry) for i, entry in enumerate(entries)]
     if settings.edition.input_slug not in sockets:
         raise SubmissionError(f"{path}: input sockets {sockets}; this algorithm reads "
                               f"{settings.edition.input_slug!r} (edition {settings.edition.name})")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import apply_default_mode, write_image
+from nnunetv2_selma.io import DOWNLOAD_RECORD, apply_default_mode, write_image
 from nnunetv2_selma.structures import STRUCTURES, SUBSETS, subsets_of_edition, unannotated_folder_structures
 from nnunetv2_selma.synthetic.domains import AcquisitionDomain
 from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
@@ -60,6 +60,7 @@ PATCH_SHAPES_2024 = {"shannel_cells": (200, 200, 200), "VessAP_vessel": (50, 500
 # the challenge download spreads subsets over several brains; nobody may hard-code brain_1
 BRAIN_OF_SUBSET = {"shannel_cells": 1, "VessAP_vessel": 2, "cFos-Active_Neurons": 1, "AD_plaques": 3}
 MASK_ENCODINGS = ((0, 1), (0, 255), (0, 95, 255))
+TEST_SET_FOLDER = "test_inputs"
 UNANNOTATED_STRUCTURES = tuple(sorted(unannotated_folder_structures()))
 PATCH_FORMATS = (".nii.gz", ".mha")
 MIN_PATCH_EDGE = 16
@@ -378,15 +379,20 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     Returns
     -------
     dict with ``root``, ``layout``, ``annotated`` (subset -> image paths), ``unannotated``
-    (structure -> sample folders), ``test_inputs`` (image paths), ``pictures`` (png paths),
-    ``counts`` and ``seconds``. The same summary, with string paths, is saved as
+    (structure -> sample folders), ``test_inputs`` (image paths), ``test_set`` (the test inputs' folder
+    relative to ``root``, ``None`` without test inputs: ``nnUNetv2_selma_convert`` skips it), ``pictures``
+    (png paths), ``counts`` and ``seconds``. The same summary, with string paths, is saved as
     ``<root>/synthetic_summary.json``.
     """
     root = Path(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: found a file; expected a folder for the download (absent or empty). "
+                         f"Choose a folder path")
     if root.exists() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True")
+        raise FileExistsError(f"{root}: exists and is not empty; nothing was written. Choose another folder, or "
+                              f"pass --overwrite (overwrite=True in Python) to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
@@ -408,7 +414,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
                                          zero_pad=bool((s_index + k) % 2), contrast=contrast)
                 samples.append(sample)
             unannotated[structure] = samples
-        tests = write_test_inputs(tmp / "test_inputs", seed=seed) if test_inputs else []
+        tests = write_test_inputs(tmp / TEST_SET_FOLDER, seed=seed) if test_inputs else []
         if root.exists():
             shutil.rmtree(root)
         apply_default_mode(tmp, directory=True)  # mkdtemp made it 0700
@@ -427,6 +433,8 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
         "annotated": {k: [moved(p) for p in v] for k, v in annotated.items()},
         "unannotated": {k: [moved(p) for p in v] for k, v in unannotated.items()},
         "test_inputs": [moved(p) for p in tests],
+        # nnUNetv2_selma_convert reads this and never takes the test set for training data
+        "test_set": TEST_SET_FOLDER if tests else None,
         "pictures": sorted(root.rglob("preview*.png")),
         "counts": {
             "annotated_cases": {k: cases_per_subset for k in annotated},
@@ -435,6 +443,6 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
         },
         "seconds": round(time.perf_counter() - start, 2),
     }
-    (root / "synthetic_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (root / DOWNLOAD_RECORD).write_text(json.dumps(summary, indent=1, default=str))
     log.info("synthetic download written to %s in %.1f s", root, summary["seconds"])
     return summary

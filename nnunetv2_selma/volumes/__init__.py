@@ -13,8 +13,14 @@ Everything above (store, inference, submission) imports these; nothing here impo
 """
 
 from nnunetv2_selma.volumes.moments import ExactHistogram, NumpyFloat32Sum
-from nnunetv2_selma.volumes.readers import SUPPORTED_INPUTS, VolumeSource, open_volume, volume_kind
+from nnunetv2_selma.volumes.readers import (
+    SUPPORTED_INPUTS,
+    MultiChannelVolumeError,
+    VolumeSource,
+    open_volume,
+    volume_kind,
+)
 from nnunetv2_selma.volumes.writers import SUPPORTED_OUTPUTS, MaskWriter, create_mask_writer
 
-__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter", "NumpyFloat32Sum",
-           "VolumeSource", "create_mask_writer", "open_volume", "volume_kind"]
+__all__ = ["SUPPORTED_INPUTS", "SUPPORTED_OUTPUTS", "ExactHistogram", "MaskWriter", "MultiChannelVolumeError",
+           "NumpyFloat32Sum", "VolumeSource", "create_mask_writer", "open_volume", "volume_kind"]

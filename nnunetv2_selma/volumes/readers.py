@@ -63,6 +63,10 @@ def _into(out: np.ndarray | None, data: np.ndarray) -> np.ndarray:
     return out
 
 
+
+class MultiChannelVolumeError(ValueError):
+    """A volume holding several channels (or time points) where one 3D channel is read."""
+
 class VolumeSource:
     """A lazy 3D volume ``(z, y, x)``: ``shape``, ``dtype``, ``geometry``, ``read(region)``, ``read_planes(z0, z1)``.
 
@@ -276,8 +280,10 @@ class _ZarrSource(VolumeSource):
         shape = tuple(int(s) for s in array.shape)
         lead = len(shape) - 3
         if lead < 0 or any(s != 1 for s in shape[:lead]):
-            raise ValueError(f"{path}: found an array of shape {shape}; expected (z, y, x) with only singleton "
-                             f"t/c axes before them (give one channel per -i)")
+            # each command says how to give channels (predict_large: several -i; ingest: a file per channel)
+            raise MultiChannelVolumeError(f"{path}: found an array of shape {shape}; expected one 3D volume "
+                                          f"(z, y, x) with only singleton t/c axes before them: write each "
+                                          f"channel as its own single-channel OME-Zarr")
         self._array, self._lead = array, (0,) * lead
         self.shape = shape[lead:]
         self.dtype = np.dtype(array.dtype)

@@ -135,3 +135,35 @@ def test_user_errors_of_each_command_are_one_line(tmp_path):
                      tmp_path / "r.json"), str(tmp_path / "ref"))
     _user_error(_run("rank", "-pred", tmp_path / "pred", "--edition", "2024", "-o", tmp_path / "rank.json"),
                 str(tmp_path / "pred"))
+
+
+def test_messages_name_the_fix_not_an_errno_or_a_python_keyword(tmp_path, capsys):
+    """rank on a missing file, synthesize into a file or a full folder: the path, what was expected, the flag."""
+    from nnunetv2_selma.cli.evaluate import rank_main
+    from nnunetv2_selma.cli.synthesize import main as synthesize_main
+
+    assert rank_main(["-pred", str(tmp_path / "missing.json"), "--edition", "2026", "-o", str(tmp_path / "r.json")]) \
+        == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'missing.json'}: not found" in err and "is a prediction folder" not in err
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        synthesize_main([str(tmp_path / "file"), "--cases", "1"])
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'file'}: found a file; expected a folder" in err and "Errno" not in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    with pytest.raises(SystemExit):
+        synthesize_main([str(tmp_path / "full"), "--cases", "1"])
+    err = capsys.readouterr().err
+    assert "exists and is not empty; nothing was written" in err and "pass --overwrite" in err
+    assert "pass overwrite=True" not in err
+
+
+def test_export_submission_says_error_in_lower_case_as_every_command(tmp_path, capsys):
+    from nnunetv2_selma.cli.export_submission import main
+
+    assert main(["-m", str(tmp_path / "no_model"), "-o", str(tmp_path / "ctx"), "--no-wheels"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'no_model'}") and "ERROR" not in err, err

@@ -24,8 +24,8 @@ from nnunetv2_selma.dataset_conversion.annotated import (
     convert_download,
     default_dataset_ids,
 )
-from nnunetv2_selma.io import read_image, write_image
-from nnunetv2_selma.synthetic.download import write_annotated_patches
+from nnunetv2_selma.io import read_image, strip_image_suffix, write_image
+from nnunetv2_selma.synthetic.download import write_annotated_patches, write_download
 
 SCALE = 0.16  # patches of 16..80 voxels per axis
 CASES = 2
@@ -384,3 +384,51 @@ def test_2026_layout_same_name_in_image_and_mask_folders(tmp_path, variant):
     (root / masks / f"cell_nuclei_2302{ext}").unlink()  # an image without its mask is named, with where
     with pytest.raises(AnnotatedLayoutError, match="cell_nuclei_2302.*image without mask"):
         convert_download(root, raw_dir=tmp_path / "raw2")
+
+
+@pytest.mark.parametrize("layout", ["challenge", "2026"])
+def test_generated_test_inputs_never_become_training_data(tmp_path, layout, capsys):
+    """The generated download's test_inputs/images + masks look like 2026 patches; convert skips them."""
+    root = tmp_path / "download"
+    write_download(root, layout=layout, cases_per_subset=CASES, patch_scale=0.1, unannotated_per_structure=0)
+    test_names = {strip_image_suffix(p) for p in (root / "test_inputs" / "images").iterdir()}
+    assert test_names == {"cfos_001", "cfos_002", "microglia_001", "microglia_002"}
+    assert convert_main(["-i", str(root), "--combined", "-o", str(tmp_path / "raw")]) == 0
+    written = {p.name for p in (tmp_path / "raw").iterdir()}
+    assert not {n for n in written if "Microglia" in n or n.endswith("_Cfos")}, written
+    trained = {strip_image_suffix(p).rsplit("_", 1)[0] for d in (tmp_path / "raw").iterdir()
+               for p in (d / "imagesTr").iterdir()}
+    assert not {n for n in trained if n.endswith(tuple(test_names))}, trained
+
+    # a record written before it named the test set: the folder is taken from its test image paths
+    record = json.loads((root / "synthetic_summary.json").read_text())
+    del record["test_set"]
+    (root / "synthetic_summary.json").write_text(json.dumps(record))
+    out = convert_download(root, raw_dir=tmp_path / "raw_old", combined=True)
+    assert not {"Microglia", "Cfos"} & set(out), out
+
+    # converting the test set itself is refused, naming the record and the root to give instead
+    assert convert_main(["-i", str(root / "test_inputs"), "-o", str(tmp_path / "raw_t")]) == 1
+    err = capsys.readouterr().err
+    assert "is the test set named by" in err and str(root / "synthetic_summary.json") in err
+    assert not (tmp_path / "raw_t").exists() or not any((tmp_path / "raw_t").iterdir())
+
+
+def test_a_training_case_that_is_also_a_test_input_is_refused(tmp_path):
+    root = tmp_path / "download"
+    write_download(root, layout="2026", cases_per_subset=CASES, patch_scale=0.1, unannotated_per_structure=0)
+    annotated = root / "SELMA3D_2026_annotated"
+    # the same bytes under a training name, and a test input's own name among the training cases
+    shutil.copy(root / "test_inputs" / "images" / "cfos_001.mha", annotated / "images" / "cfos_neuron_2399.mha")
+    shutil.copy(root / "test_inputs" / "masks" / "cfos_001.mha", annotated / "masks" / "cfos_neuron_2399.mha")
+    write_image(annotated / "images" / "microglia_002.mha", np.ones((16, 16, 16), np.uint16))
+    write_image(annotated / "masks" / "microglia_002.mha", np.ones((16, 16, 16), np.uint8))
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(AnnotatedLayoutError) as info:
+        convert_download(root, raw_dir=tmp_path / "raw")
+    message = str(info.value)
+    assert "2 problem(s)" in message
+    assert f"{annotated / 'images' / 'cfos_neuron_2399.mha'}: training case cfos_neuron_2399" in message
+    assert f"is also the test input {root / 'test_inputs' / 'images' / 'cfos_001.mha'}" in message
+    assert f"{annotated / 'images' / 'microglia_002.mha'}: training case microglia_002" in message
+    assert set(os.listdir(tmp_path)) - before <= {"raw"}

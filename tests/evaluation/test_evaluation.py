@@ -631,3 +631,46 @@ def test_evaluate_2026_folder_nan_cases_new_prefixes_and_rank(tmp_path):
                                names=["good", "bad"], num_processes=1, progress=False)
     assert ranking["order"] == ["good", "bad"] and ranking["teams"]["good"]["score"] == 1.0
     assert set(ranking["teams"]["good"]["subgroup_scores"]) == {"dense_iso", "sparse_iso", "sparse_con"}
+
+
+def test_rank_names_a_missing_prediction(tmp_path, capsys):
+    from nnunetv2_selma.cli.evaluate import rank_main
+
+    (tmp_path / "teamA.json").write_text("{}")
+    assert rank_main(["-pred", str(tmp_path / "teamA.json"), str(tmp_path / "missing.json"), "--edition", "2026",
+                      "-o", str(tmp_path / "rank.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'missing.json'}: not found; expected a folder of predicted masks or a result JSON" \
+        in err and "is a prediction folder" not in err
+    assert not (tmp_path / "rank.json").exists()
+
+
+def test_rank_2026_says_where_it_prints_the_table_that_nan_cases_are_left_out(tmp_path, capsys):
+    """An empty prediction on a hard contiguous case (clDice NaN, left out) ties a half segmentation."""
+    from nnunetv2_selma.cli.evaluate import rank_main
+
+    gt, empty, half = tmp_path / "gt", tmp_path / "empty", tmp_path / "half"
+    for d in (gt, empty, half):
+        d.mkdir()
+    line = np.zeros((8, 12, 24), np.uint8)
+    line[4, 6, 2:20] = 1
+    half_line = line.copy()
+    half_line[4, 6, 11:] = 0
+    for case in ("gutnerve_001", "gutnerve_002"):
+        write_image(gt / f"{case}.nii.gz", line)
+    write_image(empty / "gutnerve_001.nii.gz", np.zeros_like(line))
+    write_image(half / "gutnerve_001.nii.gz", half_line)
+    for d in (empty, half):
+        write_image(d / "gutnerve_002.nii.gz", line)
+    out = tmp_path / "rank.json"
+    assert rank_main(["-ref", str(gt), "-pred", str(empty), str(half), "--edition", "2026", "-o", str(out),
+                      "-np", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    ranking = json.loads(out.read_text())
+    assert ranking["teams"]["empty"]["rank"] == ranking["teams"]["half"]["rank"]  # the rule's consequence
+    assert ranking["left_out"] == {"empty": {"con_cldice": ["gutnerve_001"]}, "half": {}}
+    assert "note: 2026 rule (the organisers' evaluate.py): a case whose metric is NaN is left out" in printed
+    assert "can tie one that half-segments it" in printed
+    assert "  empty: con_cldice leaves out 1 NaN case(s) (gutnerve_001)" in printed
+    assert "  half: no NaN case left out" in printed
+    assert printed.index("mean rank") < printed.index("note: 2026 rule")

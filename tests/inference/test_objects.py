@@ -246,3 +246,47 @@ def test_predict_large_objects_runs_right_after_prediction(tmp_path):
     table = _read_csv(tmp_path / "pred.b2nd.objects" / "objects.csv")
     np.testing.assert_array_equal(table["voxels"], ref["rows"]["voxels"])
     np.testing.assert_allclose(table["mean_intensity_0"], ref["rows"]["mean_intensity_0"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("taken", ["objects.csv", "density.tif", "density_mip.png"])
+def test_files_of_a_user_in_the_output_folder_are_kept_unless_overwrite(tmp_path, taken, capsys):
+    from nnunetv2_selma.cli.objects import main
+
+    path = _write("tif", tmp_path / "mask.tif", _mask())
+    out = tmp_path / "objects"
+    out.mkdir()
+    (out / taken).write_text("a user's file")
+    args = ["-i", str(path), "-o", str(out), "--block", str(BLOCK), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: already holds {taken}" in err and "--overwrite" in err
+    assert (out / taken).read_text() == "a user's file" and sorted(p.name for p in out.iterdir()) == [taken]
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "summary.json").is_file() and (out / taken).read_bytes() != b"a user's file"
+    # another run's results: replaced with --overwrite only
+    assert main([*args, "--connectivity", "6"]) == 1
+    assert "holds the results of another objects run" in capsys.readouterr().err
+    assert main([*args, "--connectivity", "6", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["signature"]["connectivity"] == 6
+
+
+def test_output_path_that_is_a_file_is_named(tmp_path, capsys):
+    from nnunetv2_selma.cli.objects import main
+
+    path = _write("tif", tmp_path / "mask.tif", _mask())
+    (tmp_path / "out.csv").write_text("x")
+    assert main(["-i", str(path), "-o", str(tmp_path / "out.csv"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out.csv'}: found a file; expected an output folder" in err and "Errno" not in err
+
+
+@pytest.mark.parametrize("kind, bad", [("tif", np.nan), ("slices", np.nan), ("b2nd", np.inf)])
+def test_nan_or_infinite_mask_voxels_are_refused_by_name(tmp_path, kind, bad):
+    mask = _mask().astype(np.float32)
+    mask[23, 30, 31] = bad  # one voxel, far from any object: otherwise a one-voxel object
+    path = _write(kind, tmp_path / ("mask" if kind == "slices" else f"mask.{kind}"), mask)
+    where = str(path / "Z0023.tif") if kind == "slices" else f"{path} (z=23)"
+    with pytest.raises(ValueError, match="NaN or infinite") as info:
+        measure_objects(path, tmp_path / "objects", block_size=BLOCK, progress=False)
+    assert str(info.value).startswith(f"{where}: the mask holds 1 NaN or infinite voxel(s)")
+    assert not (tmp_path / "objects" / ".partial").exists()

@@ -415,3 +415,21 @@ def test_cache_is_filled_once_under_concurrent_requests(store, plans, tmp_path):
     text = [" | ".join(lines) for lines in logs]
     assert sum("pretraining into cache" in t for t in text) == 1
     assert sum("reusing cached pretraining checkpoint" in t for t in text) == 1
+
+
+def test_rerun_without_continue_keeps_checkpoint_final_unless_overwrite(store, plans, tmp_path, capfd):
+    from nnunetv2_selma.cli.pretrain import main
+
+    out = tmp_path / "run"
+    args = ["--store", str(store), "--plans", str(plans), "-o", str(out), "--iterations", "1", "--batch-size", "1",
+            "--num-workers", "0", "--device", "cpu", "--no-progress", "--structures", "cfos"]
+    assert main(args) == 0
+    first = (out / FINAL).read_bytes()
+    capfd.readouterr()
+    assert main([*args, "--seed", "1"]) == 1
+    err = capfd.readouterr().err
+    assert f"error: {out / FINAL}: exists, the result of an earlier pretraining run; nothing was overwritten" in err
+    assert "--c" in err and "--overwrite" in err
+    assert (out / FINAL).read_bytes() == first
+    assert main([*args, "--seed", "1", "--overwrite"]) == 0
+    assert (out / FINAL).read_bytes() != first

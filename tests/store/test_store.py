@@ -368,6 +368,21 @@ def test_ome_zarr_volumes_are_ingested_and_kept_on_rerun(tmp_path):
     assert sorted(again.kept) == sorted(vols) and not again.written
 
 
+def test_two_channel_ome_zarr_says_how_ingest_takes_channels(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    sample = tmp_path / "dl" / "unannotated_vessel" / "s1"
+    sample.mkdir(parents=True)
+    group = zarr.open_group(str(sample / "both.ome.zarr"), mode="w")
+    group.create_array("0", shape=(2, 8, 12, 12), dtype=np.uint16, chunks=(1, 4, 12, 12))[:] = 7
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a} for a in "czyx"],
+                                   "datasets": [{"path": "0"}]}]
+    report = ingest_store(tmp_path / "dl", tmp_path / "store", progress=False)
+    assert [f["name"] for f in report.failed] == ["vessel/s1/both"]
+    reason = report.failed[0]["reason"]
+    assert reason.startswith(f"{sample / 'both.ome.zarr'}: found an array of shape (2, 8, 12, 12)"), reason
+    assert "unannotated_vessel/s1/C00.ome.zarr, C01.ome.zarr" in reason and "-i" not in reason, reason
+
+
 # ------------------------------------------------------------------------------------------ slab pipeline
 def test_slab_buffers_are_reused_correctly_and_errors_late_in_a_series_stop_cleanly(tmp_path):
     """Series deeper than two slabs (the two slab buffers are refilled), read by the forked slab

@@ -487,3 +487,44 @@ def test_models_dir_inside_a_top_folder_of_the_tarball_is_found(build_2026, tmp_
     shutil.copytree(build_2026 / "model", tmp_path / "model")  # tar -czf model.tar.gz model
     assert locate_models_dir(tmp_path) == tmp_path / "model"
     assert locate_models_dir(tmp_path / "model") == tmp_path / "model"
+
+
+def test_inputs_json_entries_keyed_interface_are_read_and_other_keys_named(build_2026, tmp_path):
+    from nnunetv2_selma.submission.entrypoint import SubmissionError, SubmissionSettings
+    from nnunetv2_selma.submission.server import check_inputs_json
+
+    settings = SubmissionSettings.from_environment({"SELMA_MODELS_DIR": str(build_2026 / "model"),
+                                                    "SELMA_DEVICE": "cpu", "SELMA_INPUT_ROOT": str(tmp_path)})
+    slug = settings.edition.input_slug
+    inputs = tmp_path / "inputs.json"
+    # older Grand Challenge templates key the socket 'interface'
+    inputs.write_text(json.dumps([{"interface": {"slug": slug, "relative_path": f"images/{slug}"}, "image": {}}]))
+    check_inputs_json(settings)
+    inputs.write_text(json.dumps([{"interface": {"slug": "generic-medical-image"}}]))
+    with pytest.raises(SubmissionError, match="input sockets \\['generic-medical-image'\\]"):
+        check_inputs_json(settings)
+    inputs.write_text(json.dumps([{"socket": {"slug": slug}}, {"input": {"slug": slug}}]))
+    with pytest.raises(SubmissionError, match=r"inputs.json: entry 1 has \['input'\]; expected a 'socket' or "
+                                              r"'interface' object with a \"slug\""):
+        check_inputs_json(settings)
+    inputs.write_text(json.dumps({"socket": {"slug": slug}}))
+    with pytest.raises(SubmissionError, match="found a JSON dict; expected Grand Challenge's inputs.json, a list"):
+        check_inputs_json(settings)
+
+
+@pytest.mark.parametrize("value, expected", [("0", False), ("1", True), (" 1 ", True), ("", True)])
+def test_use_mirroring_is_0_or_1(build, value, expected):
+    from nnunetv2_selma.submission.entrypoint import SubmissionSettings
+
+    settings = SubmissionSettings.from_environment({"SELMA_MODELS_DIR": str(build / "resources"),
+                                                    "SELMA_DEVICE": "cpu", "SELMA_USE_MIRRORING": value})
+    assert settings.use_mirroring is expected  # "" is unset: models.json's default (on)
+
+
+@pytest.mark.parametrize("value", ["maybe", "true", "off", "2"])
+def test_use_mirroring_other_values_are_refused_by_name(build, value):
+    from nnunetv2_selma.submission.entrypoint import SubmissionError, SubmissionSettings
+
+    with pytest.raises(SubmissionError, match=f"SELMA_USE_MIRRORING='{value}': expected 0 \\(off\\) or 1 \\(on\\)"):
+        SubmissionSettings.from_environment({"SELMA_MODELS_DIR": str(build / "resources"), "SELMA_DEVICE": "cpu",
+                                             "SELMA_USE_MIRRORING": value})
