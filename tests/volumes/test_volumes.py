@@ -125,7 +125,7 @@ def test_tissue_mask_is_the_same_from_every_kind(tmp_path):
     masks = [low_resolution_tissue_mask(open_volume(p)) for p in _write_every_kind(tmp_path, data).values()]
     mask, factors, threshold = masks[0]
     assert factors == (8, 8, 8) and mask.shape == (5, 6, 5)
-    assert mask[1:4, 2:4, 1:4].all() and mask.mean() < 0.5 and 0 < threshold < 1000
+    assert mask[1:4, 2:4, 1:4].all() and mask.mean() < 0.5 and 0 < threshold.value < 1000
     for other, f, t in masks[1:]:
         np.testing.assert_array_equal(other, mask)
         assert (f, t) == (factors, threshold)
