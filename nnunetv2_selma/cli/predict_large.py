@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="intensity mean and std (> 0) per channel (skip measuring them)")
     parser.add_argument("--tissue-mask", default="auto", metavar="auto|none|PATH",
                         help="zero the labels outside the tissue: auto (default: ingest's tissue mask of the input, "
-                             "dilated by one mask voxel = 8+ voxels), none (labels as nnUNetPredictor), or a mask "
-                             "volume (non-zero = tissue; the input's shape or a smaller, low-resolution one)")
+                             "dilated by one mask voxel = 8+ voxels; removes only a clearly dark outside, keeps "
+                             "everything in a volume that is tissue everywhere, keeps objects touching the tissue "
+                             "whole), none (labels as nnUNetPredictor), or a mask volume PATH (non-zero = tissue; "
+                             "the input's shape or smaller by a whole factor per axis; used voxel by voxel)")
     parser.add_argument("--objects", nargs="?", const="", default=None, metavar="DIR",
                         help="then count and measure the objects of the output (nnUNetv2_selma_objects, intensities "
                              "from the inputs) into DIR (default: <output>.objects)")

@@ -121,8 +121,10 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     progress : show progress bars (voxels/s, time left).
     tissue_mask : ``None``/``"none"`` (default here: the labels equal ``nnUNetPredictor``'s), ``"auto"``
         (the command line's default: ingest's low-resolution tissue mask of the input, dilated by one mask
-        voxel, see :mod:`nnunetv2_selma.inference.tissue`) or the path of a mask volume (non-zero = tissue,
-        the input's shape or a smaller one). Labels outside the mask are set to 0 when the output is written.
+        voxel, see :mod:`nnunetv2_selma.inference.tissue`; it removes only a clearly dark outside, keeps
+        everything in a volume that is tissue everywhere, and keeps objects touching the tissue whole) or the
+        path of a mask volume (non-zero = tissue, the input's shape or smaller by a whole factor per axis;
+        labels outside it are set to 0 voxel by voxel). The record's ``tissue_mask`` says what was kept.
 
     Returns
     -------
@@ -285,12 +287,34 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         t0 = time.perf_counter()
         tissue = auto_tissue_mask(sources)
         timings["tissue_mask"] = time.perf_counter() - t0
-        logger.info("%s: tissue mask kept %.1f%% of the volume", output, 100 * tissue.info["fraction"])
+        logger.info("%s: tissue mask %.1f%% of the volume; %s", output, 100 * tissue.info["fraction"],
+                    tissue.info["outcome"])
     slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
     t0 = time.perf_counter()
-    with create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry,
-                            slice_names) as writer:
-        _assemble_output(writer, frame, plan, blocks_dir, progress, tissue)
+    if tissue is not None and tissue.whole_objects and not tissue.keeps_everything:
+        from nnunetv2_selma.inference.tissue import keep_whole_objects
+
+        # the labels unmasked first: which objects touch the mask is known only once all of them are
+        tissue_dir = work_dir / "tissue"
+        shutil.rmtree(tissue_dir, ignore_errors=True)  # a run killed here left a half pass: redo it
+        tissue_dir.mkdir()
+        unmasked = tissue_dir / "unmasked.b2nd"
+        with create_mask_writer(unmasked, tissue_dir / "unmasked.tmp.b2nd", sources[0].shape,
+                                sources[0].geometry) as writer:
+            _assemble_output(writer, frame, plan, blocks_dir, progress)
+        placed, load, counts = keep_whole_objects(unmasked, tissue, tissue_dir, progress=progress)
+        tissue.info.update(counts)
+        logger.info("%s: %d of %d objects removed (%d voxels) outside the tissue; %d kept whole across its edge "
+                    "(%d voxels outside it)", output, counts["objects_removed"], counts["objects"],
+                    counts["voxels_removed"], counts["objects_kept_across_edge"], counts["voxels_kept_outside"])
+        with create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry,
+                                slice_names) as writer:
+            write_blocks(writer, placed, load, progress=progress)
+    else:
+        with create_mask_writer(output, work_dir / "output", sources[0].shape, sources[0].geometry,
+                                slice_names) as writer:
+            _assemble_output(writer, frame, plan, blocks_dir, progress,
+                             None if tissue is None or tissue.keeps_everything else tissue)
     timings["write"] = time.perf_counter() - t0
     write_json_atomic(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
                                "block_size": list(plan.block_size), "redundancy": plan.redundancy,

@@ -11,7 +11,9 @@ process compresses slab k, so a volume takes about as long as the slower of the 
 single pass the ingester gathers
 
 * the low-resolution tissue mask saved beside the volume (``<channel>_tissue.npy``, boolean) and
-  intensity statistics over tissue (:mod:`nnunetv2_selma.volumes.tissue`);
+  intensity statistics over tissue (:mod:`nnunetv2_selma.volumes.tissue`): all of the volume is tissue
+  unless it has a clearly dark outside (``stats["tissue_rule"]`` says which and why), so pretraining
+  never loses the dimmer half of a crop that is tissue everywhere;
 * a CRC32 of the raw voxels in C order, re-checked when a rerun decides whether a volume is done.
 
 Resume and integrity (the format and its checks: :mod:`nnunetv2_selma.store.format`): every file is
@@ -473,7 +475,9 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
             if reason is None:
                 volumes[source.name] = entry
                 report.written.append(source.name)
-                logger.info("wrote %s %s %s in %.1f s", source.name, entry["shape"], entry["dtype"], entry["seconds"])
+                logger.info("wrote %s %s %s in %.1f s, tissue %.1f%% (%s)", source.name, entry["shape"], entry["dtype"],
+                            entry["seconds"], 100 * entry["stats"]["tissue_fraction"],
+                            entry["stats"]["tissue_rule"]["reason"])
             else:
                 report.failed.append({"name": source.name, "source": source.path, "reason": reason})
                 logger.error("FAILED %s: %s", source.name, reason)

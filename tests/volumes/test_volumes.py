@@ -125,7 +125,24 @@ def test_tissue_mask_is_the_same_from_every_kind(tmp_path):
     masks = [low_resolution_tissue_mask(open_volume(p)) for p in _write_every_kind(tmp_path, data).values()]
     mask, factors, threshold = masks[0]
     assert factors == (8, 8, 8) and mask.shape == (5, 6, 5)
-    assert mask[1:4, 2:4, 1:4].all() and mask.mean() < 0.5 and 0 < threshold < 1000
+    assert mask[1:4, 2:4, 1:4].all() and mask.mean() < 0.5 and 0 < threshold.value < 1000
     for other, f, t in masks[1:]:
         np.testing.assert_array_equal(other, mask)
         assert (f, t) == (factors, threshold)
+
+
+def test_tissue_mask_of_a_volume_that_is_tissue_everywhere_is_all_tissue(tmp_path):
+    """A crop inside the brain (tissue ~400 everywhere, 16 bright spheres): no dark outside, so ingest's mask
+    (what pretraining samples from) and its statistics cover all of it, and the reason is recorded."""
+    from test_tissue_mask import _tissue_everywhere
+
+    from nnunetv2_selma.volumes.tissue import TissueStats
+
+    volume, _ = _tissue_everywhere()
+    tifffile.imwrite(tmp_path / "inside.tif", volume)
+    mask, factors, threshold = low_resolution_tissue_mask(open_volume(tmp_path / "inside.tif"))
+    assert mask.all() and threshold.value is None and not threshold.removes
+    assert threshold.reason.startswith("no clear outside") and threshold.info()["value"] is None
+    stats = TissueStats(volume.shape, volume.dtype, factors, threshold)
+    stats.update(volume, 0)
+    assert stats.stats()["tissue_fraction"] == 1.0 and stats.stats()["tissue_rule"]["value"] is None
