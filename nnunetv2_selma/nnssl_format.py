@@ -334,11 +334,14 @@ def export_nnssl_checkpoint(
 ) -> dict:
     """Write one of our pretraining checkpoints in nnssl's format, with a correct adaptation plan.
 
-    The output is what nnssl saves (``network_weights`` with the whole network, ``decoder.encoder.*``
-    duplicates included, ``nnssl_adaptation_plan``, ``trainer_name``, ``init_args``, ``current_epoch``)
-    plus our ``"selma"`` metadata, in plain types only: nnU-Net master's ``nnUNetv2_train_pretrained``
-    reads it with ``torch.load(weights_only=True)``, and
-    :func:`nnunetv2_selma.checkpoints.load_pretrained_weights` reads it back as an nnssl checkpoint.
+    The output is what nnssl saves (``network_weights`` with the whole network, ``nnssl_adaptation_plan``,
+    ``trainer_name``, ``init_args``, ``current_epoch``) plus our ``"selma"`` metadata, in plain types
+    only: nnU-Net master's ``nnUNetv2_train_pretrained`` reads it with ``torch.load(weights_only=True)``,
+    and :func:`nnunetv2_selma.checkpoints.load_pretrained_weights` reads it back as an nnssl checkpoint.
+    Names that share one tensor in the network (``decoder.encoder.*`` and ``encoder.*``) share it in
+    the file, as in nnssl's own, also when the source stored them apart. nnssl's entries for resuming
+    its own run (``optimizer_state``, ``grad_scaler_state``, ``logging``, ``_best_ema``) are not
+    written: the file fine-tunes, it does not continue an nnssl pretraining.
 
     Parameters
     ----------
@@ -367,7 +370,7 @@ def export_nnssl_checkpoint(
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     # checkpoints imports this module lazily too: both sit on the ground floor, neither at import time
-    from nnunetv2_selma.checkpoints import atomic_torch_save, read_checkpoint
+    from nnunetv2_selma.checkpoints import atomic_torch_save, cpu_state_dict, read_checkpoint, share_aliases
 
     checkpoint = read_checkpoint(source)
     if checkpoint.source == "nnssl":
@@ -400,8 +403,8 @@ def export_nnssl_checkpoint(
     with torch.device("meta"):
         reference = get_network_from_plans(class_name, architecture["arch_kwargs"],
                                            architecture.get("_kw_requires_import", []), channels, 1,
-                                           allow_init=False, deep_supervision=False).state_dict()
-    for key, value in reference.items():
+                                           allow_init=False, deep_supervision=False)
+    for key, value in reference.state_dict().items():
         if key.startswith("encoder.") and (key not in weights or tuple(weights[key].shape) != tuple(value.shape)):
             found = tuple(weights[key].shape) if key in weights else "missing"
             raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
@@ -410,7 +413,7 @@ def export_nnssl_checkpoint(
                                 plans_name=plans_name)
     plain_meta = json.loads(json.dumps(meta, default=str))  # weights_only-safe
     atomic_torch_save({
-        "network_weights": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        "network_weights": share_aliases(cpu_state_dict(weights), reference),
         PLAN_KEY: plan,
         "trainer_name": f"nnunetv2_selma.{meta.get('method', 'pretraining')}",
         "init_args": {"plans_name": plans_name, "configuration": configuration,

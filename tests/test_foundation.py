@@ -279,3 +279,72 @@ def test_export_command_errors_name_the_file(openmind, tmp_path, capsys):
     assert main([str(openmind["path"]), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
     assert "already an nnssl checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "o.pth").exists()
+
+
+def _resave_entry_by_entry(path: Path, destination: Path) -> None:
+    """The file as releases before shared saving wrote it: every state-dict name in its own storage."""
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw["network_weights"] = {k: v.clone() for k, v in raw["network_weights"].items()}
+    torch.save(raw, destination)
+
+
+def test_checkpoints_store_each_network_tensor_once(openmind, tmp_path):
+    """Preset L (ResEnc-L): our checkpoint and its nnssl export hold the parameters once (the decoder's
+    references to the encoder and each convolution's second name add nothing), and every loader gives the
+    network's tensors back."""
+    network = openmind["network"]
+    plans = preset_plans("L")
+    parameter_bytes = 4 * sum(p.numel() for p in network.parameters())
+    ours, exported = tmp_path / "ours_L.pth", tmp_path / "nnssl_L.pth"
+    save_pretrained_checkpoint(ours, network, {"method": "mae", "architecture": architecture(plans),
+                                               "patch_size": [160, 160, 160], "plans_name": "nnUNetSelmaPlans_L"})
+    export_nnssl_checkpoint(ours, exported)
+    for path in (ours, exported):
+        assert abs(path.stat().st_size / parameter_bytes - 1) < 0.1, (path.name, path.stat().st_size, parameter_bytes)
+    expected = network.state_dict()
+
+    target = build_network(plans, num_output_channels=1)
+
+    def reset() -> None:
+        with torch.no_grad():
+            for value in target.state_dict().values():
+                value.zero_()
+
+    # ours, whole network (--init): every tensor, heads included
+    reset()
+    load_pretrained_weights(target, ours, log=lambda *a: None, whole_network=True)
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items())
+    # nnU-Net's -pretrained_weights: everything but the heads
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights as stock_loader
+
+    reset()
+    stock_loader(target, str(ours), verbose=False)
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items() if ".seg_layers." not in k)
+    # nnssl's layout: every name of the network, read as nnU-Net master reads it; then our nnssl path
+    raw = torch.load(exported, map_location="cpu", weights_only=True)["network_weights"]
+    assert set(raw) == set(expected) and all(torch.equal(raw[k], v) for k, v in expected.items())
+    reset()
+    load_pretrained_weights(target, exported, log=lambda *a: None, architecture=architecture(plans))
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items() if k.startswith("encoder."))
+
+
+def test_old_entry_by_entry_checkpoints_load_and_export_small(tmp_path):
+    plans = preset_plans("cpu")
+    torch.manual_seed(5)
+    network = build_network(plans, num_output_channels=1)
+    expected = network.state_dict()
+    save_pretrained_checkpoint(tmp_path / "new.pth", network, {"method": "mae", "architecture": architecture(plans),
+                                                               "patch_size": [32, 32, 32]})
+    _resave_entry_by_entry(tmp_path / "new.pth", tmp_path / "old.pth")
+    assert (tmp_path / "old.pth").stat().st_size > 2 * (tmp_path / "new.pth").stat().st_size
+    # the old file loads as before
+    again = build_network(plans, num_output_channels=1)
+    load_pretrained_weights(again, tmp_path / "old.pth", log=lambda *a: None, whole_network=True)
+    assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
+    # exporting it stores each network tensor once, values unchanged
+    export_nnssl_checkpoint(tmp_path / "old.pth", tmp_path / "old_nnssl.pth")
+    assert (tmp_path / "old_nnssl.pth").stat().st_size < 1.1 * (tmp_path / "new.pth").stat().st_size
+    raw = torch.load(tmp_path / "old_nnssl.pth", map_location="cpu", weights_only=True)["network_weights"]
+    assert all(torch.equal(raw[k], v) for k, v in expected.items())
+    assert raw["decoder.encoder.stem.convs.0.conv.weight"] is raw["encoder.stem.convs.0.conv.weight"]
+
