@@ -418,7 +418,7 @@ def load_pretrained_weights(
     first_conv = set(aliases.get(first, [])) if first is not None else set()
     decoder_reason = "not in checkpoint (encoder-only checkpoint): keeps its random initialisation"
     if checkpoint.source == "nnssl":
-        from nnunetv2_selma.nnssl_format import check_adaptation_plan, pretrain_configuration
+        from nnunetv2_selma.nnssl_format import check_adaptation_plan, pretrain_configuration, pretrain_spacing
 
         arch = architecture or {}
         notes += check_adaptation_plan(checkpoint.nnssl_plan, arch.get("network_class_name"), arch.get("arch_kwargs"),
@@ -430,8 +430,11 @@ def load_pretrained_weights(
             decoder_reason = ("decoder of an nnssl checkpoint: not transferred, starts at random (as nnU-Net "
                               "master's nnssl fine-tuning)")
         name = checkpoint.nnssl_plan["architecture_plans"]["arch_class_name"]
+        spacing = pretrain_spacing(checkpoint.nnssl_plan)
         metadata = {"method": f"nnssl {checkpoint.trainer_name or '?'}, {name}, pretraining patch "
-                              f"{config.get('patch_size')}, stem + encoder" + (" + decoder" if whole_network else "")}
+                              f"{config.get('patch_size')} at "
+                              + (f"spacing {spacing}" if spacing else "the data's own spacing (not resampled)")
+                              + ", stem + encoder" + (" + decoder" if whole_network else "")}
     checkpoint_has_decoder = any(
         k.startswith("decoder.") and not k.startswith("decoder.encoder.") and not _is_head(k) for k in weights
     )

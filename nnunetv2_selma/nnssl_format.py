@@ -247,6 +247,20 @@ def pretrain_configuration(plan: Mapping[str, Any]) -> tuple[str, dict]:
     return name, dict(configurations[name] or {})
 
 
+def pretrain_spacing(plan: Mapping[str, Any]) -> list[float] | None:
+    """The spacing the plan's pretraining data was resampled to, or None when it was not resampled.
+
+    nnssl writes spacing None with spacing style ``"noresample"``; exports of nnunetv2-selma before
+    it wrote ``[1, 1, 1]`` with that style: both read as None. A plan without a configuration or
+    without a spacing also gives None.
+    """
+    _, config = pretrain_configuration(plan)
+    spacing = config.get("spacing")
+    if config.get("spacing_style") == "noresample" or spacing is None:
+        return None
+    return [float(s) for s in spacing]
+
+
 def is_resenc_l(arch_kwargs: Mapping[str, Any]) -> bool:
     """Whether ResidualEncoderUNet kwargs are nnssl's ResEnc-L in every hyperparameter."""
     ours = canonical_hyperparameters(arch_kwargs)
@@ -270,7 +284,9 @@ def make_adaptation_plan(
     any other ResidualEncoderUNet as ``"ResidualEncoderUNet"`` with its full ``arch_kwargs`` (nnssl's
     ``DynamicArchitecturePlans`` fields). The ``pretrain_plan`` has every field nnssl's ``Plan`` /
     ``ConfigurationPlan.from_dict`` require; spacing style ``"noresample"`` (SELMA plans never
-    resample), spacing 1. Only plain Python types: loadable with ``torch.load(weights_only=True)``.
+    resample) with spacing None, as nnssl's planner writes it (:func:`pretrain_spacing` reads both
+    this and the ``[1, 1, 1]`` of earlier exports). Only plain Python types: loadable with
+    ``torch.load(weights_only=True)``.
     """
     fields = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_blocks_per_stage",
               "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
@@ -314,7 +330,9 @@ def make_adaptation_plan(
                 "resampling_fn_data_kwargs": {},
                 "resampling_fn_mask": "no_resampling_hack",
                 "resampling_fn_mask_kwargs": {},
-                "spacing": [1.0, 1.0, 1.0],
+                # nnssl's planner writes None for noresample; a number here makes nnU-Net master's
+                # nnUNetv2_preprocess_like_nnssl -am like_pretrained resample the user's data to it
+                "spacing": None,
                 "patch_size": patch,
             }},
             "experiment_planner_used": "SelmaPlanner",

@@ -348,3 +348,28 @@ def test_old_entry_by_entry_checkpoints_load_and_export_small(tmp_path):
     assert all(torch.equal(raw[k], v) for k, v in expected.items())
     assert raw["decoder.encoder.stem.convs.0.conv.weight"] is raw["encoder.stem.convs.0.conv.weight"]
 
+
+def test_exported_plan_writes_noresample_spacing_none_and_our_loader_reads_both_forms(tmp_path):
+    from nnunetv2_selma.nnssl_format import pretrain_spacing
+
+    plans = preset_plans("cpu")
+    network = build_network(plans, num_output_channels=1)
+    save_pretrained_checkpoint(tmp_path / "ours.pth", network, {"method": "mae", "architecture": architecture(plans),
+                                                                "patch_size": [32, 32, 32]})
+    export_nnssl_checkpoint(tmp_path / "ours.pth", tmp_path / "nnssl.pth")
+    raw = torch.load(tmp_path / "nnssl.pth", map_location="cpu", weights_only=True)
+    config = raw["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["3d_fullres"]
+    assert config["spacing_style"] == "noresample" and config["spacing"] is None  # as nnssl's planner writes it
+    # read back through our loader: the plan, its spacing, and the loader's summary
+    plan = read_checkpoint(tmp_path / "nnssl.pth").nnssl_plan
+    assert pretrain_spacing(plan) is None
+    lines = []
+    load_pretrained_weights(build_network(plans, num_output_channels=2), tmp_path / "nnssl.pth", log=lines.append,
+                            architecture=architecture(plans))
+    assert "at the data's own spacing (not resampled)" in lines[0]
+    # the form earlier exports wrote ([1, 1, 1] with noresample) reads the same; a resampled plan gives its spacing
+    raw["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.0, 1.0]
+    torch.save(raw, tmp_path / "earlier.pth")
+    assert pretrain_spacing(read_checkpoint(tmp_path / "earlier.pth").nnssl_plan) is None
+    assert pretrain_spacing(PUBLISHED_PLAN) == [1.0, 1.0, 1.0]
+
