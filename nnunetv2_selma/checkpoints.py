@@ -18,7 +18,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -150,6 +150,8 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
         raise
 
 
+#: entries of the pretraining loop's checkpoint_latest.pth (its resume state, not a pretrained checkpoint)
+_PRETRAIN_RESUME_KEYS = ("network", "optimizer", "sampler", "schedule")
 #: what torch.load raises for a truncated, corrupted or foreign file (zip reader, pickle, short read)
 _UNREADABLE = (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError)
 
@@ -171,6 +173,11 @@ class PretrainedCheckpoint:
         ``"selma"`` (ours), ``"nnssl"``, ``"nnunet"`` (an nnU-Net training) or ``"state_dict"``.
     trainer_name : str
         nnssl's / nnU-Net's ``trainer_name`` entry when present.
+    init_args : dict
+        nnssl's / nnU-Net's ``init_args`` entry (an nnU-Net training's plans, configuration, fold and
+        dataset.json), or ``{}``.
+    current_epoch : int or None
+        nnssl's / nnU-Net's ``current_epoch`` entry when present.
     """
 
     path: Path
@@ -179,6 +186,14 @@ class PretrainedCheckpoint:
     nnssl_plan: dict | None
     source: str
     trainer_name: str = ""
+    init_args: dict = field(default_factory=dict)
+    current_epoch: int | None = None
+
+    @property
+    def is_nnunet_training(self) -> bool:
+        """Whether the file is the checkpoint of an nnU-Net training (``nnUNetv2_train``: a fine-tuned
+        segmentation model), recognised by the entries nnU-Net's trainer writes."""
+        return self.source == "nnunet" and bool(self.trainer_name or self.init_args)
 
 
 def _torch_load(path: Path) -> object:
@@ -228,9 +243,17 @@ def read_checkpoint(path: str | os.PathLike) -> PretrainedCheckpoint:
     from nnunetv2_selma.nnssl_format import PLAN_KEY, is_nnssl_checkpoint
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'checkpoint_final.pth'})")
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
     checkpoint = _torch_load(path)
+    if isinstance(checkpoint, Mapping) and all(k in checkpoint for k in _PRETRAIN_RESUME_KEYS):
+        raise ValueError(
+            f"{path}: the resume state of an nnUNetv2_selma_pretrain run (network, optimizer and sampler, written "
+            f"every --checkpoint-every iterations), not a pretrained checkpoint. Give "
+            f"{path.parent / 'checkpoint_final.pth'}, written when the run finishes; if the run stopped early, "
+            f"finish it first (nnUNetv2_selma_pretrain with the same arguments and --c).")
     if isinstance(checkpoint, Mapping) and "network_weights" in checkpoint:
         weights = checkpoint["network_weights"]
         if not isinstance(weights, Mapping):
@@ -250,8 +273,12 @@ def read_checkpoint(path: str | os.PathLike) -> PretrainedCheckpoint:
             source = "nnssl"
         else:
             source = "nnunet"
+        init_args = checkpoint.get("init_args")
+        epoch = checkpoint.get("current_epoch")
         return PretrainedCheckpoint(path, strip_wrapper_prefixes(weights), dict(checkpoint.get("selma") or {}),
-                                    plan, source, str(checkpoint.get("trainer_name") or ""))
+                                    plan, source, str(checkpoint.get("trainer_name") or ""),
+                                    dict(init_args) if isinstance(init_args, Mapping) else {},
+                                    int(epoch) if isinstance(epoch, int) else None)
     if isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
         return PretrainedCheckpoint(path, strip_wrapper_prefixes(checkpoint), {}, None, "state_dict")
     found = sorted(checkpoint.keys()) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__

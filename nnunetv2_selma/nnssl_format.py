@@ -24,9 +24,11 @@ writes one for our checkpoints. :mod:`nnunetv2_selma.checkpoints` loads and expo
 from __future__ import annotations
 
 import json
+import os
 import pydoc
 from collections.abc import Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 #: the entry of an nnssl checkpoint that holds the adaptation plan
@@ -346,9 +348,32 @@ def make_adaptation_plan(
     }
 
 
+def check_export_destination(source: str | PathLike, destination: str | PathLike, overwrite: bool = False) -> None:
+    """Refuse a destination that would lose a file or cannot be written, before anything is read.
+
+    Raises
+    ------
+    ValueError
+        ``destination`` is the source itself (even with ``overwrite``: the input would be lost), a
+        folder, inside a path that is a file, or an existing file without ``overwrite``.
+    """
+    source, destination = Path(source), Path(destination)
+    if destination.exists() and source.exists() and os.path.samefile(source, destination):
+        raise ValueError(f"{destination} is the input checkpoint itself; write the export to another file "
+                         f"(replacing the input would lose it)")
+    if destination.is_dir():
+        raise ValueError(f"{destination} is a folder; give the file to write (e.g. "
+                         f"{destination / 'checkpoint_nnssl.pth'})")
+    blocking = next((p for p in destination.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{destination}: {blocking} is a file, not a folder; choose an output path in a folder")
+    if destination.exists() and not overwrite:
+        raise ValueError(f"{destination} already exists; choose a new file or pass --overwrite to replace it")
+
+
 def export_nnssl_checkpoint(
     source: str | PathLike, destination: str | PathLike, plans: dict | str | PathLike | None = None,
-    configuration: str = "3d_fullres",
+    configuration: str = "3d_fullres", overwrite: bool = False,
 ) -> dict:
     """Write one of our pretraining checkpoints in nnssl's format, with a correct adaptation plan.
 
@@ -361,17 +386,25 @@ def export_nnssl_checkpoint(
     its own run (``optimizer_state``, ``grad_scaler_state``, ``logging``, ``_best_ema``) are not
     written: the file fine-tunes, it does not continue an nnssl pretraining.
 
+    The checkpoint of an nnU-Net training (a fine-tuned segmentation model) is exported as what it
+    is: its own plans, configuration and dataset name in the plan, its trainer's name, and no
+    segmentation head (``.seg_layers.``), which belongs to its task.
+
     Parameters
     ----------
     source : path
-        A checkpoint of ``nnUNetv2_selma_pretrain`` (or of the trainer flag's cache).
+        A checkpoint of ``nnUNetv2_selma_pretrain`` (or of the trainer flag's cache), or an nnU-Net
+        training's ``checkpoint_final.pth``.
     destination : path
-        Output ``.pth`` (written atomically; parent folders created).
+        Output ``.pth`` (written atomically; parent folders created). Never the source.
     plans : plans dict or .json path, optional
         The plans the checkpoint was pretrained with; needed only for checkpoints that do not record
-        their architecture (written before nnunetv2-selma 0.1 recorded it).
+        their architecture (written before nnunetv2-selma 0.1 recorded it, plain state dicts, nnU-Net
+        checkpoints without their ``init_args``).
     configuration : str
-        Plans configuration.
+        Plans configuration (an nnU-Net checkpoint's own is used when it records one).
+    overwrite : bool
+        Replace an existing ``destination`` (never the source itself).
 
     Returns
     -------
@@ -381,15 +414,17 @@ def export_nnssl_checkpoint(
     Raises
     ------
     ValueError
-        The source is already an nnssl checkpoint, records no architecture and no plans were given,
-        is not a ResidualEncoderUNet, or its tensors do not fit the architecture it records.
+        The destination is refused (:func:`check_export_destination`); the source is already an nnssl
+        checkpoint, records no architecture and no plans were given, is not a ResidualEncoderUNet, or
+        its tensors do not fit the architecture it records.
     """
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     # checkpoints imports this module lazily too: both sit on the ground floor, neither at import time
-    from nnunetv2_selma.checkpoints import atomic_torch_save, cpu_state_dict, read_checkpoint, share_aliases
+    from nnunetv2_selma.checkpoints import HEAD_KEYS, atomic_torch_save, cpu_state_dict, read_checkpoint, share_aliases
 
+    check_export_destination(source, destination, overwrite)
     checkpoint = read_checkpoint(source)
     if checkpoint.source == "nnssl":
         raise ValueError(f"{source}: already an nnssl checkpoint (it has '{PLAN_KEY}'); nothing to export")
@@ -397,6 +432,24 @@ def export_nnssl_checkpoint(
     architecture, patch_size = meta.get("architecture"), meta.get("patch_size")
     normalization = ["ZScoreNormalization"]
     plans_name = meta.get("plans_name") or "nnUNetSelmaPlans"
+    dataset_name = "SELMA3D_pretraining_store"
+    trainer_name = f"nnunetv2_selma.{meta.get('method', 'pretraining')}"
+    epoch = int(meta.get("iterations_done") or 0)
+    weights = checkpoint.weights
+    finetuned = checkpoint.is_nnunet_training
+    if finetuned:
+        own_plans = checkpoint.init_args.get("plans")
+        configuration = str(checkpoint.init_args.get("configuration") or configuration)
+        if plans is None and isinstance(own_plans, Mapping):
+            plans = dict(own_plans)
+        if plans is None:
+            raise ValueError(f"{source}: the checkpoint of an nnU-Net training (trainer "
+                             f"{checkpoint.trainer_name or '?'}), not a pretraining, and it holds no plans; give the "
+                             f"plans.json of its model folder with --plans to export its encoder and decoder")
+        trainer_name = checkpoint.trainer_name or "nnUNetTrainer"
+        epoch = checkpoint.current_epoch or 0
+        # the head maps features to this task's classes: it is no part of what another task reuses
+        weights = {k: v for k, v in weights.items() if not any(h in "." + k for h in HEAD_KEYS)}
     if plans is not None:
         from nnunetv2_selma.model_folder import read_plans_configuration
 
@@ -404,6 +457,8 @@ def export_nnssl_checkpoint(
         architecture, patch_size = config.configuration["architecture"], list(config.patch_size)
         normalization = list(config.normalization_schemes)[:1] or normalization
         plans_name = manager.plans.get("plans_name", plans_name)
+        if finetuned:
+            dataset_name = manager.plans.get("dataset_name") or dataset_name
     if not architecture or not patch_size:
         raise ValueError(f"{source}: the checkpoint does not record its network (source {checkpoint.source!r}); give "
                          f"the plans it was pretrained with (--plans $nnUNet_preprocessed/DatasetXXX/"
@@ -412,7 +467,6 @@ def export_nnssl_checkpoint(
     if class_name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
         raise ValueError(f"{source}: network {class_name!r}; nnssl's adaptation plan describes ResidualEncoderUNet "
                          f"networks only")
-    weights = checkpoint.weights
     stem_key = "encoder.stem.convs.0.conv.weight"
     if stem_key not in weights:
         raise ValueError(f"{source}: no {stem_key!r}; not a checkpoint of a residual-encoder U-Net")
@@ -428,15 +482,22 @@ def export_nnssl_checkpoint(
             raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
                              f"{tuple(value.shape)}; the checkpoint does not belong to these plans")
     plan = make_adaptation_plan(architecture["arch_kwargs"], patch_size, channels, configuration, normalization,
-                                plans_name=plans_name)
+                                plans_name=plans_name, dataset_name=dataset_name)
+    if finetuned:
+        fold = checkpoint.init_args.get("fold")
+        meta = {"method": f"fine-tuned nnU-Net {trainer_name} on {dataset_name} (fold {fold}), segmentation head "
+                          f"left out",
+                "finetuned": {"dataset_name": dataset_name, "trainer_name": trainer_name, "fold": fold,
+                              "configuration": configuration, "epoch": epoch},
+                "architecture": architecture, "patch_size": list(patch_size), "plans_name": plans_name}
     plain_meta = json.loads(json.dumps(meta, default=str))  # weights_only-safe
     atomic_torch_save({
         "network_weights": share_aliases(cpu_state_dict(weights), reference),
         PLAN_KEY: plan,
-        "trainer_name": f"nnunetv2_selma.{meta.get('method', 'pretraining')}",
+        "trainer_name": trainer_name,
         "init_args": {"plans_name": plans_name, "configuration": configuration,
                       "method_params": plain_meta.get("method_params")},
-        "current_epoch": int(meta.get("iterations_done") or 0),
+        "current_epoch": int(epoch),
         "selma": plain_meta,
     }, destination)
     return plan

@@ -373,3 +373,77 @@ def test_exported_plan_writes_noresample_spacing_none_and_our_loader_reads_both_
     assert pretrain_spacing(read_checkpoint(tmp_path / "earlier.pth").nnssl_plan) is None
     assert pretrain_spacing(PUBLISHED_PLAN) == [1.0, 1.0, 1.0]
 
+
+def test_export_never_replaces_a_file_without_overwrite_and_never_its_input(tmp_path, capsys):
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    plans = preset_plans("cpu")
+    save_pretrained_checkpoint(tmp_path / "in.pth", build_network(plans, num_output_channels=1),
+                               {"method": "mae", "architecture": architecture(plans), "patch_size": [32, 32, 32]})
+    before = (tmp_path / "in.pth").read_bytes()
+    (tmp_path / "out.pth").write_bytes(b"a user's file")
+    assert main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--format", "nnssl"]) == 1
+    assert "out.pth already exists; choose a new file or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.pth").read_bytes() == b"a user's file"
+    for out in (tmp_path / "in.pth", tmp_path / "." / "in.pth"):  # the input itself, even with --overwrite
+        assert main([str(tmp_path / "in.pth"), str(out), "--format", "nnssl", "--overwrite"]) == 1
+        assert "is the input checkpoint itself" in capsys.readouterr().err
+        assert (tmp_path / "in.pth").read_bytes() == before
+    assert main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--format", "nnssl", "--overwrite"]) == 0
+    assert read_checkpoint(tmp_path / "out.pth").source == "nnssl"
+
+
+def test_export_of_a_finetuned_nnunet_checkpoint_is_its_own_encoder_without_head(tmp_path, capsys):
+    from model_factory import make_model_folder
+
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    folder = make_model_folder(tmp_path / "results", dataset_name="Dataset581_Finetuned", trainer="nnUNetTrainer")
+    final = folder / "fold_0" / "checkpoint_final.pth"
+    finetuned = torch.load(final, map_location="cpu", weights_only=False)["network_weights"]
+    for plans_args in ([], ["--plans", str(folder / "plans.json")]):
+        out = tmp_path / f"export{len(plans_args)}.pth"
+        assert main([str(final), str(out), "--format", "nnssl", *plans_args]) == 0
+        assert "nnssl checkpoint of Dataset581_Finetuned" in capsys.readouterr().out
+        raw = torch.load(out, map_location="cpu", weights_only=True)
+        assert raw["nnssl_adaptation_plan"]["pretrain_plan"]["dataset_name"] == "Dataset581_Finetuned"
+        assert raw["trainer_name"] == "nnUNetTrainer"
+        assert "fine-tuned nnU-Net nnUNetTrainer on Dataset581_Finetuned" in raw["selma"]["method"]
+        assert not any(".seg_layers." in k for k in raw["network_weights"])
+        assert set(raw["network_weights"]) == {k for k in finetuned if ".seg_layers." not in k}
+        assert all(torch.equal(v, finetuned[k]) for k, v in raw["network_weights"].items())
+    # it fine-tunes another task: stem and encoder load, the new head starts fresh
+    plans = json.loads((folder / "plans.json").read_text())
+    target = build_network(plans, num_output_channels=3)
+    load_pretrained_weights(target, out, log=lambda *a: None, architecture=architecture(plans))
+    assert all(torch.equal(v, finetuned[k]) for k, v in target.state_dict().items() if k.startswith("encoder."))
+
+
+def test_export_and_init_messages_name_the_fix(tmp_path, capsys):
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    plans = preset_plans("cpu")
+    network = build_network(plans, num_output_channels=1)
+    source = tmp_path / "run" / "checkpoint_final.pth"
+    save_pretrained_checkpoint(source, network, {"method": "mae", "architecture": architecture(plans),
+                                                 "patch_size": [32, 32, 32]})
+    (tmp_path / "a_file").write_text("")
+    for out, expected in ((tmp_path, f"{tmp_path} is a folder; give the file to write"),
+                          (tmp_path / "a_file" / "o.pth", f"{tmp_path / 'a_file'} is a file, not a folder")):
+        assert main([str(source), str(out), "--format", "nnssl"]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and "Errno" not in err
+    assert main([str(source.parent), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
+    err = capsys.readouterr().err
+    assert f"is a folder; give the checkpoint file in it (e.g. {source})" in err and "Errno" not in err
+    # the pretraining loop's resume state (the keys save_latest writes)
+    latest = tmp_path / "run" / "checkpoint_latest.pth"
+    torch.save({"network": network.state_dict(), "optimizer": {}, "scheduler": {}, "grad_scaler": None,
+                "sampler": {"seed": 1, "iteration": 3}, "history": {"loss": [1.0]}, "method": "mae",
+                "schedule": {}, "world_size": 1, "init": None}, latest)
+    assert main([str(latest), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
+    err = capsys.readouterr().err
+    assert "resume state of an nnUNetv2_selma_pretrain run" in err and f"Give {source}" in err
+    with pytest.raises(ValueError, match="resume state .*checkpoint_final.pth"):  # --init reads it the same way
+        load_pretrained_weights(build_network(plans), latest, log=lambda *a: None, whole_network=True)
+    assert not (tmp_path / "o.pth").exists()
