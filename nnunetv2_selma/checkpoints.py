@@ -18,7 +18,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,14 +78,56 @@ def save_pretrained_checkpoint(
 
     Notes
     -----
-    Tensors are moved to the CPU and detached; keys lose ``module.``/``_orig_mod.`` prefixes.
+    Tensors are moved to the CPU and detached; keys lose ``module.``/``_orig_mod.`` prefixes. Names
+    that share one tensor in the network are stored once (:func:`cpu_state_dict`).
     """
     if isinstance(network_or_state_dict, torch.nn.Module):
         state_dict = unwrap_network(network_or_state_dict).state_dict()
     else:
         state_dict = network_or_state_dict
-    weights = {k: v.detach().cpu().clone() for k, v in strip_wrapper_prefixes(state_dict).items()}
-    atomic_torch_save({"network_weights": weights, "selma": dict(metadata)}, path)
+    atomic_torch_save({"network_weights": cpu_state_dict(state_dict), "selma": dict(metadata)}, path)
+
+
+def cpu_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU tensors, wrapper prefixes removed, with the network's sharing kept.
+
+    dynamic-network-architectures' decoder holds a reference to the encoder and each convolution is
+    reachable under two names, so a U-Net state dict names most tensors two to four times.
+    ``torch.save`` writes a storage once however many entries use it; copying entry by entry
+    (``.clone()``, or ``.cpu()`` of each CUDA entry) would store every name separately, 3.7 times
+    the parameters for ResEnc-L. Entries that view the same memory therefore get one CPU tensor.
+    CPU tensors are not copied: save the result before the network trains on.
+    """
+    out: dict[str, torch.Tensor] = {}
+    moved: dict[tuple, torch.Tensor] = {}
+    for key, value in strip_wrapper_prefixes(state_dict).items():
+        value = value.detach()
+        view = (value.device, value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                value.stride(), value.dtype)
+        if view not in moved:
+            moved[view] = value.cpu()
+        out[key] = moved[view]
+    return out
+
+
+def share_aliases(weights: Mapping[str, torch.Tensor], network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``weights`` with the names of one network tensor pointing at one tensor where their values are equal.
+
+    Checkpoints written before :func:`cpu_state_dict` hold a separate copy per name; re-saving them
+    through this function stores each network tensor once. ``network`` may live on the meta device
+    (only which names share a tensor is read). Names whose values differ are left apart.
+    """
+    out = dict(weights)
+    seen: set[str] = set()
+    for keys in _alias_groups(network).values():
+        present = [k for k in keys if k in out and k not in seen]
+        seen.update(present)
+        for key in present[1:]:
+            first, value = out[present[0]], out[key]
+            if value is not first and value.shape == first.shape and value.dtype == first.dtype \
+                    and torch.equal(value, first):
+                out[key] = first
+    return out
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
@@ -108,6 +150,8 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
         raise
 
 
+#: entries of the pretraining loop's checkpoint_latest.pth (its resume state, not a pretrained checkpoint)
+_PRETRAIN_RESUME_KEYS = ("network", "optimizer", "sampler", "schedule")
 #: what torch.load raises for a truncated, corrupted or foreign file (zip reader, pickle, short read)
 _UNREADABLE = (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError)
 
@@ -129,6 +173,11 @@ class PretrainedCheckpoint:
         ``"selma"`` (ours), ``"nnssl"``, ``"nnunet"`` (an nnU-Net training) or ``"state_dict"``.
     trainer_name : str
         nnssl's / nnU-Net's ``trainer_name`` entry when present.
+    init_args : dict
+        nnssl's / nnU-Net's ``init_args`` entry (an nnU-Net training's plans, configuration, fold and
+        dataset.json), or ``{}``.
+    current_epoch : int or None
+        nnssl's / nnU-Net's ``current_epoch`` entry when present.
     """
 
     path: Path
@@ -137,6 +186,14 @@ class PretrainedCheckpoint:
     nnssl_plan: dict | None
     source: str
     trainer_name: str = ""
+    init_args: dict = field(default_factory=dict)
+    current_epoch: int | None = None
+
+    @property
+    def is_nnunet_training(self) -> bool:
+        """Whether the file is the checkpoint of an nnU-Net training (``nnUNetv2_train``: a fine-tuned
+        segmentation model), recognised by the entries nnU-Net's trainer writes."""
+        return self.source == "nnunet" and bool(self.trainer_name or self.init_args)
 
 
 def _torch_load(path: Path) -> object:
@@ -186,9 +243,17 @@ def read_checkpoint(path: str | os.PathLike) -> PretrainedCheckpoint:
     from nnunetv2_selma.nnssl_format import PLAN_KEY, is_nnssl_checkpoint
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'checkpoint_final.pth'})")
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
     checkpoint = _torch_load(path)
+    if isinstance(checkpoint, Mapping) and all(k in checkpoint for k in _PRETRAIN_RESUME_KEYS):
+        raise ValueError(
+            f"{path}: the resume state of an nnUNetv2_selma_pretrain run (network, optimizer and sampler, written "
+            f"every --checkpoint-every iterations), not a pretrained checkpoint. Give "
+            f"{path.parent / 'checkpoint_final.pth'}, written when the run finishes; if the run stopped early, "
+            f"finish it first (nnUNetv2_selma_pretrain with the same arguments and --c).")
     if isinstance(checkpoint, Mapping) and "network_weights" in checkpoint:
         weights = checkpoint["network_weights"]
         if not isinstance(weights, Mapping):
@@ -208,8 +273,12 @@ def read_checkpoint(path: str | os.PathLike) -> PretrainedCheckpoint:
             source = "nnssl"
         else:
             source = "nnunet"
+        init_args = checkpoint.get("init_args")
+        epoch = checkpoint.get("current_epoch")
         return PretrainedCheckpoint(path, strip_wrapper_prefixes(weights), dict(checkpoint.get("selma") or {}),
-                                    plan, source, str(checkpoint.get("trainer_name") or ""))
+                                    plan, source, str(checkpoint.get("trainer_name") or ""),
+                                    dict(init_args) if isinstance(init_args, Mapping) else {},
+                                    int(epoch) if isinstance(epoch, int) else None)
     if isinstance(checkpoint, Mapping) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
         return PretrainedCheckpoint(path, strip_wrapper_prefixes(checkpoint), {}, None, "state_dict")
     found = sorted(checkpoint.keys()) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
@@ -248,9 +317,10 @@ def _is_head(key: str) -> bool:
 def _alias_groups(module: torch.nn.Module) -> dict[str, list[str]]:
     """Keys that name the same tensor (dynamic-network-architectures' decoder holds a reference
     to the encoder, so ``decoder.encoder.X`` and ``encoder.X`` are one parameter)."""
-    by_tensor: dict[tuple, list[str]] = {}
+    # by object identity, not data_ptr: every tensor of a meta-device network has data_ptr 0
+    by_tensor: dict[int, list[str]] = {}
     for key, value in module.state_dict(keep_vars=True).items():
-        by_tensor.setdefault((value.data_ptr(), tuple(value.shape), value.dtype), []).append(key)
+        by_tensor.setdefault(id(value), []).append(key)
     return {key: keys for keys in by_tensor.values() for key in keys}
 
 
@@ -375,7 +445,7 @@ def load_pretrained_weights(
     first_conv = set(aliases.get(first, [])) if first is not None else set()
     decoder_reason = "not in checkpoint (encoder-only checkpoint): keeps its random initialisation"
     if checkpoint.source == "nnssl":
-        from nnunetv2_selma.nnssl_format import check_adaptation_plan, pretrain_configuration
+        from nnunetv2_selma.nnssl_format import check_adaptation_plan, pretrain_configuration, pretrain_spacing
 
         arch = architecture or {}
         notes += check_adaptation_plan(checkpoint.nnssl_plan, arch.get("network_class_name"), arch.get("arch_kwargs"),
@@ -387,8 +457,11 @@ def load_pretrained_weights(
             decoder_reason = ("decoder of an nnssl checkpoint: not transferred, starts at random (as nnU-Net "
                               "master's nnssl fine-tuning)")
         name = checkpoint.nnssl_plan["architecture_plans"]["arch_class_name"]
+        spacing = pretrain_spacing(checkpoint.nnssl_plan)
         metadata = {"method": f"nnssl {checkpoint.trainer_name or '?'}, {name}, pretraining patch "
-                              f"{config.get('patch_size')}, stem + encoder" + (" + decoder" if whole_network else "")}
+                              f"{config.get('patch_size')} at "
+                              + (f"spacing {spacing}" if spacing else "the data's own spacing (not resampled)")
+                              + ", stem + encoder" + (" + decoder" if whole_network else "")}
     checkpoint_has_decoder = any(
         k.startswith("decoder.") and not k.startswith("decoder.encoder.") and not _is_head(k) for k in weights
     )

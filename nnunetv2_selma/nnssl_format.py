@@ -24,9 +24,11 @@ writes one for our checkpoints. :mod:`nnunetv2_selma.checkpoints` loads and expo
 from __future__ import annotations
 
 import json
+import os
 import pydoc
 from collections.abc import Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 #: the entry of an nnssl checkpoint that holds the adaptation plan
@@ -247,6 +249,20 @@ def pretrain_configuration(plan: Mapping[str, Any]) -> tuple[str, dict]:
     return name, dict(configurations[name] or {})
 
 
+def pretrain_spacing(plan: Mapping[str, Any]) -> list[float] | None:
+    """The spacing the plan's pretraining data was resampled to, or None when it was not resampled.
+
+    nnssl writes spacing None with spacing style ``"noresample"``; exports of nnunetv2-selma before
+    it wrote ``[1, 1, 1]`` with that style: both read as None. A plan without a configuration or
+    without a spacing also gives None.
+    """
+    _, config = pretrain_configuration(plan)
+    spacing = config.get("spacing")
+    if config.get("spacing_style") == "noresample" or spacing is None:
+        return None
+    return [float(s) for s in spacing]
+
+
 def is_resenc_l(arch_kwargs: Mapping[str, Any]) -> bool:
     """Whether ResidualEncoderUNet kwargs are nnssl's ResEnc-L in every hyperparameter."""
     ours = canonical_hyperparameters(arch_kwargs)
@@ -270,7 +286,9 @@ def make_adaptation_plan(
     any other ResidualEncoderUNet as ``"ResidualEncoderUNet"`` with its full ``arch_kwargs`` (nnssl's
     ``DynamicArchitecturePlans`` fields). The ``pretrain_plan`` has every field nnssl's ``Plan`` /
     ``ConfigurationPlan.from_dict`` require; spacing style ``"noresample"`` (SELMA plans never
-    resample), spacing 1. Only plain Python types: loadable with ``torch.load(weights_only=True)``.
+    resample) with spacing None, as nnssl's planner writes it (:func:`pretrain_spacing` reads both
+    this and the ``[1, 1, 1]`` of earlier exports). Only plain Python types: loadable with
+    ``torch.load(weights_only=True)``.
     """
     fields = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_blocks_per_stage",
               "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
@@ -314,7 +332,9 @@ def make_adaptation_plan(
                 "resampling_fn_data_kwargs": {},
                 "resampling_fn_mask": "no_resampling_hack",
                 "resampling_fn_mask_kwargs": {},
-                "spacing": [1.0, 1.0, 1.0],
+                # nnssl's planner writes None for noresample; a number here makes nnU-Net master's
+                # nnUNetv2_preprocess_like_nnssl -am like_pretrained resample the user's data to it
+                "spacing": None,
                 "patch_size": patch,
             }},
             "experiment_planner_used": "SelmaPlanner",
@@ -328,29 +348,63 @@ def make_adaptation_plan(
     }
 
 
+def check_export_destination(source: str | PathLike, destination: str | PathLike, overwrite: bool = False) -> None:
+    """Refuse a destination that would lose a file or cannot be written, before anything is read.
+
+    Raises
+    ------
+    ValueError
+        ``destination`` is the source itself (even with ``overwrite``: the input would be lost), a
+        folder, inside a path that is a file, or an existing file without ``overwrite``.
+    """
+    source, destination = Path(source), Path(destination)
+    if destination.exists() and source.exists() and os.path.samefile(source, destination):
+        raise ValueError(f"{destination} is the input checkpoint itself; write the export to another file "
+                         f"(replacing the input would lose it)")
+    if destination.is_dir():
+        raise ValueError(f"{destination} is a folder; give the file to write (e.g. "
+                         f"{destination / 'checkpoint_nnssl.pth'})")
+    blocking = next((p for p in destination.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{destination}: {blocking} is a file, not a folder; choose an output path in a folder")
+    if destination.exists() and not overwrite:
+        raise ValueError(f"{destination} already exists; choose a new file or pass --overwrite to replace it")
+
+
 def export_nnssl_checkpoint(
     source: str | PathLike, destination: str | PathLike, plans: dict | str | PathLike | None = None,
-    configuration: str = "3d_fullres",
+    configuration: str = "3d_fullres", overwrite: bool = False,
 ) -> dict:
     """Write one of our pretraining checkpoints in nnssl's format, with a correct adaptation plan.
 
-    The output is what nnssl saves (``network_weights`` with the whole network, ``decoder.encoder.*``
-    duplicates included, ``nnssl_adaptation_plan``, ``trainer_name``, ``init_args``, ``current_epoch``)
-    plus our ``"selma"`` metadata, in plain types only: nnU-Net master's ``nnUNetv2_train_pretrained``
-    reads it with ``torch.load(weights_only=True)``, and
-    :func:`nnunetv2_selma.checkpoints.load_pretrained_weights` reads it back as an nnssl checkpoint.
+    The output is what nnssl saves (``network_weights`` with the whole network, ``nnssl_adaptation_plan``,
+    ``trainer_name``, ``init_args``, ``current_epoch``) plus our ``"selma"`` metadata, in plain types
+    only: nnU-Net master's ``nnUNetv2_train_pretrained`` reads it with ``torch.load(weights_only=True)``,
+    and :func:`nnunetv2_selma.checkpoints.load_pretrained_weights` reads it back as an nnssl checkpoint.
+    Names that share one tensor in the network (``decoder.encoder.*`` and ``encoder.*``) share it in
+    the file, as in nnssl's own, also when the source stored them apart. nnssl's entries for resuming
+    its own run (``optimizer_state``, ``grad_scaler_state``, ``logging``, ``_best_ema``) are not
+    written: the file fine-tunes, it does not continue an nnssl pretraining.
+
+    The checkpoint of an nnU-Net training (a fine-tuned segmentation model) is exported as what it
+    is: its own plans, configuration and dataset name in the plan, its trainer's name, and no
+    segmentation head (``.seg_layers.``), which belongs to its task.
 
     Parameters
     ----------
     source : path
-        A checkpoint of ``nnUNetv2_selma_pretrain`` (or of the trainer flag's cache).
+        A checkpoint of ``nnUNetv2_selma_pretrain`` (or of the trainer flag's cache), or an nnU-Net
+        training's ``checkpoint_final.pth``.
     destination : path
-        Output ``.pth`` (written atomically; parent folders created).
+        Output ``.pth`` (written atomically; parent folders created). Never the source.
     plans : plans dict or .json path, optional
         The plans the checkpoint was pretrained with; needed only for checkpoints that do not record
-        their architecture (written before nnunetv2-selma 0.1 recorded it).
+        their architecture (written before nnunetv2-selma 0.1 recorded it, plain state dicts, nnU-Net
+        checkpoints without their ``init_args``).
     configuration : str
-        Plans configuration.
+        Plans configuration (an nnU-Net checkpoint's own is used when it records one).
+    overwrite : bool
+        Replace an existing ``destination`` (never the source itself).
 
     Returns
     -------
@@ -360,15 +414,17 @@ def export_nnssl_checkpoint(
     Raises
     ------
     ValueError
-        The source is already an nnssl checkpoint, records no architecture and no plans were given,
-        is not a ResidualEncoderUNet, or its tensors do not fit the architecture it records.
+        The destination is refused (:func:`check_export_destination`); the source is already an nnssl
+        checkpoint, records no architecture and no plans were given, is not a ResidualEncoderUNet, or
+        its tensors do not fit the architecture it records.
     """
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     # checkpoints imports this module lazily too: both sit on the ground floor, neither at import time
-    from nnunetv2_selma.checkpoints import atomic_torch_save, read_checkpoint
+    from nnunetv2_selma.checkpoints import HEAD_KEYS, atomic_torch_save, cpu_state_dict, read_checkpoint, share_aliases
 
+    check_export_destination(source, destination, overwrite)
     checkpoint = read_checkpoint(source)
     if checkpoint.source == "nnssl":
         raise ValueError(f"{source}: already an nnssl checkpoint (it has '{PLAN_KEY}'); nothing to export")
@@ -376,6 +432,24 @@ def export_nnssl_checkpoint(
     architecture, patch_size = meta.get("architecture"), meta.get("patch_size")
     normalization = ["ZScoreNormalization"]
     plans_name = meta.get("plans_name") or "nnUNetSelmaPlans"
+    dataset_name = "SELMA3D_pretraining_store"
+    trainer_name = f"nnunetv2_selma.{meta.get('method', 'pretraining')}"
+    epoch = int(meta.get("iterations_done") or 0)
+    weights = checkpoint.weights
+    finetuned = checkpoint.is_nnunet_training
+    if finetuned:
+        own_plans = checkpoint.init_args.get("plans")
+        configuration = str(checkpoint.init_args.get("configuration") or configuration)
+        if plans is None and isinstance(own_plans, Mapping):
+            plans = dict(own_plans)
+        if plans is None:
+            raise ValueError(f"{source}: the checkpoint of an nnU-Net training (trainer "
+                             f"{checkpoint.trainer_name or '?'}), not a pretraining, and it holds no plans; give the "
+                             f"plans.json of its model folder with --plans to export its encoder and decoder")
+        trainer_name = checkpoint.trainer_name or "nnUNetTrainer"
+        epoch = checkpoint.current_epoch or 0
+        # the head maps features to this task's classes: it is no part of what another task reuses
+        weights = {k: v for k, v in weights.items() if not any(h in "." + k for h in HEAD_KEYS)}
     if plans is not None:
         from nnunetv2_selma.model_folder import read_plans_configuration
 
@@ -383,6 +457,8 @@ def export_nnssl_checkpoint(
         architecture, patch_size = config.configuration["architecture"], list(config.patch_size)
         normalization = list(config.normalization_schemes)[:1] or normalization
         plans_name = manager.plans.get("plans_name", plans_name)
+        if finetuned:
+            dataset_name = manager.plans.get("dataset_name") or dataset_name
     if not architecture or not patch_size:
         raise ValueError(f"{source}: the checkpoint does not record its network (source {checkpoint.source!r}); give "
                          f"the plans it was pretrained with (--plans $nnUNet_preprocessed/DatasetXXX/"
@@ -391,7 +467,6 @@ def export_nnssl_checkpoint(
     if class_name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
         raise ValueError(f"{source}: network {class_name!r}; nnssl's adaptation plan describes ResidualEncoderUNet "
                          f"networks only")
-    weights = checkpoint.weights
     stem_key = "encoder.stem.convs.0.conv.weight"
     if stem_key not in weights:
         raise ValueError(f"{source}: no {stem_key!r}; not a checkpoint of a residual-encoder U-Net")
@@ -400,22 +475,29 @@ def export_nnssl_checkpoint(
     with torch.device("meta"):
         reference = get_network_from_plans(class_name, architecture["arch_kwargs"],
                                            architecture.get("_kw_requires_import", []), channels, 1,
-                                           allow_init=False, deep_supervision=False).state_dict()
-    for key, value in reference.items():
+                                           allow_init=False, deep_supervision=False)
+    for key, value in reference.state_dict().items():
         if key.startswith("encoder.") and (key not in weights or tuple(weights[key].shape) != tuple(value.shape)):
             found = tuple(weights[key].shape) if key in weights else "missing"
             raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
                              f"{tuple(value.shape)}; the checkpoint does not belong to these plans")
     plan = make_adaptation_plan(architecture["arch_kwargs"], patch_size, channels, configuration, normalization,
-                                plans_name=plans_name)
+                                plans_name=plans_name, dataset_name=dataset_name)
+    if finetuned:
+        fold = checkpoint.init_args.get("fold")
+        meta = {"method": f"fine-tuned nnU-Net {trainer_name} on {dataset_name} (fold {fold}), segmentation head "
+                          f"left out",
+                "finetuned": {"dataset_name": dataset_name, "trainer_name": trainer_name, "fold": fold,
+                              "configuration": configuration, "epoch": epoch},
+                "architecture": architecture, "patch_size": list(patch_size), "plans_name": plans_name}
     plain_meta = json.loads(json.dumps(meta, default=str))  # weights_only-safe
     atomic_torch_save({
-        "network_weights": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        "network_weights": share_aliases(cpu_state_dict(weights), reference),
         PLAN_KEY: plan,
-        "trainer_name": f"nnunetv2_selma.{meta.get('method', 'pretraining')}",
+        "trainer_name": trainer_name,
         "init_args": {"plans_name": plans_name, "configuration": configuration,
                       "method_params": plain_meta.get("method_params")},
-        "current_epoch": int(meta.get("iterations_done") or 0),
+        "current_epoch": int(epoch),
         "selma": plain_meta,
     }, destination)
     return plan

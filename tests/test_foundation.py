@@ -279,3 +279,171 @@ def test_export_command_errors_name_the_file(openmind, tmp_path, capsys):
     assert main([str(openmind["path"]), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
     assert "already an nnssl checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "o.pth").exists()
+
+
+def _resave_entry_by_entry(path: Path, destination: Path) -> None:
+    """The file as releases before shared saving wrote it: every state-dict name in its own storage."""
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw["network_weights"] = {k: v.clone() for k, v in raw["network_weights"].items()}
+    torch.save(raw, destination)
+
+
+def test_checkpoints_store_each_network_tensor_once(openmind, tmp_path):
+    """Preset L (ResEnc-L): our checkpoint and its nnssl export hold the parameters once (the decoder's
+    references to the encoder and each convolution's second name add nothing), and every loader gives the
+    network's tensors back."""
+    network = openmind["network"]
+    plans = preset_plans("L")
+    parameter_bytes = 4 * sum(p.numel() for p in network.parameters())
+    ours, exported = tmp_path / "ours_L.pth", tmp_path / "nnssl_L.pth"
+    save_pretrained_checkpoint(ours, network, {"method": "mae", "architecture": architecture(plans),
+                                               "patch_size": [160, 160, 160], "plans_name": "nnUNetSelmaPlans_L"})
+    export_nnssl_checkpoint(ours, exported)
+    for path in (ours, exported):
+        assert abs(path.stat().st_size / parameter_bytes - 1) < 0.1, (path.name, path.stat().st_size, parameter_bytes)
+    expected = network.state_dict()
+
+    target = build_network(plans, num_output_channels=1)
+
+    def reset() -> None:
+        with torch.no_grad():
+            for value in target.state_dict().values():
+                value.zero_()
+
+    # ours, whole network (--init): every tensor, heads included
+    reset()
+    load_pretrained_weights(target, ours, log=lambda *a: None, whole_network=True)
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items())
+    # nnU-Net's -pretrained_weights: everything but the heads
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights as stock_loader
+
+    reset()
+    stock_loader(target, str(ours), verbose=False)
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items() if ".seg_layers." not in k)
+    # nnssl's layout: every name of the network, read as nnU-Net master reads it; then our nnssl path
+    raw = torch.load(exported, map_location="cpu", weights_only=True)["network_weights"]
+    assert set(raw) == set(expected) and all(torch.equal(raw[k], v) for k, v in expected.items())
+    reset()
+    load_pretrained_weights(target, exported, log=lambda *a: None, architecture=architecture(plans))
+    assert all(torch.equal(v, expected[k]) for k, v in target.state_dict().items() if k.startswith("encoder."))
+
+
+def test_old_entry_by_entry_checkpoints_load_and_export_small(tmp_path):
+    plans = preset_plans("cpu")
+    torch.manual_seed(5)
+    network = build_network(plans, num_output_channels=1)
+    expected = network.state_dict()
+    save_pretrained_checkpoint(tmp_path / "new.pth", network, {"method": "mae", "architecture": architecture(plans),
+                                                               "patch_size": [32, 32, 32]})
+    _resave_entry_by_entry(tmp_path / "new.pth", tmp_path / "old.pth")
+    assert (tmp_path / "old.pth").stat().st_size > 2 * (tmp_path / "new.pth").stat().st_size
+    # the old file loads as before
+    again = build_network(plans, num_output_channels=1)
+    load_pretrained_weights(again, tmp_path / "old.pth", log=lambda *a: None, whole_network=True)
+    assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
+    # exporting it stores each network tensor once, values unchanged
+    export_nnssl_checkpoint(tmp_path / "old.pth", tmp_path / "old_nnssl.pth")
+    assert (tmp_path / "old_nnssl.pth").stat().st_size < 1.1 * (tmp_path / "new.pth").stat().st_size
+    raw = torch.load(tmp_path / "old_nnssl.pth", map_location="cpu", weights_only=True)["network_weights"]
+    assert all(torch.equal(raw[k], v) for k, v in expected.items())
+    assert raw["decoder.encoder.stem.convs.0.conv.weight"] is raw["encoder.stem.convs.0.conv.weight"]
+
+
+def test_exported_plan_writes_noresample_spacing_none_and_our_loader_reads_both_forms(tmp_path):
+    from nnunetv2_selma.nnssl_format import pretrain_spacing
+
+    plans = preset_plans("cpu")
+    network = build_network(plans, num_output_channels=1)
+    save_pretrained_checkpoint(tmp_path / "ours.pth", network, {"method": "mae", "architecture": architecture(plans),
+                                                                "patch_size": [32, 32, 32]})
+    export_nnssl_checkpoint(tmp_path / "ours.pth", tmp_path / "nnssl.pth")
+    raw = torch.load(tmp_path / "nnssl.pth", map_location="cpu", weights_only=True)
+    config = raw["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["3d_fullres"]
+    assert config["spacing_style"] == "noresample" and config["spacing"] is None  # as nnssl's planner writes it
+    # read back through our loader: the plan, its spacing, and the loader's summary
+    plan = read_checkpoint(tmp_path / "nnssl.pth").nnssl_plan
+    assert pretrain_spacing(plan) is None
+    lines = []
+    load_pretrained_weights(build_network(plans, num_output_channels=2), tmp_path / "nnssl.pth", log=lines.append,
+                            architecture=architecture(plans))
+    assert "at the data's own spacing (not resampled)" in lines[0]
+    # the form earlier exports wrote ([1, 1, 1] with noresample) reads the same; a resampled plan gives its spacing
+    raw["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.0, 1.0]
+    torch.save(raw, tmp_path / "earlier.pth")
+    assert pretrain_spacing(read_checkpoint(tmp_path / "earlier.pth").nnssl_plan) is None
+    assert pretrain_spacing(PUBLISHED_PLAN) == [1.0, 1.0, 1.0]
+
+
+def test_export_never_replaces_a_file_without_overwrite_and_never_its_input(tmp_path, capsys):
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    plans = preset_plans("cpu")
+    save_pretrained_checkpoint(tmp_path / "in.pth", build_network(plans, num_output_channels=1),
+                               {"method": "mae", "architecture": architecture(plans), "patch_size": [32, 32, 32]})
+    before = (tmp_path / "in.pth").read_bytes()
+    (tmp_path / "out.pth").write_bytes(b"a user's file")
+    assert main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--format", "nnssl"]) == 1
+    assert "out.pth already exists; choose a new file or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.pth").read_bytes() == b"a user's file"
+    for out in (tmp_path / "in.pth", tmp_path / "." / "in.pth"):  # the input itself, even with --overwrite
+        assert main([str(tmp_path / "in.pth"), str(out), "--format", "nnssl", "--overwrite"]) == 1
+        assert "is the input checkpoint itself" in capsys.readouterr().err
+        assert (tmp_path / "in.pth").read_bytes() == before
+    assert main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--format", "nnssl", "--overwrite"]) == 0
+    assert read_checkpoint(tmp_path / "out.pth").source == "nnssl"
+
+
+def test_export_of_a_finetuned_nnunet_checkpoint_is_its_own_encoder_without_head(tmp_path, capsys):
+    from model_factory import make_model_folder
+
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    folder = make_model_folder(tmp_path / "results", dataset_name="Dataset581_Finetuned", trainer="nnUNetTrainer")
+    final = folder / "fold_0" / "checkpoint_final.pth"
+    finetuned = torch.load(final, map_location="cpu", weights_only=False)["network_weights"]
+    for plans_args in ([], ["--plans", str(folder / "plans.json")]):
+        out = tmp_path / f"export{len(plans_args)}.pth"
+        assert main([str(final), str(out), "--format", "nnssl", *plans_args]) == 0
+        assert "nnssl checkpoint of Dataset581_Finetuned" in capsys.readouterr().out
+        raw = torch.load(out, map_location="cpu", weights_only=True)
+        assert raw["nnssl_adaptation_plan"]["pretrain_plan"]["dataset_name"] == "Dataset581_Finetuned"
+        assert raw["trainer_name"] == "nnUNetTrainer"
+        assert "fine-tuned nnU-Net nnUNetTrainer on Dataset581_Finetuned" in raw["selma"]["method"]
+        assert not any(".seg_layers." in k for k in raw["network_weights"])
+        assert set(raw["network_weights"]) == {k for k in finetuned if ".seg_layers." not in k}
+        assert all(torch.equal(v, finetuned[k]) for k, v in raw["network_weights"].items())
+    # it fine-tunes another task: stem and encoder load, the new head starts fresh
+    plans = json.loads((folder / "plans.json").read_text())
+    target = build_network(plans, num_output_channels=3)
+    load_pretrained_weights(target, out, log=lambda *a: None, architecture=architecture(plans))
+    assert all(torch.equal(v, finetuned[k]) for k, v in target.state_dict().items() if k.startswith("encoder."))
+
+
+def test_export_and_init_messages_name_the_fix(tmp_path, capsys):
+    from nnunetv2_selma.cli.export_checkpoint import main
+
+    plans = preset_plans("cpu")
+    network = build_network(plans, num_output_channels=1)
+    source = tmp_path / "run" / "checkpoint_final.pth"
+    save_pretrained_checkpoint(source, network, {"method": "mae", "architecture": architecture(plans),
+                                                 "patch_size": [32, 32, 32]})
+    (tmp_path / "a_file").write_text("")
+    for out, expected in ((tmp_path, f"{tmp_path} is a folder; give the file to write"),
+                          (tmp_path / "a_file" / "o.pth", f"{tmp_path / 'a_file'} is a file, not a folder")):
+        assert main([str(source), str(out), "--format", "nnssl"]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and "Errno" not in err
+    assert main([str(source.parent), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
+    err = capsys.readouterr().err
+    assert f"is a folder; give the checkpoint file in it (e.g. {source})" in err and "Errno" not in err
+    # the pretraining loop's resume state (the keys save_latest writes)
+    latest = tmp_path / "run" / "checkpoint_latest.pth"
+    torch.save({"network": network.state_dict(), "optimizer": {}, "scheduler": {}, "grad_scaler": None,
+                "sampler": {"seed": 1, "iteration": 3}, "history": {"loss": [1.0]}, "method": "mae",
+                "schedule": {}, "world_size": 1, "init": None}, latest)
+    assert main([str(latest), str(tmp_path / "o.pth"), "--format", "nnssl"]) == 1
+    err = capsys.readouterr().err
+    assert "resume state of an nnUNetv2_selma_pretrain run" in err and f"Give {source}" in err
+    with pytest.raises(ValueError, match="resume state .*checkpoint_final.pth"):  # --init reads it the same way
+        load_pretrained_weights(build_network(plans), latest, log=lambda *a: None, whole_network=True)
+    assert not (tmp_path / "o.pth").exists()

@@ -94,6 +94,9 @@ save_pretrained_checkpoint(ck, ssl, {"method": "gpu-check"})
 sd = torch.load(ck, map_location="cpu", weights_only=True)["network_weights"]
 check("save_pretrained_checkpoint of a CUDA network writes CPU tensors",
       all(v.device.type == "cpu" for v in sd.values()))
+check("save_pretrained_checkpoint of a CUDA network keeps shared tensors shared (decoder.encoder.* is encoder.*)",
+      sd["decoder.encoder.stem.convs.0.conv.weight"] is sd["encoder.stem.convs.0.conv.weight"]
+      and ck.stat().st_size < 1.1 * 4 * sum(p.numel() for p in ssl.parameters()) + 200_000)
 enc = Path("/tmp/w/enc.pth")
 save_pretrained_checkpoint(enc, {k: v for k, v in ssl.state_dict().items() if k.startswith("encoder.")}, {})
 

@@ -20,8 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a pretraining checkpoint of nnUNetv2_selma_pretrain (or of the trainer flag's cache) in "
                     "another tool's format. --format nnssl: nnssl's checkpoint layout with an adaptation plan "
                     "('ResEncL' for presets M and L, 'ResidualEncoderUNet' with its arguments otherwise).")
-    parser.add_argument("input", metavar="IN.pth", help="our pretraining checkpoint (checkpoint_final.pth)")
-    parser.add_argument("output", metavar="OUT.pth", help="file to write")
+    parser.add_argument("input", metavar="IN.pth",
+                        help="our pretraining checkpoint (checkpoint_final.pth), or an nnU-Net training's "
+                             "checkpoint_final.pth (exported without its segmentation head)")
+    parser.add_argument("output", metavar="OUT.pth", help="file to write (never IN.pth)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.pth if it exists")
     parser.add_argument("--format", required=True, choices=("nnssl",), help="output format (nnssl)")
     parser.add_argument("--plans", default=None,
                         help="plans .json the checkpoint was pretrained with; only needed for checkpoints that do "
@@ -32,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from nnunetv2_selma.nnssl_format import export_nnssl_checkpoint
 
-    plan = export_nnssl_checkpoint(args.input, args.output, plans=args.plans, configuration=args.configuration)
+    plan = export_nnssl_checkpoint(args.input, args.output, plans=args.plans, configuration=args.configuration,
+                                   overwrite=args.overwrite)
     name = plan["architecture_plans"]["arch_class_name"]
-    print(f"wrote {args.output}: nnssl checkpoint, architecture {name}, "
+    print(f"wrote {args.output}: nnssl checkpoint of {plan['pretrain_plan']['dataset_name']}, architecture {name}, "
           f"{plan['pretrain_num_input_channels']} input channel(s), recommended downstream patch "
           f"{plan['recommended_downstream_patchsize']}\n"
           f"fine-tune with nnU-Net master: nnUNetv2_preprocess_like_nnssl -d DATASET -n NAME -pc {args.output} "
