@@ -25,7 +25,7 @@ for _folder in (_TESTS, *sorted(p for p in _TESTS.iterdir() if p.is_dir() and no
         sys.path.insert(0, str(_folder))
 
 # dataset id ranges per test module: conversion 500-519, integration 520-539, ssl 540-559,
-# whole-volume inference 560-579, submission 580-599, demo smoke 600-619
+# whole-volume inference 560-579, submission 580-599, demo smoke 600-619, semi-supervised 620-639
 _ROOT = Path(tempfile.mkdtemp(prefix="selma_nnunet_"))
 for _name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     (_ROOT / _name).mkdir(parents=True, exist_ok=True)

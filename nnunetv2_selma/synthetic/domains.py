@@ -22,17 +22,17 @@ import numpy as np
 DOMAIN_RANGES: dict[str, tuple[float, float]] = {
     "psf_z": (1.0, 3.2),  # axial PSF sigma, voxels (the default scene: 1.6)
     "psf_xy": (0.5, 1.4),  # lateral PSF sigma, voxels (default 0.7)
-    "photons": (0.04, 1.0),  # photo-electrons per unit of emitted signal: the photon budget (default 1)
+    "photons": (0.15, 1.0),  # photo-electrons per unit of emitted signal: the photon budget (default 1)
     "autofluo": (80.0, 400.0),  # autofluorescence level, photo-electrons (default 120-260)
     "texture_amp": (0.1, 0.6),  # relative autofluorescence texture amplitude (default 0.2)
     "texture_scale": (4.0, 24.0),  # autofluorescence texture length, voxels (default 12-20)
     "stripes": (0.0, 1.6),  # multiplies the stripe shadows' depth (default 1)
     "depth": (0.3, 3.0),  # multiplies the depth attenuation rate (default 1)
-    "size": (0.7, 1.5),  # multiplies object radii (default 1)
-    "brightness": (0.08, 0.5),  # multiplies object brightness (default 1; the benchmark's contrast 0.15)
+    "size": (0.6, 1.6),  # multiplies object radii (default 1)
+    "brightness": (0.3, 1.0),  # multiplies object brightness (default 1)
     "spread": (0.1, 0.7),  # log-normal sigma of per-object brightness (default 0)
-    "negatives": (0.5, 2.0),  # hard negatives per target object (default 0)
-    "negative_brightness": (0.6, 1.4),  # hard negatives' brightness relative to the targets'
+    "negatives": (1.0, 3.0),  # hard negatives per target object (default 0)
+    "negative_brightness": (0.8, 1.3),  # hard negatives' brightness relative to the targets'
 }
 _LOG_UNIFORM = {"photons", "autofluo", "texture_scale", "depth", "size", "brightness"}
 #: relative per-scene jitter of a domain's values (log-uniform within +-JITTER)

@@ -44,11 +44,15 @@ from nnunetv2_selma.training.trainers import nnUNetTrainerSelma
 
 __all__ = [
     "TEACHER_KEY",
+    "TEACHER_UPDATES_KEY",
     "nnUNetTrainerSelmaSemi",
     "nnUNetTrainerSelmaMAESemi",
     "structure_folders",
     "mean_teacher_loss",
+    "ema_update",
 ]
+#: checkpoint entry counting the teacher's updates (one per training iteration)
+TEACHER_UPDATES_KEY = "selma_teacher_updates"
 
 #: checkpoint entry holding the teacher's weights
 TEACHER_KEY = "selma_teacher_weights"
@@ -84,6 +88,18 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     mask = (p_teacher.max(1, keepdim=True).values >= confidence).float()
     loss = (((p_student - p_teacher) ** 2).sum(1, keepdim=True) * mask).mean()
     return loss, float(mask.mean())
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """teacher = decay * teacher + (1 - decay) * student, tensor by tensor (integer buffers are copied)."""
+    student_state = student.state_dict()
+    for name, t in teacher.state_dict().items():
+        s = student_state[name].detach()
+        if t.dtype.is_floating_point:
+            t.mul_(decay).add_(s, alpha=1.0 - decay)
+        else:
+            t.copy_(s)
 
 
 def sigmoid_rampup(step: int, length: int) -> float:
@@ -147,6 +163,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _semi_store = None
     _semi_structures: list[str] | None = None
     _iteration_in_epoch: int = 0
+    _teacher_updates: int = 0
+    _teacher_updates_to_load: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
@@ -168,7 +186,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         self.teacher = copy.deepcopy(student)
         if self._teacher_weights_to_load is not None:
             self.teacher.load_state_dict(self._teacher_weights_to_load)
-            self.print_to_log_file("teacher restored from the checkpoint")
+            self._teacher_updates = int(self._teacher_updates_to_load or 0)
+            self.print_to_log_file(f"teacher restored from the checkpoint ({self._teacher_updates} updates), "
+                                   f"unannotated stream at iteration {self._step()}")
             self._teacher_weights_to_load = None
         self.teacher.decoder.deep_supervision = False
         self.teacher.eval()
@@ -241,15 +261,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         # nnU-Net's logged training loss stays the supervised one (comparable with the other trainers)
         return {"loss": supervised.detach().cpu().numpy()}
 
-    @torch.no_grad()
     def _update_teacher(self) -> None:
-        student = unwrap_network(self.network).state_dict()
-        for name, t in self.teacher.state_dict().items():
-            s = student[name]
-            if t.dtype.is_floating_point:
-                t.mul_(self.semi_ema).add_(s.detach(), alpha=1.0 - self.semi_ema)
-            else:
-                t.copy_(s)
+        ema_update(self.teacher, unwrap_network(self.network), self.semi_ema)
+        self._teacher_updates += 1
 
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
@@ -266,6 +280,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             return
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint[TEACHER_KEY] = self.teacher.state_dict()
+        checkpoint[TEACHER_UPDATES_KEY] = self._teacher_updates
         tmp = f"{filename}.tmp"
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
@@ -273,9 +288,11 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
+            # read here for the teacher; nnU-Net 2.8.1's load_checkpoint only accepts a file name, so it reads again
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
         self._teacher_weights_to_load = checkpoint.get(TEACHER_KEY)
-        super().load_checkpoint(checkpoint)
+        self._teacher_updates_to_load = checkpoint.get(TEACHER_UPDATES_KEY)
+        super().load_checkpoint(filename_or_checkpoint)
 
 
 class nnUNetTrainerSelmaMAESemi(nnUNetTrainerSelmaMAE, nnUNetTrainerSelmaSemi):

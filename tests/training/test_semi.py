@@ -1,0 +1,215 @@
+"""Semi-supervised fine-tuning (nnUNetTrainerSelmaSemi): the mean-teacher pieces, a real ``nnUNetv2_train`` run
+on the tiny store, kill-and-resume with ``--c``, and teachers kept equal across DDP ranks (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_selma.training.semi_trainers import (
+    TEACHER_KEY,
+    TEACHER_UPDATES_KEY,
+    ema_update,
+    mean_teacher_loss,
+    sigmoid_rampup,
+    strong_view,
+    structure_folders,
+)
+
+DATASET_ID = 620
+DATASET_NAME = f"Dataset{DATASET_ID}_SELMA3D_Nuclei"
+PLANS_ID = "nnUNetSelmaPlans_cpu"
+BIN = Path(sys.executable).parent
+
+
+def _env(store: Path, **extra: str) -> dict:
+    from nnunetv2_selma.nnunet_ext import shim_folder
+
+    env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "nnUNet_selma_pretrained")}
+    env.update({"OMP_NUM_THREADS": "1", "nnUNet_extTrainer": str(shim_folder()), "nnUNet_selma_store": str(store),
+                "nnUNet_n_proc_DA": "0"}, **extra)
+    return env
+
+
+def test_structure_folders_of_dataset_names():
+    assert structure_folders("Dataset721_SELMA3D_Nuclei") == ["nucleus"]
+    assert structure_folders("Dataset703_SELMA3D_cFos") == ["cfos"]
+    assert structure_folders("Dataset704_SELMA3D_Plaques") == ["ab_plaque"]
+    assert structure_folders("Dataset999_MyOwnData") is None
+
+
+def test_mean_teacher_loss_counts_confident_voxels_only():
+    teacher = torch.zeros(1, 2, 4, 4, 4)
+    teacher[:, 1, :2] = 5.0  # confident foreground in the first half, 50/50 in the second
+    same = mean_teacher_loss(teacher.clone(), teacher, 0.8)
+    assert same[0].item() == 0.0 and same[1] == pytest.approx(0.5)
+    student = torch.zeros(1, 2, 4, 4, 4)  # 50/50 everywhere: wrong where the teacher is sure
+    loss, frac = mean_teacher_loss(student, teacher, 0.8)
+    assert loss.item() > 0 and frac == pytest.approx(0.5)
+    # the unsure half adds nothing: changing the student there leaves the loss unchanged
+    other = student.clone()
+    other[:, 0, 2:] = 3.0
+    assert mean_teacher_loss(other, teacher, 0.8)[0].item() == pytest.approx(loss.item())
+    assert mean_teacher_loss(student, teacher, 0.999)[0].item() == 0.0
+
+
+def test_rampup_and_ema():
+    assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
+    assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(2, 10) < sigmoid_rampup(6, 10)
+    teacher, student = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = teacher.weight.detach().clone()
+    ema_update(teacher, student, 0.9)
+    assert torch.allclose(teacher.weight, 0.9 * before + 0.1 * student.weight)
+
+
+def test_strong_view_flips_are_undone_by_flipping_back():
+    images = torch.arange(2 * 1 * 4 * 5 * 6, dtype=torch.float32).reshape(2, 1, 4, 5, 6)
+    rng = np.random.default_rng(3)
+    view, flips = strong_view(images, rng)
+    assert view.shape == images.shape and len(flips) == 2
+    for b, axes in enumerate(flips):
+        back = torch.flip(view[b:b + 1], axes) if axes else view[b:b + 1]
+        # intensity changes keep the order of voxels roughly; the flipped-back view correlates with the input
+        r = np.corrcoef(back.numpy().ravel(), images[b].numpy().ravel())[0, 1]
+        assert r > 0.8
+
+
+@pytest.fixture(scope="module")
+def semi_dataset(tiny_store) -> Path:
+    """A tiny nuclei dataset (generated patches) planned with the cpu preset; one fold trains on 2 cases."""
+    import SimpleITK
+
+    from nnunetv2_selma.synthetic.volumes import render_patch
+
+    raw = Path(os.environ["nnUNet_raw"]) / DATASET_NAME
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        channels, mask = render_patch("nuclei", (32, 40, 40), rng)
+        image = SimpleITK.GetImageFromArray(channels[0])
+        SimpleITK.WriteImage(image, str(raw / "imagesTr" / f"case{i:03d}_0000.nii.gz"))
+        SimpleITK.WriteImage(SimpleITK.GetImageFromArray(mask.astype(np.uint8)),
+                             str(raw / "labelsTr" / f"case{i:03d}.nii.gz"))
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "LSM"}, "labels": {"background": 0, "nuclei": 1}, "numTraining": 5,
+        "file_ending": ".nii.gz"}))
+    res = subprocess.run([str(BIN / "nnUNetv2_selma_plan"), "-d", str(DATASET_ID), "--preset", "cpu", "-np", "1"],
+                         env=_env(tiny_store), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    pre = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
+    splits = [{"train": ["case000", "case001"], "val": ["case002"]} for _ in range(3)]
+    (pre / "splits_final.json").write_text(json.dumps(splits))
+    return pre
+
+
+def _model(results: Path, trainer: str, fold: int) -> Path:
+    return results / DATASET_NAME / f"{trainer}__{PLANS_ID}__3d_fullres" / f"fold_{fold}"
+
+
+def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path):
+    trainer = "nnUNetTrainerSelmaSemi_1epoch_2it"
+    res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
+                          "-p", PLANS_ID, "-device", "cpu"], env=_env(tiny_store, nnUNet_results=str(tmp_path)),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "semi-supervised: store" in res.stdout and "structures ['nucleus']" in res.stdout
+    assert "consistency" in res.stdout
+    ckpt = torch.load(_model(tmp_path, trainer, 0) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    teacher, student = ckpt[TEACHER_KEY], ckpt["network_weights"]
+    assert ckpt[TEACHER_UPDATES_KEY] == 2 and teacher.keys() == student.keys()
+    # the teacher moved towards the student but is not it (EMA 0.99 over 2 steps)
+    name = next(k for k, v in student.items() if v.dtype.is_floating_point and v.ndim > 1)
+    assert not torch.equal(teacher[name], student[name])
+    # the model predicts as any nnU-Net model (the student's weights)
+    assert (_model(tmp_path, trainer, 0) / "validation" / "case002.nii.gz").is_file()
+
+
+def test_kill_and_resume_continues_teacher_and_stream(semi_dataset, tiny_store, tmp_path):
+    trainer = "nnUNetTrainerSelmaSemi_2epochs_3it"
+    cmd = [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "1", "-tr", trainer, "-p", PLANS_ID,
+           "-device", "cpu"]
+    # uninterrupted reference
+    full = tmp_path / "full"
+    res = subprocess.run(cmd, env=_env(tiny_store, nnUNet_results=str(full)), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    reference = torch.load(_model(full, trainer, 1) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    # interrupted: killed once epoch 0's checkpoint is written, while the process still runs
+    killed = tmp_path / "killed"
+    latest = _model(killed, trainer, 1) / "checkpoint_latest.pth"
+    proc = subprocess.Popen(cmd, env=_env(tiny_store, nnUNet_results=str(killed)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 500
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the atomic rename of the teacher-carrying checkpoint finish
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(latest, map_location="cpu", weights_only=False)
+    assert saved["current_epoch"] == 1 and saved[TEACHER_UPDATES_KEY] == 3
+    assert not (_model(killed, trainer, 1) / "checkpoint_final.pth").exists()
+    res = subprocess.run(cmd + ["--c"], env=_env(tiny_store, nnUNet_results=str(killed)), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "teacher restored from the checkpoint (3 updates), unannotated stream at iteration 3" in res.stdout
+    resumed = torch.load(_model(killed, trainer, 1) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    # same number of teacher updates and epochs as the uninterrupted run; the resumed teacher continued from
+    # the saved one (close to it after 3 more EMA steps), it was not copied afresh from the student
+    assert resumed[TEACHER_UPDATES_KEY] == reference[TEACHER_UPDATES_KEY] == 6
+    assert resumed["current_epoch"] == reference["current_epoch"] == 2
+    name = next(k for k, v in saved[TEACHER_KEY].items() if v.dtype.is_floating_point and v.ndim > 1)
+    t_saved, t_resumed = saved[TEACHER_KEY][name], resumed[TEACHER_KEY][name]
+    s_resumed = resumed["network_weights"][name]
+    assert (t_resumed - t_saved).norm() < (s_resumed - t_saved).norm()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import copy
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
+    ddp = DistributedDataParallel(student)
+    teacher = copy.deepcopy(student)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    rng = np.random.default_rng([7, rank])  # each rank its own unannotated patches
+    for _ in range(3):
+        weak = torch.from_numpy(rng.normal(size=(2, 1, 8, 8, 8)).astype(np.float32))
+        strong, flips = strong_view(weak, rng)
+        pred = ddp(strong)
+        pred = torch.stack([torch.flip(o[None], a)[0] if a else o for o, a in zip(pred, flips)])
+        with torch.no_grad():
+            target = teacher(weak)
+        loss, _ = mean_teacher_loss(pred, target, 0.0)
+        opt.zero_grad()
+        (loss + pred.mean() * 0.1).backward()
+        opt.step()
+        ema_update(teacher, student, 0.9)
+    torch.save({k: v.clone() for k, v in teacher.state_dict().items()}, f"{out}_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_keep_equal_teachers(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "teacher")), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"teacher_{r}.pt") for r in (0, 1))
+    torch.manual_seed(0)
+    initial = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # different data per rank, yet the same teacher
+    assert not torch.equal(a["0.weight"], initial.state_dict()["0.weight"])
