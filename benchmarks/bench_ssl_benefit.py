@@ -275,12 +275,24 @@ class Study:
         iterations = self.prof.pretrain_iterations * ARM_ITERATIONS.get(arm, 1)
         self.run(f"pretrain__{arm}_seed{seed}", [
             self.script("nnUNetv2_selma_pretrain"), "--store", str(self.store), "--plans", str(plans_file),
-            "-o", str(out), *ARMS[arm], "--iterations", str(iterations),
+            "-o", str(out), *self.arm_pretraining(arm), "--iterations", str(iterations),
             "--batch-size", str(self.prof.pretrain_batch), "--seed", str(1000 + seed), "--device", self.prof.device,
             "--checkpoint-every", str(max(1, iterations // 4)), "--no-progress", "--continue"])
         return final
 
     # -- stage 4-5: fine-tuning and scoring -----------------------------------------------------
+    def arm_pretraining(self, arm: str) -> list[str] | None:
+        """The arm's nnUNetv2_selma_pretrain flags (None: no pretraining)."""
+        return ARMS[arm]
+
+    def trainer_name(self, arm: str) -> str:
+        """The nnU-Net trainer the arm fine-tunes with."""
+        return self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, "")
+
+    def train_env(self, arm: str) -> dict:
+        """Environment variables the arm's fine-tuning needs beyond the study's own."""
+        return {}
+
     def finetune(self, structure: str, k, seed: int, arm: str, checkpoint: Future | None) -> dict:
         run_id = f"{structure}_k{k_label(k)}_{arm}_seed{seed}"
         row_file = self.rows_dir / self.prof.trainer / f"{run_id}.json"
@@ -290,14 +302,14 @@ class Study:
         name = self.dataset_name(structure)
         fold = self.cases[structure]["folds"][(k_label(k), seed)]
         results = self.work / f"nnUNet_results_{arm}"
-        trainer = self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, "")
+        trainer = self.trainer_name(arm)
         model = results / name / f"{trainer}__{self.plans}__3d_fullres"
         shutil.rmtree(model / f"fold_{fold}", ignore_errors=True)
         cmd = [self.script("nnUNetv2_train"), str(self.dataset_id(structure)), "3d_fullres", str(fold),
                "-tr", trainer, "-p", self.plans, "-device", self.prof.device]
         if weights is not None:
             cmd += ["-pretrained_weights", str(weights)]
-        seconds = self.run(f"finetune__{run_id}", cmd, env={"nnUNet_results": str(results)})
+        seconds = self.run(f"finetune__{run_id}", cmd, env={"nnUNet_results": str(results), **self.train_env(arm)})
         rows = self.validation_rows(structure, k, seed, arm, fold, model, seconds)
         if structure in UNSEEN:
             target = UNSEEN[structure]
@@ -350,7 +362,7 @@ class Study:
                 "tested_on": test, "k": k if k == "all" else int(k),
                 "n_train": len(self.cases[trained_on]["pool"]) if k == "all" else int(k),
                 "arm": arm, "seed": seed, "dice": float(np.mean(list(per_case.values()))), "per_case_dice": per_case,
-                "fold": fold, "trainer": self.prof.trainer + ARM_TRAINER_SUFFIX.get(arm, ""),
+                "fold": fold, "trainer": self.trainer_name(arm),
                 "finetune_seconds": round(seconds, 1),
                 "model_folder": str(model)}
 
@@ -377,7 +389,7 @@ class Study:
     def execute(self) -> list[dict]:
         from tqdm import tqdm
 
-        pretrained_arms = [a for a in self.arms if ARMS[a] is not None]
+        pretrained_arms = [a for a in self.arms if self.arm_pretraining(a) is not None]
         tasks = []
         with ThreadPoolExecutor(self.jobs) as pool:
             # FIFO: pretraining first, so a thread only ever waits on a pretraining job another thread has

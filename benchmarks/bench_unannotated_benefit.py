@@ -52,18 +52,25 @@ STRUCTURES = {"nuclei": ("shannel_cells", 721, "nucleus"), "cfos": ("cFos-Active
 TESTS = ("seen_domains", "unseen_domains", "unseen_structure")
 
 
+#: the product trainer every arm's schedule variant derives from (the profile's trainer names the schedule)
+BASE_TRAINER = "nnUNetTrainerSelma"
+
+
 @dataclass(frozen=True)
 class Arm:
-    """One study arm: the fine-tuning trainer's suffix and the pretraining it starts from (if any)."""
+    """One study arm: the product trainer it fine-tunes with (at the profile's schedule) and the pretraining
+    it starts from (``nnUNetv2_selma_pretrain`` flags on this study's store; None: random initialisation)."""
 
     name: str
-    trainer_suffix: str = ""  # appended to nnUNetTrainerSelma (the product trainers) or the profile's schedule
-    pretraining: tuple[str, ...] | None = None  # nnUNetv2_selma_pretrain flags; None: random initialisation
+    trainer: str = BASE_TRAINER
+    pretraining: tuple[str, ...] | None = None
 
 
 ARMS = {a.name: a for a in (
     Arm("scratch"),
+    Arm("semi", trainer="nnUNetTrainerSelmaSemi"),
     Arm("mae", pretraining=("--method", "mae")),
+    Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}
 
 
@@ -156,7 +163,8 @@ class DomainStudy(ssl.Study):
                                  "--subsets", *(STRUCTURES[s][0] for s in self.all_structures()), "--overwrite",
                                  "--ids", *(f"{STRUCTURES[s][0]}={STRUCTURES[s][1]}" for s in self.all_structures())])
         self.store = self.work / "store"
-        if any(ARMS[a].pretraining for a in self.arms) and not (self.store / "manifest.json").is_file():
+        uses_store = any(ARMS[a].pretraining or ARMS[a].trainer != BASE_TRAINER for a in self.arms)
+        if uses_store and not (self.store / "manifest.json").is_file():
             self.run("ingest", [self.script("nnUNetv2_selma_ingest"), "-i", str(download), "-o", str(self.store),
                                 "-np", "2"])
         ids = [str(STRUCTURES[s][1]) for s in self.all_structures()]
@@ -193,6 +201,19 @@ class DomainStudy(ssl.Study):
             path.write_text(json.dumps(splits, indent=1))
         # the unseen-structure test (nuclei models on c-Fos) uses the unseen-domain patches
         return {"pool": pool, "test": by_role["unseen_domains"], "folds": folds, **by_role}
+
+    # -- arms ---------------------------------------------------------------------------------------
+    def arm_pretraining(self, arm: str) -> list[str] | None:
+        flags = ARMS[arm].pretraining
+        return None if flags is None else [*flags, "--structures", *(STRUCTURES[s][2] for s in self.all_structures())]
+
+    def trainer_name(self, arm: str) -> str:
+        """The arm's trainer at the profile's schedule: nnUNetTrainerSelma_12epochs_25it_noTTA ->
+        nnUNetTrainerSelmaSemi_12epochs_25it_noTTA (a class of nnunetv2_selma.training.study_variants)."""
+        return ARMS[arm].trainer + self.prof.trainer[len(BASE_TRAINER):]
+
+    def train_env(self, arm: str) -> dict:
+        return {"nnUNet_selma_store": str(self.store)}
 
     # -- scoring -----------------------------------------------------------------------------------
     def validation_rows(self, structure, k, seed, arm, fold, model, seconds) -> list[dict]:

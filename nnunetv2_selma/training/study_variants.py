@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaMAESemi, nnUNetTrainerSelmaSemi
 from nnunetv2_selma.training.ssl_trainers import nnUNetTrainerSelmaMAE_1epoch_2it
-from nnunetv2_selma.training.trainers import nnUNetTrainerSelma_1epoch_2it, nnUNetTrainerSelma_12epochs_25it_noTTA
+from nnunetv2_selma.training.trainers import (
+    nnUNetTrainerSelma_1epoch_2it,
+    nnUNetTrainerSelma_8epochs_25it,
+    nnUNetTrainerSelma_12epochs_25it_noTTA,
+)
 
 __all__ = [
     "nnUNetTrainerSelmaSemi_1epoch_2it",
@@ -17,6 +21,7 @@ __all__ = [
     "nnUNetTrainerSelmaMAESemi_1epoch_2it",
     "nnUNetTrainerSelmaSemi_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaMAESemi_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemi_8epochs_25it",
 ]
 
 
@@ -55,3 +60,7 @@ class nnUNetTrainerSelmaSemi_12epochs_25it_noTTA(nnUNetTrainerSelmaSemi, nnUNetT
 class nnUNetTrainerSelmaMAESemi_12epochs_25it_noTTA(nnUNetTrainerSelmaMAESemi,
                                                     nnUNetTrainerSelma_12epochs_25it_noTTA):
     """MAE pretraining, then the CPU study schedule with the consistency loss."""
+
+
+class nnUNetTrainerSelmaSemi_8epochs_25it(nnUNetTrainerSelmaSemi, nnUNetTrainerSelma_8epochs_25it):
+    """The GPU study schedule (8 epochs of 25 iterations) with the consistency loss."""
