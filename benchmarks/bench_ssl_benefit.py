@@ -500,6 +500,20 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def run_record() -> dict:
+    """The machine and the command line of this run, for a results file."""
+    return {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "command": " ".join(sys.argv)}
+
+
+def start_study_log(work: Path, profile: str, arms, seeds: int) -> None:
+    """Create the work folder and log to ``study.log`` in it and to the console."""
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(work / "study.log"), logging.StreamHandler()])
+    logging.getLogger("bench").info("profile %s, arms %s, %d seeds, work %s", profile, arms, seeds, work)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
@@ -532,10 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     if seeds < 1 or (args.jobs is not None and args.jobs < 1):
         parser.error("--seeds and --jobs must be >= 1")
     work = Path(args.work or f"/tmp/selma_ssl_benefit_{prof.name}").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(work / "study.log"), logging.StreamHandler()])
-    log.info("profile %s, arms %s, %d seeds, work %s", prof.name, arms, seeds, work)
+    start_study_log(work, prof.name, arms, seeds)
     t0 = time.perf_counter()
     study = Study(prof, work, arms, seeds, args.jobs or prof.jobs)
     study.prepare()
@@ -550,8 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"profile": {**asdict(prof), "arms": list(arms), "seeds": seeds},
                "complete": total is None or runs_done == total, "runs_done": runs_done, "rows": rows,
                "paired": paired_differences(rows), "timings": {**study.timings, "total": time.perf_counter() - t0},
-               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
-               "command": " ".join(sys.argv)}
+               **run_record()}
     out = Path(args.output) if args.output else work / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -282,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--arms must include scratch (every difference is paired against it)")
     seeds = args.seeds or prof.seeds
     work = Path(args.work or f"/tmp/selma_unannotated_{prof.name}").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(work / "study.log"), logging.StreamHandler()])
-    log.info("profile %s, arms %s, %d seeds, work %s", prof.name, arms, seeds, work)
+    ssl.start_study_log(work, prof.name, arms, seeds)
     t0 = time.perf_counter()
     study = DomainStudy(prof, work, arms, seeds)
     study.prepare()
@@ -303,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                "paired": [{**p, "structure": p["structure"].split("/")[0], "test": p["structure"].split("/")[1]}
                           for p in ssl.paired_differences(shown)],
                "gate": gate(rows), "timings": {**study.timings, "total": time.perf_counter() - t0},
-               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
-               "command": " ".join(sys.argv)}
+               **ssl.run_record()}
     out = Path(args.output) if args.output else work / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
