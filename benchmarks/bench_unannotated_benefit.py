@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                          "finetune_seconds": r["finetune_seconds"]} for r in rows],
                "paired": [{**p, "structure": p["structure"].split("/")[0], "test": p["structure"].split("/")[1]}
                           for p in ssl.paired_differences(shown)],
-               "gate": gate(rows), "timings": {**study.timings, "total": time.perf_counter() - t0},
+               "gate": gate(rows), "domains": json.loads((work / "download" / "domains.json").read_text()),
+               "timings": {**study.timings, "total": time.perf_counter() - t0},
                **ssl.run_record()}
     out = Path(args.output) if args.output else work / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
