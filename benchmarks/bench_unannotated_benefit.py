@@ -98,7 +98,7 @@ PROFILES = {p.name: p for p in (
             n_domains=3, labelled_domains=2, pool_per_domain=1, test_per_domain=1, patch_scale=0.25,
             unannotated_shape=(32, 64, 64), pretrain_iterations=8, pretrain_batch=2),
     Profile("cpu", "cpu", ("nuclei", "cfos", "plaques"), (1, 2, "all"), 3, ("scratch",),
-            "nnUNetTrainerSelma_12epochs_25it_noTTA", n_domains=8, labelled_domains=4, pool_per_domain=2,
+            "nnUNetTrainerSelma_12epochs_25it_noTTA", n_domains=8, labelled_domains=4, pool_per_domain=4,
             test_per_domain=2, patch_scale=0.32, unannotated_shape=(64, 128, 128), pretrain_iterations=300,
             pretrain_batch=4),
     Profile("gpu", "M", ("nuclei", "cfos"), (1, "all"), 2, ("scratch",), "nnUNetTrainerSelma_8epochs_25it",
