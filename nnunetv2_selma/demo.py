@@ -347,8 +347,15 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
               "training noise. The data are synthetic: the numbers show how the arms compare here, not on real "
               "SELMA3D data. `benchmarks/bench_ssl_benefit.py` is the study across structures, label counts and "
               "seeds." + (" Test-time mirroring is off on CPU to fit the budget." if device == "cpu" else ""),
-              "", "The whole-volume run uses `--tissue-mask auto` (the default): labels outside the dilated tissue "
-              "mask are zeroed, since fine-tuning patches never show the black outside of a sample.", ""]
+              "", "Which arm to use: none has yet been shown to beat scratch with few labels. Pretraining alone was "
+              "level with scratch across the label-efficiency study; the semi-supervised trainer "
+              "(`nnUNetTrainerSelmaSemi`, unannotated store patches during fine-tuning) is measured on the "
+              "acquisition-domain benchmark (`benchmarks/bench_unannotated_benefit.py`, see benchmarks/RESULTS.md). "
+              "This comparison keeps the pretrained arm until one does.",
+              "", "The whole-volume run uses `--tissue-mask auto` (the default): where the volume has a clearly dark "
+              "outside, objects with no voxel in the dilated tissue mask are removed (objects touching it are kept "
+              "whole), since fine-tuning patches never show the black outside of a sample; a volume without one "
+              "keeps every label.", ""]
 
     # pictures: pretraining loss curve, nnU-Net progress plots, test case MIPs, whole volume MIP
     lines += ["## Pictures", ""]
