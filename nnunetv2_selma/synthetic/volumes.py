@@ -272,9 +272,10 @@ class LightSheetScene:
             b = level * dom.negative_brightness * rng.lognormal(0.0, 0.25)
             return [b] + [b * 0.5] * (C - 1)
 
+        look_alike = {"nuclei": "tube", "cfos": "grain_or_body", "plaques": "grain_or_body",
+                      "microglia": "grain_or_body", "vessel": "blob"}[self.structure]
         for c in centres:
-            kind = {"nuclei": "tube", "cfos": "grain_or_body", "plaques": "grain_or_body",
-                    "microglia": "grain_or_body", "vessel": "blob"}[self.structure]
+            kind = look_alike
             if kind == "grain_or_body":
                 kind = "grain" if rng.random() < 0.5 else "body"
             if kind == "grain":  # debris / lipofuscin: a few small bright grains

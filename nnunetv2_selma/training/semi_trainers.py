@@ -132,8 +132,12 @@ def strong_view(images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.T
         axes = tuple(int(a) + 2 for a in range(x.ndim - 1) if rng.random() < 0.5)
         flips.append(axes)
         out[b] = x
-    view = torch.from_numpy(out).to(images.device)
-    return torch.stack([torch.flip(v[None], a)[0] if a else v for v, a in zip(view, flips)]), flips
+    return flip_each(torch.from_numpy(out).to(images.device), flips), flips
+
+
+def flip_each(batch: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """Flip each sample of ``batch`` along its own axes (tensor dims of the batch); flipping twice undoes it."""
+    return torch.stack([torch.flip(b[None], a)[0] if a else b for b, a in zip(batch, flips)])
 
 
 class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
@@ -165,6 +169,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _iteration_in_epoch: int = 0
     _teacher_updates: int = 0
     _teacher_updates_to_load: int | None = None
+    _semi_log: list[tuple[float, float]] = []  # replaced per epoch by on_train_epoch_start, never appended to here
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
@@ -212,7 +217,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self._iteration_in_epoch = 0
-        self._semi_log: list[tuple[float, float]] = []
+        self._semi_log = []
 
     # -- one iteration --------------------------------------------------------------------------
     def _unannotated(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -241,7 +246,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             supervised = self.loss([o[:n] for o in outputs] if isinstance(output, (list, tuple)) else output[:n],
                                    target)
             student = outputs[0][n:]
-            student = torch.stack([torch.flip(s[None], a)[0] if a else s for s, a in zip(student, flips)])
+            student = flip_each(student, flips)
             consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
             weight = self.semi_weight * sigmoid_rampup(step, self._rampup_steps())
             loss = supervised + weight * consistency
@@ -267,7 +272,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
 
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
-        if getattr(self, "_semi_log", None):
+        if self._semi_log:
             c, f = np.mean(self._semi_log, axis=0)
             step = self._step()
             self.print_to_log_file(f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight "

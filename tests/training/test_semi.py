@@ -19,6 +19,7 @@ from nnunetv2_selma.training.semi_trainers import (
     TEACHER_KEY,
     TEACHER_UPDATES_KEY,
     ema_update,
+    flip_each,
     mean_teacher_loss,
     sigmoid_rampup,
     strong_view,
@@ -191,7 +192,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         weak = torch.from_numpy(rng.normal(size=(2, 1, 8, 8, 8)).astype(np.float32))
         strong, flips = strong_view(weak, rng)
         pred = ddp(strong)
-        pred = torch.stack([torch.flip(o[None], a)[0] if a else o for o, a in zip(pred, flips)])
+        pred = flip_each(pred, flips)
         with torch.no_grad():
             target = teacher(weak)
         loss, _ = mean_teacher_loss(pred, target, 0.0)
