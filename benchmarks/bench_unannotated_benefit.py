@@ -258,6 +258,51 @@ def gate(rows: list[dict]) -> dict:
     return out
 
 
+#: profile fields that must agree for a finished run of an earlier results file to count as a run of this study
+SAME_DATA = ("preset", "trainer", "n_domains", "labelled_domains", "pool_per_domain", "test_per_domain",
+             "patch_scale", "unannotated_shape", "domain_seed", "device")
+
+
+def reuse_rows(study: DomainStudy, results_file: Path, arms: tuple[str, ...]) -> int:
+    """Write the finished runs of ``arms`` recorded in an earlier results file as this study's row files
+    (runs already done here are kept). The earlier profile must have drawn the same data, schedule and
+    labelled subsets: the fields of SAME_DATA equal and every reused k at the same place in ``ks`` (the
+    subset of k patches is drawn from (seed, place of k, dataset id)). Returns the number of runs written."""
+    earlier = json.loads(results_file.read_text())
+    old, new = earlier["profile"], asdict(study.domain_prof)
+    for field in SAME_DATA:
+        if json.dumps(old[field]) != json.dumps(new[field]):
+            raise SystemExit(f"--reuse {results_file}: profile field {field} is {old[field]!r} there and "
+                             f"{new[field]!r} here; its runs are not runs of this study")
+    old_ks = [ssl.k_label(k) for k in old["ks"]]
+    new_ks = [ssl.k_label(k) for k in study.prof.ks]
+    runs: dict[tuple, list[dict]] = {}
+    for r in earlier["rows"]:
+        k = ssl.k_label(r["k"])
+        if r["arm"] not in arms or r["structure"] not in study.prof.structures or k not in new_ks:
+            continue
+        if k != "all" and old_ks.index(k) != new_ks.index(k):
+            raise SystemExit(f"--reuse {results_file}: k = {k} is at place {old_ks.index(k)} of its ks "
+                             f"{old['ks']} and at {new_ks.index(k)} here: another labelled subset")
+        s = r["structure"]
+        tested_on = "cfos" if r["test"] == "unseen_structure" else s
+        runs.setdefault((s, k, r["arm"], r["seed"]), []).append({
+            "structure": s if tested_on == s else f"{s}->{tested_on}", "trained_on": s, "tested_on": tested_on,
+            "test": r["test"], "k": r["k"], "n_train": len(study.cases[s]["pool"]) if k == "all" else int(k),
+            "arm": r["arm"], "seed": r["seed"], "dice": r["dice"], "per_case_dice": r["per_case_dice"],
+            "fold": study.cases[s]["folds"][(k, r["seed"])], "trainer": study.trainer_name(r["arm"]),
+            "finetune_seconds": r["finetune_seconds"], "model_folder": f"reused from {results_file.name}"})
+    written = 0
+    for (s, k, arm, seed), rows in runs.items():
+        f = study.rows_dir / study.prof.trainer / f"{s}_k{k}_{arm}_seed{seed}.json"
+        if not f.is_file():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps(rows, indent=1))
+            written += 1
+    log.info("reused %d finished runs of %s from %s", written, "/".join(arms), results_file)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
@@ -268,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", nargs="+", default=None, help="label counts (ints and 'all')")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--collect", action="store_true", help="no new run: results from the runs finished so far")
+    parser.add_argument("--reuse", nargs=2, metavar=("RESULTS_JSON", "ARMS"), default=None,
+                        help="count the finished runs of ARMS (comma-separated) in an earlier results file of the "
+                             "same data and schedule as runs of this study (e.g. the gate's scratch runs)")
     args = parser.parse_args(argv)
 
     prof = PROFILES[args.profile]
@@ -284,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     study = DomainStudy(prof, work, arms, seeds)
     study.prepare()
+    if args.reuse:
+        reuse_rows(study, Path(args.reuse[0]), tuple(args.reuse[1].split(",")))
     if args.collect:
         rows, total = study.collect()
     else:
