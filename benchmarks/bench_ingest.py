@@ -57,8 +57,8 @@ def bound_loop(folder: Path, out: Path, chunks, blocks, nthreads: int, codec: st
     import blosc2
     import tifffile
 
-    from nnunetv2_selma.io import list_slice_files
     from nnunetv2_selma.store.ingest import DEFAULT_CLEVEL, DEFAULT_CODEC, _cparams
+    from nnunetv2_selma.volumes.readers import list_slice_files
 
     t0 = time.perf_counter()
     files = list_slice_files(folder)
@@ -113,7 +113,7 @@ def child_ingest(download: Path, store: Path, np_: int, chunks, blocks) -> dict:
 
 
 def link_subset(src: Path, dst: Path, z0: int, z1: int) -> None:
-    from nnunetv2_selma.io import list_slice_files
+    from nnunetv2_selma.volumes.readers import list_slice_files
 
     dst.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(list_slice_files(src)[z0:z1]):

@@ -31,10 +31,11 @@ def main() -> None:
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     args = p.parse_args()
 
-    from nnunetv2_selma.io import read_image, write_image, write_json_atomic
+    from nnunetv2_selma.atomic import write_json_atomic
     from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest, volume_paths
     from nnunetv2_selma.store.ingest import ingest_store
     from nnunetv2_selma.store.reader import PretrainingStore
+    from nnunetv2_selma.volumes.images import read_image, write_image
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_ingest_many_"))
     src = work / "download" / "unannotated_synthetic"

@@ -350,7 +350,7 @@ class Study:
     def score(self, test: str, k, seed: int, arm: str, fold: int, model: Path, pred_dir: Path, trained_on: str,
               seconds: float, cases: list[str] | None = None) -> dict:
         from nnunetv2_selma.evaluation.metrics import dice
-        from nnunetv2_selma.io import read_image
+        from nnunetv2_selma.volumes.images import read_image
 
         labels = self.raw / self.dataset_name(test) / "labelsTr"
         per_case = {}

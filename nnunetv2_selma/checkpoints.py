@@ -25,7 +25,7 @@ import torch
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunetv2_selma.io import apply_default_mode
+from nnunetv2_selma.atomic import apply_default_mode
 
 #: substrings of the keys that are never transferred (segmentation / reconstruction heads)
 HEAD_KEYS = (".seg_layers.",)

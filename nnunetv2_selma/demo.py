@@ -143,8 +143,8 @@ def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device:
     -------
     Path of ``report.md``.
     """
-    from nnunetv2_selma.io import strip_image_suffix
     from nnunetv2_selma.synthetic.download import write_download, write_test_inputs
+    from nnunetv2_selma.volumes.images import strip_image_suffix
 
     if profile not in PROFILES:
         raise ValueError(f"unknown demo profile {profile!r}; expected one of {sorted(PROFILES)}")
@@ -308,8 +308,8 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
                  pretrain_dir: Path, volume_dir: Path, volume_out: Path, timings: dict) -> Path:
     """Write ``report.md`` with the comparison table, the stage timings and the pictures."""
     from nnunetv2_selma.evaluation.stats import verdict
-    from nnunetv2_selma.io import read_image, strip_image_suffix
     from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
+    from nnunetv2_selma.volumes.images import read_image, strip_image_suffix
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
@@ -382,10 +382,10 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
     try:
         import blosc2
 
-        from nnunetv2_selma.io import SliceSeries
+        from nnunetv2_selma.volumes import open_volume
 
-        series = SliceSeries(volume_dir)
-        volume = series.read(0, len(series))
+        series = open_volume(volume_dir)
+        volume = series.read_planes(0, series.shape[0])
         mask = blosc2.open(str(volume_out))[:]
         save_mip_picture(figures / "whole_volume.png", projection_panels("whole volume", [volume], mask > 0),
                          ncols=2, title=f"block-wise inference of {strip_image_suffix(volume_dir.parent.parent)}")

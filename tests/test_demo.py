@@ -12,7 +12,7 @@ import blosc2
 import pytest
 
 from nnunetv2_selma.demo import PROFILES
-from nnunetv2_selma.io import SliceSeries
+from nnunetv2_selma.volumes import open_volume
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_pretrained_arm_started_from_the_checkpoint(demo_run: Path):
 
 
 def test_whole_volume_mask_matches_the_volume(demo_run: Path):
-    volume = SliceSeries(demo_run / "download" / "unannotated_cfos" / "sample_1" / "C00")
+    volume = open_volume(demo_run / "download" / "unannotated_cfos" / "sample_1" / "C00")
     mask = blosc2.open(str(demo_run / "whole_volume" / "cfos_sample_1_mask.b2nd"))
     assert tuple(mask.shape) == volume.shape
     assert set(map(int, set(mask[:].ravel().tolist()))) <= {0, 1}

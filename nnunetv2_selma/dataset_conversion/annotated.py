@@ -41,8 +41,8 @@ from nnunetv2_selma.dataset_conversion.annotated_discovery import (
     AnnotatedSubset,
     discover_annotated,
 )
-from nnunetv2_selma.io import read_image, write_image
 from nnunetv2_selma.structures import SUBSETS
+from nnunetv2_selma.volumes.images import read_image, write_image
 
 logger = logging.getLogger(__name__)
 

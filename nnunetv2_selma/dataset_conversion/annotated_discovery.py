@@ -29,8 +29,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnunetv2_selma.io import DOWNLOAD_RECORD, IMAGE_SUFFIXES, image_suffix, recorded_test_set, strip_image_suffix
+from nnunetv2_selma.download_record import DOWNLOAD_RECORD, recorded_test_set
 from nnunetv2_selma.structures import SUBSETS
+from nnunetv2_selma.volumes.images import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import (
+from nnunetv2_selma.atomic import write_json_atomic
+from nnunetv2_selma.volumes.images import (
     IDENTITY_GEOMETRY,
     IMAGE_SUFFIXES,
     TIFF_SUFFIXES,
@@ -30,7 +31,6 @@ from nnunetv2_selma.io import (
     read_image_channels,
     strip_image_suffix,
     write_image,
-    write_json_atomic,
 )
 
 #: the record :func:`challenge_inputs_to_nnunet` leaves in the nnU-Net input folder (nnU-Net ignores it)
@@ -171,7 +171,7 @@ def predictions_to_challenge(prediction_folder: str | Path, test_inputs: str | P
         raise ValueError(f"{prediction_folder}: no prediction for {len(missing)} of {len(record['cases'])} test "
                          f"case(s): {', '.join(missing[:10])}; expected <case>{NNUNET_FILE_ENDING} from "
                          "nnUNetv2_predict")
-    from nnunetv2_selma.io import read_image
+    from nnunetv2_selma.volumes.images import read_image
 
     output_folder.mkdir(parents=True, exist_ok=True)
     written = []

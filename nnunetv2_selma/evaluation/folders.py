@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import write_atomic, write_json_atomic
 from nnunetv2_selma.evaluation import leaderboard as lb
 from nnunetv2_selma.evaluation.metrics import check_finite
-from nnunetv2_selma.io import image_suffix, read_image, strip_image_suffix, write_atomic, write_json_atomic
+from nnunetv2_selma.volumes.images import image_suffix, read_image, strip_image_suffix
 
 logger = logging.getLogger(__name__)
 

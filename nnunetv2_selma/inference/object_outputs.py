@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import IDENTITY_GEOMETRY, write_atomic
+from nnunetv2_selma.atomic import write_atomic
 from nnunetv2_selma.volumes import create_mask_writer
+from nnunetv2_selma.volumes.images import IDENTITY_GEOMETRY
 from nnunetv2_selma.volumes.writers import write_blocks
 
 DENSITY_TIFF = "density.tif"

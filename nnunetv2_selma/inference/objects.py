@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import write_json_atomic
 from nnunetv2_selma.inference.block_jobs import block_file, load_block, save_block, worker_cached
 from nnunetv2_selma.inference.blocks import row_regions
 from nnunetv2_selma.inference.dask_executor import run_on_dask
@@ -56,7 +57,6 @@ from nnunetv2_selma.inference.object_outputs import (
     write_labels,
 )
 from nnunetv2_selma.inference.resume import check_inputs_unchanged, input_content_signature, signature_mismatch
-from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.volumes import VolumeSource, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path
 
@@ -508,7 +508,7 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         np.save(work_dir / "offsets.npy", result["offsets"])
         run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()], "relabelled",
             "labels")
-        slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
+        slice_names = sources[0].slice_names()
         if not labels_done:
             write_labels(labels, shape, [b.region for b in blocks],
                          lambda i: load_block(job.labels_dir, blocks[i].index), sources[0].geometry, slice_names)

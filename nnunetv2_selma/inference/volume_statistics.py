@@ -16,8 +16,7 @@ from nnunetv2_selma.volumes import NumpyFloat32Sum, VolumeSource
 def _refuse_non_finite(source: VolumeSource, values: np.ndarray, region: tuple[slice, slice, slice]) -> None:
     """Raise ValueError naming the slice file (or the volume and plane) of the first NaN/inf voxel."""
     z = region[0].start + int(np.flatnonzero(~np.isfinite(values).all(axis=(1, 2)))[0])
-    where = source.series.files[z] if source.kind == "slices" else f"{source.path} (plane z={z})"
-    raise ValueError(f"{where}: found NaN or infinite voxels; expected finite intensities (nnU-Net's "
+    raise ValueError(f"{source.where(z)}: found NaN or infinite voxels; expected finite intensities (nnU-Net's "
                      f"normalisation and the network cannot use them). Fix or re-export that plane.")
 
 

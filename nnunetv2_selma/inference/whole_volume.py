@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import write_json_atomic
 from nnunetv2_selma.inference.block_jobs import (
     BlockJob,
     block_file,
@@ -63,7 +64,6 @@ from nnunetv2_selma.inference.resume import (
     signature_mismatch,
 )
 from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
-from nnunetv2_selma.io import write_json_atomic
 from nnunetv2_selma.model_folder import read_model_folder
 from nnunetv2_selma.volumes import create_mask_writer, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path, write_blocks
@@ -289,7 +289,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         timings["tissue_mask"] = time.perf_counter() - t0
         logger.info("%s: tissue mask %.1f%% of the volume; %s", output, 100 * tissue.info["fraction"],
                     tissue.info["outcome"])
-    slice_names = [p.name for p in sources[0].series.files] if sources[0].kind == "slices" else None
+    slice_names = sources[0].slice_names()
     t0 = time.perf_counter()
     if tissue is not None and tissue.whole_objects and not tissue.keeps_everything:
         from nnunetv2_selma.inference.tissue import keep_whole_objects

@@ -20,7 +20,7 @@ import os
 import sysconfig
 from pathlib import Path
 
-from nnunetv2_selma.io import write_atomic
+from nnunetv2_selma.atomic import write_atomic
 
 #: name of the .pth file written into site-packages
 PTH_NAME = "nnunetv2_selma_trainers.pth"

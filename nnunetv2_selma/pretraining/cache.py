@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from nnunetv2_selma.io import write_atomic
+from nnunetv2_selma.atomic import write_atomic
 from nnunetv2_selma.pretraining.loop import FINAL, LATEST, PretrainingSchedule, pretrain
 from nnunetv2_selma.pretraining.methods import PretrainingMethod
 

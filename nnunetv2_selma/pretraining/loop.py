@@ -44,7 +44,7 @@ from torch import multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from nnunetv2_selma.io import write_atomic
+from nnunetv2_selma.atomic import write_atomic
 from nnunetv2_selma.pretraining.data import PretrainingBatches, default_num_workers, make_loader
 from nnunetv2_selma.pretraining.methods import PretrainingMethod, get_method
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import SliceSeries, write_json_atomic
+from nnunetv2_selma.atomic import write_json_atomic
+from nnunetv2_selma.volumes.readers import list_slice_files
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "nnunetv2_selma.pretraining_store"
@@ -76,7 +77,7 @@ def source_signature(kind: str, path: str | Path, files: list[Path] | None = Non
         return hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
     if files is None:
         if kind == "slices":
-            files = SliceSeries(path).files
+            files = list_slice_files(path)
         else:
             from nnunetv2_selma.volumes import open_volume
 

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import image_suffix, strip_image_suffix
 from nnunetv2_selma.store.format import (
     load_manifest,
     source_signature,
@@ -44,6 +43,7 @@ from nnunetv2_selma.store.format import (
     write_manifest,
 )
 from nnunetv2_selma.volumes import MultiChannelVolumeError, open_volume, volume_kind
+from nnunetv2_selma.volumes.images import image_suffix, strip_image_suffix
 from nnunetv2_selma.volumes.tissue import TissueStats, mask_factors, tissue_threshold
 
 LOG_NAME = "ingest.log"

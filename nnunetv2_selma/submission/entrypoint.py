@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import image_suffix, read_image, write_image
 from nnunetv2_selma.model_folder import UNREADABLE_CHECKPOINT, check_model_folder, unreadable_checkpoint
 from nnunetv2_selma.submission.interface import (
     DEFAULT_EDITION,
@@ -59,6 +58,7 @@ from nnunetv2_selma.submission.models import (
     packed_models,
     select_model,
 )
+from nnunetv2_selma.volumes.images import image_suffix, read_image, write_image
 
 log = logging.getLogger("nnunetv2_selma.submission")
 

@@ -100,7 +100,7 @@ fi
 docker run --rm --network none --entrypoint python \\
     -v "$INPUT_ROOT:/input:ro" -v "$OUTPUT_DIR:/output:ro" "$IMAGE_TAG" -c '
 import sys, numpy as np
-from nnunetv2_selma.io import read_image
+from nnunetv2_selma.volumes.images import read_image
 from pathlib import Path
 inp = next(p for p in Path("/input/images/'"$INPUT_SLUG"'").iterdir())
 a, ga = read_image(inp)
@@ -290,7 +290,7 @@ for f in "$@"; do
     docker exec "$CONTAINER" python -c '
 import sys, numpy as np
 from pathlib import Path
-from nnunetv2_selma.io import read_image
+from nnunetv2_selma.volumes.images import read_image
 inp = next(Path("/input/images/'"$INPUT_SLUG"'").iterdir())
 a, ga = read_image(inp)
 b, gb = read_image("/output/images/'"$OUTPUT_SLUG"'/output.mha")

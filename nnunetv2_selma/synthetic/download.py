@@ -39,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import DOWNLOAD_RECORD, apply_default_mode, write_image
+from nnunetv2_selma.atomic import apply_default_mode
+from nnunetv2_selma.download_record import DOWNLOAD_RECORD
 from nnunetv2_selma.structures import STRUCTURES, SUBSETS, subsets_of_edition, unannotated_folder_structures
 from nnunetv2_selma.synthetic.domains import AcquisitionDomain
 from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 from nnunetv2_selma.synthetic.volumes import LightSheetScene, canonical_structure, n_channels
+from nnunetv2_selma.volumes.images import write_image
 
 log = logging.getLogger(__name__)
 

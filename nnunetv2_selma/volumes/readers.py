@@ -17,20 +17,61 @@ really loads:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import (
+from nnunetv2_selma.volumes.images import (
     IDENTITY_GEOMETRY,
     IMAGE_SUFFIXES,
     TIFF_SUFFIXES,
-    SliceSeries,
     image_suffix,
     read_image,
 )
 
 SUPPORTED_INPUTS = "a folder of 2D TIFF slices, a 3D .tif/.tiff, .nii.gz, .nii, .mha, .nrrd, .b2nd or OME-Zarr (.zarr)"
+
+_NUMBER = re.compile(r"(\d+)")
+# microscope software often names planes like "Z0012_C00.tif": an explicit z index wins
+_Z_NUMBER = re.compile(r"(?:^|[^A-Za-z])[Zz](\d+)")
+
+
+def slice_number(path: str | Path) -> int:
+    """The z index encoded in a slice file name: the number after a ``Z`` (``Z0012_C00.tif``), else
+    the last run of digits (``slice_12.tif``, ``img_00012.tif``)."""
+    z = _Z_NUMBER.findall(Path(path).stem)
+    if z:
+        return int(z[-1])
+    numbers = _NUMBER.findall(Path(path).stem)
+    if not numbers:
+        raise ValueError(f"{path}: slice file name holds no number; expected names like slice_0042.tif")
+    return int(numbers[-1])
+
+
+def list_slice_files(folder: str | Path, require_contiguous: bool = True) -> list[Path]:
+    """The ``.tif``/``.tiff`` slices of ``folder`` sorted by the number in their name.
+
+    Raises
+    ------
+    ValueError naming the folder when it holds no slice, two slices share a number, or (with
+    ``require_contiguous``) the numbering has a gap.
+    """
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES]
+    if not files:
+        raise ValueError(f"{folder}: found no .tif/.tiff slices; expected one 2D TIFF per z plane")
+    numbered = sorted((slice_number(p), p) for p in files)
+    numbers = [n for n, _ in numbered]
+    for (a, pa), (b, pb) in zip(numbered, numbered[1:]):
+        if a == b:
+            raise ValueError(f"{folder}: slices {pa.name} and {pb.name} both carry number {a}")
+        if require_contiguous and b != a + 1:
+            raise ValueError(
+                f"{folder}: gap in slice numbering after {pa.name} (number {a}); next is {pb.name} "
+                f"(number {b}), expected {a + 1}. {len(numbers)} slices, numbers {numbers[0]}..{numbers[-1]}"
+            )
+    return [p for _, p in numbered]
 
 
 def volume_kind(path: str | Path) -> str:
@@ -62,6 +103,15 @@ def _into(out: np.ndarray | None, data: np.ndarray) -> np.ndarray:
     out[...] = data
     return out
 
+
+
+def _read_slice(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable slice ({type(e).__name__}: {e})") from e
 
 
 class MultiChannelVolumeError(ValueError):
@@ -104,28 +154,42 @@ class VolumeSource:
         """
         return [self.path]
 
+    def slice_names(self) -> list[str] | None:
+        """The file names of a slice folder's planes in z order (an output written as slices takes them);
+        None for every other kind."""
+        return None
+
 
 class _SliceFolderSource(VolumeSource):
+    """A folder of 2D TIFF slices: only the first slice is read on opening (shape, dtype); every slice read
+    later is checked against it."""
+
     kind = "slices"
 
     def __init__(self, folder: Path) -> None:
-        self.series = SliceSeries(folder)
         self.path = Path(folder)
-        self.shape = tuple(int(s) for s in self.series.shape)
-        self.dtype = np.dtype(self.series.dtype)
+        self._files = list_slice_files(self.path)
+        first = _read_slice(self._files[0])
+        if first.ndim != 2:
+            raise ValueError(f"{self._files[0]}: found a slice of shape {first.shape}; expected a 2D image")
+        self.shape = (len(self._files), *(int(s) for s in first.shape))
+        self.dtype = np.dtype(first.dtype)
         self.geometry = dict(IDENTITY_GEOMETRY)
 
     def files(self) -> list[Path]:
-        return list(self.series.files)
+        return list(self._files)
+
+    def slice_names(self) -> list[str]:
+        return [p.name for p in self._files]
 
     def where(self, z: int) -> str:
-        return str(self.series.files[z])
+        return str(self._files[z])
 
     def check_all_planes(self) -> None:
         # headers only: catches truncated files and slices of another size before any block is written
         import tifffile
 
-        for path in self.series.files:
+        for path in self._files:
             try:
                 with tifffile.TiffFile(path) as tif:
                     page = tif.pages[0]
@@ -138,7 +202,7 @@ class _SliceFolderSource(VolumeSource):
         if shape != self.shape[1:] or dtype != self.dtype:
             raise ValueError(
                 f"{path}: found a slice of shape {shape} and dtype {dtype}; expected {self.shape[1:]} and "
-                f"{self.dtype} like {self.series.files[0].name}. All slices of a volume must have one size."
+                f"{self.dtype} like {self._files[0].name}. All slices of a volume must have one size."
             )
 
     def _plane(self, path: Path, rows: slice, cols: slice) -> np.ndarray:
@@ -157,13 +221,18 @@ class _SliceFolderSource(VolumeSource):
     def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         zs, ys, xs = region
         out = np.empty((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), dtype=self.dtype)
-        for i, path in enumerate(self.series.files[zs.start:zs.stop]):
+        for i, path in enumerate(self._files[zs.start:zs.stop]):
             out[i] = self._plane(path, ys, xs)
         return out
 
     def read_planes(self, z0: int, z1: int, out: np.ndarray | None = None) -> np.ndarray:
         # whole slices decoded straight into the buffer, each checked against the first (shape, dtype)
-        return self.series.read(z0, z1, out=out)
+        out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.dtype) if out is None else out[: z1 - z0]
+        for i, path in enumerate(self._files[z0:z1]):
+            plane = _read_slice(path)
+            self._check_plane(path, plane.shape, plane.dtype)
+            out[i] = plane
+        return out
 
 
 class _Tiff3DSource(VolumeSource):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.io import image_suffix, write_image
+from nnunetv2_selma.volumes.images import image_suffix, write_image
 from nnunetv2_selma.volumes.readers import volume_kind
 
 SUPPORTED_OUTPUTS = ("a folder for TIFF slices (no suffix), .tif/.tiff, .b2nd, OME-Zarr (.ome.zarr), .nii.gz, .nii, "

@@ -24,8 +24,8 @@ from nnunetv2_selma.dataset_conversion.annotated import (
     convert_download,
     default_dataset_ids,
 )
-from nnunetv2_selma.io import read_image, strip_image_suffix, write_image
 from nnunetv2_selma.synthetic.download import write_annotated_patches, write_download
+from nnunetv2_selma.volumes.images import read_image, strip_image_suffix, write_image
 
 SCALE = 0.16  # patches of 16..80 voxels per axis
 CASES = 2

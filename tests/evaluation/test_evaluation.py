@@ -13,7 +13,7 @@ import pytest
 
 from nnunetv2_selma.evaluation import leaderboard as lb
 from nnunetv2_selma.evaluation import metrics as m
-from nnunetv2_selma.io import write_image
+from nnunetv2_selma.volumes.images import write_image
 
 # ---------------------------------------------------------------------------------------------
 # shapes with known topology

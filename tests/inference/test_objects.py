@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from nnunetv2_selma.inference import objects as objects_module
 from nnunetv2_selma.inference.objects import CONNECTIVITY_RANK, density_map, measure_objects
-from nnunetv2_selma.io import write_image
 from nnunetv2_selma.volumes import open_volume
+from nnunetv2_selma.volumes.images import write_image
 
 SHAPE = (40, 44, 48)
 BLOCK = 16  # 3 x 3 x 3 blocks; seams at 16 and 32 on every axis

@@ -18,9 +18,9 @@ from model_factory import make_model_folder  # noqa: E402
 from nnunetv2_selma.inference.blocks import compute_tile_starts, plan_blocks
 from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
 from nnunetv2_selma.inference.whole_volume import predict_large
-from nnunetv2_selma.io import SliceSeries, read_image
 from nnunetv2_selma.normalization import image_statistics
 from nnunetv2_selma.volumes import open_volume
+from nnunetv2_selma.volumes.images import read_image
 
 SHAPE = (24, 64, 64)
 PATCH = (16, 32, 32)
@@ -87,7 +87,7 @@ def test_blockwise_equals_stock_whole_volume(setup):
     out = predict_large(setup["slices"], setup["root"] / "out_slices", setup["model"], folds=(0,), block_size=BLOCK,
                         intensity_stats=setup["stats"], progress=False)
     assert sorted(p.name for p in out.iterdir())[:2] == ["plane_0.tif", "plane_1.tif"]  # named like the input
-    mask = SliceSeries(out).read(0, SHAPE[0])
+    mask = open_volume(out).read_planes(0, SHAPE[0])
     assert mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, setup["reference"])
     record = json.loads((out.parent / (out.name + ".predict_large.json")).read_text())

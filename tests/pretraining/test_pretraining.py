@@ -263,8 +263,8 @@ def test_continue_after_kill_resumes_from_saved_iteration(store, plans, tmp_path
 
 
 def test_checkpoints_and_json_records_get_the_umask_mode_not_0600(tmp_path):
+    from nnunetv2_selma.atomic import write_json_atomic
     from nnunetv2_selma.checkpoints import atomic_torch_save
-    from nnunetv2_selma.io import write_json_atomic
 
     old = os.umask(0o022)
     try:

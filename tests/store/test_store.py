@@ -18,11 +18,11 @@ import pytest
 import tifffile
 
 from nnunetv2_selma.cli.ingest import main as ingest_main
-from nnunetv2_selma.io import write_image
 from nnunetv2_selma.normalization import normalize_image
 from nnunetv2_selma.store.format import MANIFEST_NAME, load_manifest, verify_volume
 from nnunetv2_selma.store.ingest import DEFAULT_CHUNKS, find_volume_sources, ingest_store
 from nnunetv2_selma.store.reader import PretrainingStore
+from nnunetv2_selma.volumes.images import write_image
 
 
 def _tissue_volume(shape, dtype=np.uint16, seed=0, offset=0) -> np.ndarray:

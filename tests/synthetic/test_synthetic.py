@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from skimage.measure import label, regionprops
 
-from nnunetv2_selma.io import SliceSeries, read_image
 from nnunetv2_selma.synthetic.download import (
     BRAIN_OF_SUBSET,
     MASK_ENCODINGS,
@@ -21,6 +20,8 @@ from nnunetv2_selma.synthetic.download import (
     write_unannotated_volume,
 )
 from nnunetv2_selma.synthetic.volumes import STRUCTURES, LightSheetScene, render_patch
+from nnunetv2_selma.volumes import open_volume
+from nnunetv2_selma.volumes.images import read_image
 
 TINY = 0.1  # patch scale: every 2024 subset shrinks to 16-50 voxels per axis
 
@@ -98,20 +99,20 @@ def test_unannotated_volume_slabwise_and_numeric_slice_order(tmp_path):
     assert "slice_9.tif" in names and "slice_10.tif" in names
     assert names.index("slice_10.tif") < names.index("slice_9.tif")  # string order is not z order
     for d8, d32 in zip(dirs8, dirs32):
-        a, b = SliceSeries(d8), SliceSeries(d32)
+        a, b = open_volume(d8), open_volume(d32)
         assert a.shape == shape and a.dtype == np.int16
-        va = a.read(0, len(a))
-        assert np.array_equal(va, b.read(0, len(b)))
+        va = a.read_planes(0, a.shape[0])
+        assert np.array_equal(va, b.read_planes(0, b.shape[0]))
         assert va.min() < 0  # dark outside the tissue, below zero in int16
-    # slab-wise files equal the volume rendered at once (SliceSeries sorted the names numerically)
+    # slab-wise files equal the volume rendered at once (the reader sorted the names numerically)
     write_unannotated_volume(tmp_path / "c" / "s", shape, "nucleus", seed=4, slab=7, zero_pad=True,
                              picture=False)
-    series = SliceSeries(tmp_path / "c" / "s" / "C00")
-    assert series.files[0].name == "img_00001.tif"
+    series = open_volume(tmp_path / "c" / "s" / "C00")
+    assert series.files()[0].name == "img_00001.tif"
     from nnunetv2_selma.synthetic.download import _seed
 
     whole = LightSheetScene("nuclei", shape, seed=_seed(4, 20), whole_sample=True).render(0, shape[0])[0][0]
-    assert np.array_equal(series.read(0, shape[0]), whole)
+    assert np.array_equal(series.read_planes(0, shape[0]), whole)
 
 
 def _expected_patch_paths(root: Path, layout: str, subset: str, case: int, ext: str):
@@ -189,7 +190,7 @@ def _arrays(root: Path) -> dict[str, bytes]:
     for p in sorted(root.rglob("*")):
         if p.suffix in (".gz", ".mha", ".tif"):
             out[str(p.relative_to(root))] = read_image(p)[0].tobytes() if p.parent.name not in ("C00", "C01") \
-                else SliceSeries(p.parent).read(0, 1).tobytes() + p.read_bytes()
+                else open_volume(p.parent).read_planes(0, 1).tobytes() + p.read_bytes()
     return out
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from nnunetv2_selma.io import write_image
 from nnunetv2_selma.volumes import ExactHistogram, create_mask_writer, open_volume
+from nnunetv2_selma.volumes.images import write_image
 from nnunetv2_selma.volumes.tissue import low_resolution_tissue_mask
 
 
