@@ -8,13 +8,13 @@ killed run leaves whole blocks or none; a restarted run skips those present.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import atomic_path
 from nnunetv2_selma.inference.blocks import Block, VolumeFrame
 from nnunetv2_selma.inference.predictor import BlockPredictor
 from nnunetv2_selma.normalization import normalize_image
@@ -57,11 +57,9 @@ def save_block(blocks_dir: str | Path, index: int, seg: np.ndarray) -> None:
     written under a temporary name and renamed, so a killed run never leaves a half block."""
     import blosc2
 
-    target = block_file(blocks_dir, index)
-    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.b2nd")
     chunks = tuple(max(1, min(s, c)) for s, c in zip(seg.shape, (8, 1 << 30, 1 << 30)))
-    blosc2.asarray(np.ascontiguousarray(seg), urlpath=str(tmp), mode="w", chunks=chunks)
-    os.replace(tmp, target)
+    with atomic_path(block_file(blocks_dir, index), unique=True) as tmp:  # two workers may write one block
+        blosc2.asarray(np.ascontiguousarray(seg), urlpath=str(tmp), mode="w", chunks=chunks)
 
 
 def load_block(blocks_dir: str | Path, index: int):

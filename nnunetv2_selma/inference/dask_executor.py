@@ -1,4 +1,5 @@
-"""Blocks as ``dask.distributed`` tasks, on a local cluster of worker processes or an existing scheduler.
+"""Blocks run here, one after the other, or as ``dask.distributed`` tasks on a local cluster of worker
+processes or an existing scheduler: :func:`run_blocks`.
 
 Tasks are module-level functions (found by their module path on the workers) called with a picklable job
 and a block; each returns the block's index, and the caller records it as done.
@@ -48,4 +49,15 @@ def run_on_dask(job, pending: Sequence, workers: int | None, scheduler: str | No
         dask_logger.setLevel(level)
 
 
-__all__ = ["run_on_dask"]
+def run_blocks(task, job, pending: Sequence, workers: int | None, scheduler: str | None, finished) -> None:
+    """``task(job, block)`` for every pending block: in this process, in order, when neither ``workers`` nor
+    ``scheduler`` is given, else on dask (:func:`run_on_dask`). ``finished(index)`` is called here as each
+    block completes, so the caller's progress record is written by one process only."""
+    if workers is None and scheduler is None:
+        for block in pending:
+            finished(task(job, block))
+    else:
+        run_on_dask(job, pending, workers, scheduler, finished, task=task)
+
+
+__all__ = ["run_blocks", "run_on_dask"]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import write_atomic
+from nnunetv2_selma.atomic import atomic_path, write_atomic
 from nnunetv2_selma.volumes import create_mask_writer
 from nnunetv2_selma.volumes.images import IDENTITY_GEOMETRY
 from nnunetv2_selma.volumes.writers import write_blocks
@@ -79,9 +78,8 @@ def write_density(output_dir: Path, density: np.ndarray, density_format: str, ge
     if density_format == "tif":
         import tifffile
 
-        tmp = output_dir / f".{name}.tmp.tif"
-        tifffile.imwrite(tmp, density, compression="zlib", metadata={"axes": "ZYX"})
-        os.replace(tmp, output_dir / name)
+        with atomic_path(output_dir / name) as tmp:
+            tifffile.imwrite(tmp, density, compression="zlib", metadata={"axes": "ZYX"})
         return name
     final = output_dir / name
     if final.exists():  # a run killed after writing it and before summary.json: ours, written again
@@ -129,10 +127,11 @@ def save_density_picture(path: Path, mip: np.ndarray, density: np.ndarray, voxel
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label=f"objects per {voxels}x{voxels} column (all z)")
     ax.set_title(title, fontsize=8)
     ax.axis("off")
-    tmp = path.with_name(path.name + ".partial.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

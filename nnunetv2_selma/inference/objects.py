@@ -32,8 +32,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import write_json_atomic
+from nnunetv2_selma.atomic import atomic_path
 from nnunetv2_selma.inference.block_jobs import block_file, load_block, save_block, worker_cached
 from nnunetv2_selma.inference.blocks import row_regions
-from nnunetv2_selma.inference.dask_executor import run_on_dask
+from nnunetv2_selma.inference.dask_executor import run_blocks
 from nnunetv2_selma.inference.object_outputs import (
     DENSITY_FILES,
     DENSITY_PICTURE,
@@ -56,7 +54,7 @@ from nnunetv2_selma.inference.object_outputs import (
     write_density,
     write_labels,
 )
-from nnunetv2_selma.inference.resume import check_inputs_unchanged, input_content_signature, signature_mismatch
+from nnunetv2_selma.inference.resume import ResumableRun, input_content_signature
 from nnunetv2_selma.volumes import VolumeSource, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path
 
@@ -68,7 +66,6 @@ CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
 DEFAULT_OBJECT_BLOCK = 256
 DEFAULT_DENSITY_VOXELS = 25
 PARTIAL_DIR = ".partial"
-PROGRESS_FILE = "progress.json"
 OBJECTS_CSV = "objects.csv"
 SUMMARY_JSON = "summary.json"
 #: the 13 block offsets that, with their opposites, are all neighbours of a block
@@ -203,10 +200,8 @@ def measure_block(job: ObjectJob, block: ObjectBlock) -> int:
              "intensity_max": np.stack(maxima, axis=1) if maxima else np.zeros((n, 0)),
              "mip": mip, **faces}
     assert table["intensity_sum"].shape == (n, images)
-    target = block_table_file(job, block.index)
-    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **table)
-    os.replace(tmp, target)
+    with atomic_path(block_table_file(job, block.index), unique=True) as tmp:
+        np.savez(tmp, **table)
     return block.index
 
 
@@ -393,8 +388,47 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     files of the output names (unless ``overwrite``), a partial run of other arguments, or ``labels`` exists
     (nothing is overwritten).
     """
-    from tqdm import tqdm
+    setup = _prepare(mask, output_dir, images, block_size, connectivity, min_voxels, labels, density_voxels,
+                     workers, scheduler, density_format)
+    run = ResumableRun(setup.output_dir / PARTIAL_DIR, setup.signature, "output folder")
+    if _already_measured(setup, run, overwrite):
+        return setup.output_dir
+    job, labels_done = _resume_or_start(setup, run, overwrite)
+    run_info = run.begin_run(blocks=len(setup.blocks), measured=0, relabelled=0, seconds={})
+    passes = _BlockPasses(run, run_info, job, workers, scheduler, progress)
+    passes.run(measure_block, [b for b in setup.blocks if not block_table_file(job, b.index).is_file()],
+               "measured", "objects")
+    t0 = time.perf_counter()
+    result = merge_block_tables(job, setup.blocks, min_voxels)
+    run_info["seconds"]["merge"] = time.perf_counter() - t0
+    if setup.labels is not None:
+        _write_label_volume(setup, run, passes, result, labels_done)
+    _write_results(setup, run, job, result)
+    return setup.output_dir
 
+
+@dataclass(frozen=True)
+class _ObjectSetup:
+    """The checked arguments of an objects run, its open inputs, blocks, signature and settings."""
+
+    mask: Path
+    images: tuple[Path, ...]
+    output_dir: Path
+    labels: Path | None
+    sources: list[VolumeSource]
+    shape: tuple[int, int, int]
+    blocks: tuple[ObjectBlock, ...]
+    connectivity: int
+    min_voxels: int
+    density_voxels: int
+    density_format: str
+    signature: dict
+    settings: dict
+
+
+def _prepare(mask, output_dir, images, block_size, connectivity, min_voxels, labels, density_voxels, workers,
+             scheduler, density_format) -> _ObjectSetup:
+    """Check the arguments, open the inputs, cut the blocks and make the run's signature; no work yet."""
     mask = Path(mask).resolve()
     block_size = DEFAULT_OBJECT_BLOCK if block_size is None else block_size
     output_dir = Path(output_dir).resolve()
@@ -420,30 +454,41 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     for p, s in zip(images, sources[1:]):
         if tuple(s.shape) != shape:
             raise ValueError(f"{p}: image of shape {tuple(s.shape)}; expected the mask's shape {shape} ({mask})")
-    blocks = plan_object_blocks(shape, block_size)
     signature = {"inputs": [str(mask), *map(str, images)], "shape": list(shape),
                  "block_size": list(_block_sizes(block_size)),
                  "connectivity": int(connectivity), "input_content": [input_content_signature(s) for s in sources]}
     settings = {"min_voxels": int(min_voxels), "density_voxels": int(density_voxels),
                 "labels": None if labels is None else str(labels), "density_format": density_format}
-    summary_path = output_dir / SUMMARY_JSON
-    if summary_path.is_file():
-        record = json.loads(summary_path.read_text())
-        check_inputs_unchanged(record.get("signature", {}), signature, f"the results in {output_dir}",
-                                f"Remove {output_dir} (or choose another) to measure the new content.")
-        if not signature_mismatch(record.get("signature", {}), signature) and record.get("settings") == settings:
-            logger.info("%s: objects already measured with these arguments; nothing to do", output_dir)
-            return output_dir
-        if not overwrite:
-            raise FileExistsError(f"{output_dir}: holds the results of another objects run; nothing was "
-                                  f"overwritten. Choose another output folder, remove it, or pass --overwrite.")
-        summary_path.unlink()  # results of that run stop being ours to resume from
-    work_dir = output_dir / PARTIAL_DIR
-    progress_path = work_dir / PROGRESS_FILE
-    state = json.loads(progress_path.read_text()) if progress_path.is_file() else None
-    if state is None and not overwrite:
+    return _ObjectSetup(mask, images, output_dir, labels, sources, shape, plan_object_blocks(shape, block_size),
+                        int(connectivity), int(min_voxels), int(density_voxels), density_format, signature, settings)
+
+
+def _already_measured(setup: _ObjectSetup, run: ResumableRun, overwrite: bool) -> bool:
+    """True when ``output_dir`` holds this very run's results; the results of another run are refused, or
+    with ``overwrite`` stop being ours to resume from."""
+    summary_path = setup.output_dir / SUMMARY_JSON
+    record = run.finished_record(summary_path, f"the results in {setup.output_dir}",
+                                 f"Remove {setup.output_dir} (or choose another) to measure the new content.")
+    if record is None:
+        return False
+    if run.matches(record) and record.get("settings") == setup.settings:
+        logger.info("%s: objects already measured with these arguments; nothing to do", setup.output_dir)
+        return True
+    if not overwrite:
+        raise FileExistsError(f"{setup.output_dir}: holds the results of another objects run; nothing was "
+                              f"overwritten. Choose another output folder, remove it, or pass --overwrite.")
+    summary_path.unlink()
+    return False
+
+
+def _resume_or_start(setup: _ObjectSetup, run: ResumableRun, overwrite: bool) -> tuple[ObjectJob, bool]:
+    """Refuse files of the output names that no run of ours wrote, then resume the partial run or start one
+    (every plane checked first). Returns the job and whether the labels were already committed."""
+    output_dir, labels = setup.output_dir, setup.labels
+    previous = run.previous_state()
+    if previous is None and not overwrite:
         # a partial run of ours may have written them before it was killed; anything else is someone's file
-        taken = [output_dir / n for n in (OBJECTS_CSV, DENSITY_FILES[density_format], DENSITY_PICTURE)
+        taken = [output_dir / n for n in (OBJECTS_CSV, DENSITY_FILES[setup.density_format], DENSITY_PICTURE)
                  if (output_dir / n).exists()]
         if taken:
             raise FileExistsError(f"{output_dir}: already holds {', '.join(p.name for p in taken)}, not written by "
@@ -451,88 +496,87 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
                                   f"them, or pass --overwrite to replace them.")
     # a run stopped after its labels were committed (the writer moves them into place whole) resumes
     # past them; any other labels at that path are someone's file
-    labels_done = labels is not None and state is not None and state.get("labels_written") == str(labels)
+    labels_done = labels is not None and previous is not None and previous.get("labels_written") == str(labels)
     if labels is not None and not labels_done and labels.exists() and (not labels.is_dir() or any(labels.iterdir())):
         raise FileExistsError(f"{labels}: already exists; nothing was overwritten. Choose another labels path.")
+    job = ObjectJob(str(setup.mask), tuple(map(str, setup.images)), setup.shape, setup.connectivity,
+                    str(run.work_dir), json.dumps(setup.signature["input_content"]))
 
-    job = ObjectJob(str(mask), tuple(map(str, images)), shape, int(connectivity), str(work_dir),
-                    json.dumps(signature["input_content"]))
-    if state is not None:
-        check_inputs_unchanged(state.get("signature", {}), signature, f"the partial run in {work_dir}",
-                                f"To start fresh on the new content, remove {work_dir} and rerun.")
-        differ = signature_mismatch(state.get("signature", {}), signature)
-        if differ:
-            raise FileExistsError(f"{work_dir}: holds a partial run with other {', '.join(differ)}; nothing was "
-                                  f"overwritten. Rerun with the same arguments to resume, or remove that folder.")
-    else:
-        if work_dir.exists():
-            raise FileExistsError(f"{work_dir}: exists without {PROGRESS_FILE}; it is not a run of this tool. "
-                                  f"Remove it or choose another output folder.")
-        for s in sources:
+    def start() -> dict:
+        for s in setup.sources:
             s.check_all_planes()
-        _refuse_non_finite_mask(sources[0])
+        _refuse_non_finite_mask(setup.sources[0])
         job.blocks_dir.mkdir(parents=True)
         job.labels_dir.mkdir()
-        state = {"signature": signature, "runs": []}
-        write_json_atomic(progress_path, state)
-    run_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "blocks": len(blocks), "measured": 0,
-                "relabelled": 0, "seconds": {}}
-    state["runs"].append(run_info)
-    write_json_atomic(progress_path, state)
+        return {}
 
-    def run(task, pending: list[ObjectBlock], counter: str, desc: str) -> None:
+    run.resume_or_start(f"To start fresh on the new content, remove {run.work_dir} and rerun.", start)
+    return job, labels_done
+
+
+class _BlockPasses:
+    """Runs a pass of block tasks (measure, relabel) with a progress bar, counting the blocks done and the
+    seconds of each pass in the run's entry of the progress record."""
+
+    def __init__(self, run: ResumableRun, run_info: dict, job: ObjectJob, workers, scheduler, progress: bool):
+        self.run_record, self.run_info, self.job = run, run_info, job
+        self.workers, self.scheduler, self.progress = workers, scheduler, progress
+
+    def run(self, task, pending: list[ObjectBlock], counter: str, desc: str) -> None:
+        from tqdm import tqdm
+
         t0 = time.perf_counter()
-        bar = tqdm(total=len(pending), unit="block", desc=desc, disable=not progress)
+        bar = tqdm(total=len(pending), unit="block", desc=desc, disable=not self.progress)
 
         def finished(_index: int) -> None:
-            run_info[counter] += 1
+            self.run_info[counter] += 1
             bar.update(1)
 
         try:
-            if workers is None and scheduler is None:
-                for b in pending:
-                    finished(task(job, b))
-            else:
-                run_on_dask(job, pending, workers, scheduler, finished, task=task)
+            run_blocks(task, self.job, pending, self.workers, self.scheduler, finished)
         finally:
             bar.close()
-            run_info["seconds"][counter] = time.perf_counter() - t0
-            write_json_atomic(progress_path, state)
+            self.run_info["seconds"][counter] = time.perf_counter() - t0
+            self.run_record.save()
 
-    run(measure_block, [b for b in blocks if not block_table_file(job, b.index).is_file()], "measured", "objects")
-    t0 = time.perf_counter()
-    result = merge_block_tables(job, blocks, min_voxels)
-    run_info["seconds"]["merge"] = time.perf_counter() - t0
-    if labels is not None:
-        np.save(work_dir / "node_ids.npy", result["node_ids"])
-        np.save(work_dir / "offsets.npy", result["offsets"])
-        run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()], "relabelled",
-            "labels")
-        slice_names = sources[0].slice_names()
-        if not labels_done:
-            write_labels(labels, shape, [b.region for b in blocks],
-                         lambda i: load_block(job.labels_dir, blocks[i].index), sources[0].geometry, slice_names)
-            state["labels_written"] = str(labels)
-            write_json_atomic(progress_path, state)
 
-    density = density_map(result["centroid"], shape, density_voxels)
-    density_file = write_density(output_dir, density, density_format, sources[0].geometry, density_voxels)
-    write_csv(output_dir / OBJECTS_CSV, result, len(images))
+def _write_label_volume(setup: _ObjectSetup, run: ResumableRun, passes: _BlockPasses, result: dict,
+                        labels_done: bool) -> None:
+    """Relabel the blocks with the global ids and write the instance-label volume (once: a rerun after it
+    was committed skips the writing)."""
+    job, blocks = passes.job, setup.blocks
+    np.save(run.work_dir / "node_ids.npy", result["node_ids"])
+    np.save(run.work_dir / "offsets.npy", result["offsets"])
+    passes.run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()],
+               "relabelled", "labels")
+    if not labels_done:
+        write_labels(setup.labels, setup.shape, [b.region for b in blocks],
+                     lambda i: load_block(job.labels_dir, blocks[i].index), setup.sources[0].geometry,
+                     setup.sources[0].slice_names())
+        run.state["labels_written"] = str(setup.labels)
+        run.save()
+
+
+def _write_results(setup: _ObjectSetup, run: ResumableRun, job: ObjectJob, result: dict) -> None:
+    """The table, the density map, its picture and, last, the summary that marks the results finished."""
+    output_dir, shape, blocks, count = setup.output_dir, setup.shape, setup.blocks, result["count"]
+    density = density_map(result["centroid"], shape, setup.density_voxels)
+    density_file = write_density(output_dir, density, setup.density_format, setup.sources[0].geometry,
+                                 setup.density_voxels)
+    write_csv(output_dir / OBJECTS_CSV, result, len(setup.images))
     mip = assemble_mip(shape, [b.region for b in blocks],
                        lambda i: np.load(block_table_file(job, blocks[i].index))["mip"])
-    count = result["count"]
-    save_density_picture(output_dir / DENSITY_PICTURE, mip, density, density_voxels,
-                         f"{mask.name}: {len(count)} objects (connectivity {connectivity}, >= {min_voxels} voxels)")
-    write_json_atomic(summary_path, {
+    save_density_picture(output_dir / DENSITY_PICTURE, mip, density, setup.density_voxels,
+                         f"{setup.mask.name}: {len(count)} objects (connectivity {setup.connectivity}, "
+                         f">= {setup.min_voxels} voxels)")
+    run.complete(output_dir / SUMMARY_JSON, {
         "count": int(len(count)), "total_voxels": int(count.sum()),
         "mean_voxels": float(count.mean()) if count.size else 0.0,
         "median_voxels": float(np.median(count)) if count.size else 0.0,
         "volume_histogram": volume_histogram(count), "density_shape": list(density.shape),
-        "blocks": len(blocks), "signature": signature, "settings": settings, "runs": state["runs"],
+        "blocks": len(blocks), "settings": setup.settings,
         "files": {"objects": OBJECTS_CSV, "density": density_file, "picture": DENSITY_PICTURE,
-                  "labels": settings["labels"]}})
-    shutil.rmtree(work_dir)
-    return output_dir
+                  "labels": setup.settings["labels"]}})
 
 
 # density_map and save_density_picture live in object_outputs; kept importable from here

@@ -1,18 +1,26 @@
-"""What makes a block-wise run resumable and safe to rerun: the signature of its arguments and inputs.
+"""What makes a block-wise run resumable and safe to rerun: :class:`ResumableRun`.
 
 ``predict_large`` and ``objects`` record a signature (arguments, shapes, and a cheap digest of each
-input's content) beside a partial run and a finished output. A rerun with the same signature resumes or
-returns; another one is refused without overwriting anything, and an input whose content changed
-raises :class:`InputChangedError` naming it.
+input's content) in the progress record of a partial run and in the record of a finished output. A rerun
+with the same signature resumes or returns; another one is refused without overwriting anything, and an
+input whose content changed raises :class:`InputChangedError` naming it.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import write_json_atomic
 from nnunetv2_selma.volumes import VolumeSource
+
+#: the progress record of a partial run, in its work folder
+PROGRESS_FILE = "progress.json"
 
 
 def describe_existing(path: Path) -> str:
@@ -85,5 +93,82 @@ def check_inputs_unchanged(recorded: dict, current: dict, what: str, remedy: str
                                 f"nothing was resumed or overwritten. {remedy}")
 
 
+class ResumableRun:
+    """The partial run in ``work_dir`` of a block-wise command with ``signature``, and its finished record.
+
+    One progress record (:data:`PROGRESS_FILE`) holds the signature, what the command keeps between runs
+    (statistics, blocks done) and one entry per run (``runs``); it is rewritten atomically after each
+    step, so a run killed at any moment resumes from the last one. :meth:`complete` writes the finished
+    record (atomically, the last file written) and removes the work folder. ``place`` names what the
+    user chose (``"output path"``, ``"output folder"``) in the messages.
+    """
+
+    def __init__(self, work_dir: Path, signature: dict, place: str) -> None:
+        self.work_dir, self.signature, self.place = Path(work_dir), signature, place
+        self.progress_path = self.work_dir / PROGRESS_FILE
+        self.state: dict | None = None
+        self.resumed = False  # set by resume_or_start
+
+    def previous_state(self) -> dict | None:
+        """The progress record a partial run left, unchecked, or None."""
+        return json.loads(self.progress_path.read_text()) if self.progress_path.is_file() else None
+
+    def finished_record(self, record_path: Path, what: str, remedy: str) -> dict | None:
+        """The record of a finished output, or None; :class:`InputChangedError` when it was computed from
+        inputs of the same names whose content changed since."""
+        if not record_path.is_file():
+            return None
+        record = json.loads(record_path.read_text())
+        check_inputs_unchanged(record.get("signature", {}), self.signature, what, remedy)
+        return record
+
+    def matches(self, record: dict) -> bool:
+        """Whether a record (finished or partial) was made with this run's signature."""
+        return not signature_mismatch(record.get("signature", {}), self.signature)
+
+    def resume_or_start(self, remedy: str, start: Callable[[], dict]) -> dict:
+        """The progress record of the partial run to resume, or a new one from ``start()``.
+
+        ``start`` runs only for a new run, before the work folder exists: it does the checks that must
+        pass before any work (a refused run leaves nothing behind) and returns the record's first fields.
+        A partial run of other arguments, or a work folder holding no progress record, is refused.
+        """
+        state = self.previous_state()
+        if state is not None:
+            done = f" ({len(state['done'])} blocks done)" if "done" in state else ""
+            check_inputs_unchanged(state.get("signature", {}), self.signature,
+                                   f"the partial run in {self.work_dir}{done}", remedy)
+            differ = signature_mismatch(state.get("signature", {}), self.signature)
+            if differ:
+                raise FileExistsError(f"{self.work_dir}: holds a partial run with other {', '.join(differ)}; nothing "
+                                      f"was overwritten. Rerun with the same arguments to resume, or remove that "
+                                      f"folder.")
+            self.state, self.resumed = state, True
+            return state
+        if self.work_dir.exists():
+            raise FileExistsError(f"{self.work_dir}: exists without {PROGRESS_FILE}; it is not a run of this tool. "
+                                  f"Remove it or choose another {self.place}.")
+        fields = start()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.state = {"signature": self.signature, **fields, "runs": []}
+        self.save()
+        return self.state
+
+    def begin_run(self, **fields) -> dict:
+        """Record that a run starts (its ``started`` time and ``fields``); the entry is returned to be filled."""
+        run_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+        self.state["runs"].append(run_info)
+        self.save()
+        return run_info
+
+    def save(self) -> None:
+        write_json_atomic(self.progress_path, self.state)
+
+    def complete(self, record_path: Path, record: dict) -> None:
+        """Write the finished record (``record`` plus the signature and the runs) and remove the work folder."""
+        write_json_atomic(record_path, {**record, "signature": self.signature, "runs": self.state["runs"]})
+        shutil.rmtree(self.work_dir)
+
+
 __all__ = ["CONTENT_SAMPLE_PLANES", "CONTENT_SAMPLE_VOXELS", "InputChangedError", "check_inputs_unchanged",
-           "describe_existing", "input_content_signature", "signature_mismatch"]
+           "describe_existing", "input_content_signature", "signature_mismatch", "PROGRESS_FILE", "ResumableRun"]

@@ -35,17 +35,16 @@ the resumable progress record, local or dask execution, output assembly.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import write_json_atomic
 from nnunetv2_selma.inference.block_jobs import (
     BlockJob,
     block_file,
@@ -54,23 +53,22 @@ from nnunetv2_selma.inference.block_jobs import (
     run_block,
 )
 from nnunetv2_selma.inference.blocks import Block, BlockPlan, VolumeFrame, default_block_size, plan_blocks
-from nnunetv2_selma.inference.dask_executor import run_on_dask
+from nnunetv2_selma.inference.dask_executor import run_blocks
 from nnunetv2_selma.inference.predictor import CHECKPOINT_REMEDY, check_model_fits_streaming
 from nnunetv2_selma.inference.resume import (
+    PROGRESS_FILE,
     InputChangedError,
-    check_inputs_unchanged,
+    ResumableRun,
     describe_existing,
     input_content_signature,
-    signature_mismatch,
 )
 from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
 from nnunetv2_selma.model_folder import read_model_folder
-from nnunetv2_selma.volumes import create_mask_writer, open_volume
+from nnunetv2_selma.volumes import VolumeSource, create_mask_writer, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path, write_blocks
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"
 RECORD_SUFFIX = ".predict_large.json"
 PARTIAL_SUFFIX = ".partial"
 
@@ -139,9 +137,47 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     inconsistent input (bad slice, slices of different sizes, channel shapes differ) or a model this
     path cannot reproduce (normalisation other than z-score, resampling needed).
     """
-    from tqdm import tqdm
-
+    setup = _prepare(input, output, model_folder, folds, block_size, tile_step_size, use_mirroring, workers,
+                     scheduler, checkpoint_name, intensity_stats, tissue_mask)
+    run = ResumableRun(setup.output.with_name(setup.output.name + PARTIAL_SUFFIX), setup.signature, "output path")
+    if _already_predicted(setup, run):
+        return setup.output
     timings = {"statistics": 0.0, "model_load": 0.0, "predict": 0.0, "write": 0.0}
+    plan, job = _plan(setup, run, device, progress, timings)
+    _predict_blocks(setup, run, plan, job, workers, scheduler, progress, timings)
+    tissue = _assemble(setup, run, plan, job, progress, timings)
+    run.complete(setup.record_path, {"statistics": run.state["statistics"], "blocks": len(plan.blocks),
+                                     "block_size": list(plan.block_size), "redundancy": plan.redundancy,
+                                     "tissue_mask": {"setting": setup.tissue_setting,
+                                                     **(tissue.info if tissue else {})}})
+    return setup.output
+
+
+@dataclass
+class _Setup:
+    """The checked arguments of a run, its open inputs and model, and its signature."""
+
+    inputs: list[Path]
+    output: Path
+    record_path: Path
+    model_folder: Path
+    folds: tuple
+    checkpoint_name: str
+    sources: list[VolumeSource]
+    tissue_setting: str
+    given_tissue: object  # a TissueMask given by path, checked before any work; None otherwise
+    patch_size: tuple[int, ...]
+    transpose_forward: tuple[int, ...]
+    block_size: tuple[int, int, int]
+    tile_step_size: float
+    use_mirroring: bool
+    intensity_stats: Sequence[Sequence[float]] | None
+    signature: dict
+
+
+def _prepare(input, output, model_folder, folds, block_size, tile_step_size, use_mirroring, workers, scheduler,
+             checkpoint_name, intensity_stats, tissue_mask) -> _Setup:
+    """Check the arguments, open the inputs and the model, and make the run's signature; no work yet."""
     inputs = [input] if isinstance(input, (str, Path)) else list(input)
     inputs = [Path(p).resolve() for p in inputs]
     output = Path(output).resolve()
@@ -170,9 +206,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     check_model_fits_streaming(model.configuration_manager, len(sources), num_channels, spacing_zyx,
                                transpose_forward, model_folder)
     patch_size = tuple(int(p) for p in model.configuration_manager.patch_size)
-    num_heads = model.label_manager.num_segmentation_heads
     if block_size is None:
-        block_size = default_block_size(patch_size, num_channels, num_heads)
+        block_size = default_block_size(patch_size, num_channels, model.label_manager.num_segmentation_heads)
     elif isinstance(block_size, int):
         block_size = (block_size,) * 3
     block_size = tuple(int(b) for b in block_size)
@@ -185,74 +220,74 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
         "intensity_stats": None if intensity_stats is None else [list(map(float, s)) for s in intensity_stats],
         "input_content": [input_content_signature(s) for s in sources],
     }
-    record_path = output.with_name(output.name + RECORD_SUFFIX)
-    work_dir = output.with_name(output.name + PARTIAL_SUFFIX)
-    output_exists = output.exists() and (not output.is_dir() or any(output.iterdir()))
-    if output_exists:
-        if record_path.is_file():
-            record = json.loads(record_path.read_text())
-            check_inputs_unchanged(record.get("signature", {}), signature, f"the finished output {output}",
-                                   f"To predict the new content, remove {output} and {record_path.name}, or choose "
-                                   f"another output path.")
-            if not signature_mismatch(record.get("signature", {}), signature) and \
-                    record.get("tissue_mask", {}).get("setting", "none") == tissue_setting:
-                logger.info("%s: already predicted with these arguments; nothing to do", output)
-                return output
-        raise FileExistsError(f"{output}: already holds {describe_existing(output)}, not the output of this run; "
-                              f"nothing was overwritten. Choose another output path or remove it.")
+    return _Setup(inputs, output, output.with_name(output.name + RECORD_SUFFIX), model_folder, folds,
+                  checkpoint_name, sources, tissue_setting, given_tissue, patch_size, transpose_forward, block_size,
+                  float(tile_step_size), bool(use_mirroring), intensity_stats, signature)
 
-    progress_path = work_dir / PROGRESS_FILE
-    blocks_dir = work_dir / "blocks"
-    if progress_path.is_file():
-        state = json.loads(progress_path.read_text())
-        check_inputs_unchanged(state.get("signature", {}), signature,
-                               f"the partial run in {work_dir} ({len(state.get('done', []))} blocks done)",
-                               f"To start fresh on the new content, remove {work_dir} and rerun; to resume, "
-                               f"restore the original input.")
-        differ = signature_mismatch(state.get("signature", {}), signature)
-        if differ:
-            raise FileExistsError(f"{work_dir}: holds a partial run with other {', '.join(differ)}; nothing was "
-                                  f"overwritten. Rerun with the same arguments to resume, or remove that folder.")
-        stats = state["statistics"]
-        logger.info("%s: resuming (%d blocks already done)", output, len(state["done"]))
-    else:
-        if work_dir.exists():
-            raise FileExistsError(f"{work_dir}: exists without {PROGRESS_FILE}; it is not a run of this tool. "
-                                  f"Remove it or choose another output path.")
-        for s in sources:
+
+def _already_predicted(setup: _Setup, run: ResumableRun) -> bool:
+    """True when the output is this very run's, finished; FileExistsError when the path holds anything else."""
+    output = setup.output
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return False
+    record = run.finished_record(setup.record_path, f"the finished output {output}",
+                                 f"To predict the new content, remove {output} and {setup.record_path.name}, or "
+                                 f"choose another output path.")
+    if record is not None and run.matches(record) and \
+            record.get("tissue_mask", {}).get("setting", "none") == setup.tissue_setting:
+        logger.info("%s: already predicted with these arguments; nothing to do", output)
+        return True
+    raise FileExistsError(f"{output}: already holds {describe_existing(output)}, not the output of this run; "
+                          f"nothing was overwritten. Choose another output path or remove it.")
+
+
+def _plan(setup: _Setup, run: ResumableRun, device: str, progress: bool, timings: dict) -> tuple[BlockPlan, BlockJob]:
+    """Resume the partial run or start one (every plane checked, the statistics streamed), then the frame,
+    the blocks and the job every block runs with."""
+
+    def start() -> dict:
+        for s in setup.sources:
             s.check_all_planes()
         t0 = time.perf_counter()
-        stats = gather_volume_statistics(sources, intensity_stats, progress=progress)
+        stats = gather_volume_statistics(setup.sources, setup.intensity_stats, progress=progress)
         timings["statistics"] = time.perf_counter() - t0
-        work_dir.mkdir(parents=True)
-        blocks_dir.mkdir()
-        state = {"signature": signature, "statistics": stats, "done": [], "runs": []}
-        write_json_atomic(progress_path, state)
+        (run.work_dir / "blocks").mkdir(parents=True)
+        return {"statistics": stats, "done": []}
 
-    bbox = stats["bbox"] or [[0, 0]] * 3
-    frame = VolumeFrame.create(sources[0].shape, transpose_forward, bbox, patch_size)
+    state = run.resume_or_start(f"To start fresh on the new content, remove {run.work_dir} and rerun; to resume, "
+                                f"restore the original input.", start)
+    if run.resumed:
+        logger.info("%s: resuming (%d blocks already done)", setup.output, len(state["done"]))
+    stats = state["statistics"]
+    frame = VolumeFrame.create(setup.sources[0].shape, setup.transpose_forward, stats["bbox"] or [[0, 0]] * 3,
+                               setup.patch_size)
     if stats["bbox"] is None:
-        plan = BlockPlan((), block_size, 0, 1.0)  # all-zero volume: nnU-Net would see nothing; output is 0
+        plan = BlockPlan((), setup.block_size, 0, 1.0)  # all-zero volume: nnU-Net would see nothing; output is 0
     else:
-        plan = plan_blocks(frame.padded_shape, patch_size, tile_step_size, block_size)
-    job = BlockJob(tuple(str(p) for p in inputs), tuple(stats["mean"]), tuple(stats["std"]), frame,
-                   str(model_folder), folds, checkpoint_name, device, float(tile_step_size), bool(use_mirroring),
-                   str(blocks_dir))
+        plan = plan_blocks(frame.padded_shape, setup.patch_size, setup.tile_step_size, setup.block_size)
+    job = BlockJob(tuple(str(p) for p in setup.inputs), tuple(stats["mean"]), tuple(stats["std"]), frame,
+                   str(setup.model_folder), setup.folds, setup.checkpoint_name, device, setup.tile_step_size,
+                   setup.use_mirroring, str(run.work_dir / "blocks"))
+    return plan, job
+
+
+def _predict_blocks(setup: _Setup, run: ResumableRun, plan: BlockPlan, job: BlockJob, workers, scheduler,
+                    progress: bool, timings: dict) -> None:
+    """Predict the blocks not stored yet, recording each one done as it is stored."""
+    from tqdm import tqdm
+
+    frame = job.frame
     # a block is done when its file is stored, whether recorded in state["done"] or not yet (killed in between)
-    done = {b.index for b in plan.blocks if block_file(blocks_dir, b.index).is_file()}
+    done = {b.index for b in plan.blocks if block_file(job.blocks_dir, b.index).is_file()}
     pending = [b for b in plan.blocks if b.index not in done]
 
     def voxels(block: Block) -> int:
         return math.prod(max(0, b - a) for a, b in frame.valid(block.core))
 
-    run_info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "computed": 0, "blocks": len(plan.blocks),
-                "redundancy": plan.redundancy, "seconds": timings}
-    state["runs"].append(run_info)
-    state["done"] = sorted(done)
-    write_json_atomic(progress_path, state)
-    logger.info("%s: %d blocks of %s (tiles computed %.2fx the whole-volume run), %d to do", output,
-                len(plan.blocks), block_size, plan.redundancy, len(pending))
-
+    run.state["done"] = sorted(done)
+    run_info = run.begin_run(computed=0, blocks=len(plan.blocks), redundancy=plan.redundancy, seconds=timings)
+    logger.info("%s: %d blocks of %s (tiles computed %.2fx the whole-volume run), %d to do", setup.output,
+                len(plan.blocks), setup.block_size, plan.redundancy, len(pending))
     by_index = {b.index: b for b in plan.blocks}
     bar = tqdm(total=sum(voxels(b) for b in plan.blocks), initial=sum(voxels(by_index[i]) for i in done),
                unit="vox", unit_scale=True, desc="predict_large", disable=not progress)
@@ -260,28 +295,29 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     def finished(index: int) -> None:
         done.add(index)
         run_info["computed"] += 1
-        state["done"] = sorted(done)
-        write_json_atomic(progress_path, state)
+        run.state["done"] = sorted(done)
+        run.save()
         bar.update(voxels(by_index[index]))
 
     try:
-        if workers is None and scheduler is None:
-            if pending:
-                t0 = time.perf_counter()
-                job_predictor(job)  # load the model here so that its time is reported apart
-                timings["model_load"] = time.perf_counter() - t0
+        if workers is None and scheduler is None and pending:
             t0 = time.perf_counter()
-            for block in pending:
-                finished(run_block(job, block))
-        else:
-            t0 = time.perf_counter()  # model loading happens on the workers and counts as predicting
-            run_on_dask(job, pending, workers, scheduler, finished)
+            job_predictor(job)  # load the model here so that its time is reported apart
+            timings["model_load"] = time.perf_counter() - t0
+        t0 = time.perf_counter()  # on dask, model loading happens on the workers and counts as predicting
+        run_blocks(run_block, job, pending, workers, scheduler, finished)
         timings["predict"] = time.perf_counter() - t0
     finally:
         bar.close()
 
-    tissue = given_tissue
-    if tissue_setting == "auto":
+
+def _assemble(setup: _Setup, run: ResumableRun, plan: BlockPlan, job: BlockJob, progress: bool, timings: dict):
+    """Write the stored blocks into the output, masked by the tissue mask when one is asked for; returns the
+    tissue mask used (or None)."""
+    sources, output, work_dir, frame = setup.sources, setup.output, run.work_dir, job.frame
+    blocks_dir = Path(job.blocks_dir)
+    tissue = setup.given_tissue
+    if setup.tissue_setting == "auto":
         from nnunetv2_selma.inference.tissue import auto_tissue_mask
 
         t0 = time.perf_counter()
@@ -316,12 +352,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
             _assemble_output(writer, frame, plan, blocks_dir, progress,
                              None if tissue is None or tissue.keeps_everything else tissue)
     timings["write"] = time.perf_counter() - t0
-    write_json_atomic(record_path, {"signature": signature, "statistics": stats, "blocks": len(plan.blocks),
-                               "block_size": list(plan.block_size), "redundancy": plan.redundancy,
-                               "tissue_mask": {"setting": tissue_setting, **(tissue.info if tissue else {})},
-                               "runs": state["runs"]})
-    shutil.rmtree(work_dir)
-    return output
+    return tissue
 
 
 def _check_run_numbers(block_size, tile_step_size, workers, intensity_stats) -> None:
