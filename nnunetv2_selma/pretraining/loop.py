@@ -44,7 +44,7 @@ from torch import multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from nnunetv2_selma.atomic import write_atomic
+from nnunetv2_selma.atomic import atomic_path, write_atomic
 from nnunetv2_selma.pretraining.data import PretrainingBatches, default_num_workers, make_loader
 from nnunetv2_selma.pretraining.methods import PretrainingMethod, get_method
 
@@ -181,10 +181,11 @@ def plot_progress(history: dict[str, list[float]], path: Path) -> None:
     ax_t.set_ylabel("seconds")
     ax_t.legend(loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def train_step(
@@ -249,156 +250,216 @@ def _run(
     from nnunetv2_selma.checkpoints import atomic_torch_save, load_pretrained_weights, save_pretrained_checkpoint
 
     out = Path(output_dir)
-    is_ddp = world_size > 1
-    if is_ddp:
+    device = _start_process(rank, world_size, device_type)
+    log = _Logger(out / LOG if rank == 0 else None, tqdm.write if rank == 0 and show_progress else None)
+    method = get_method(method_desc["name"], **{k: v for k, v in method_desc.items() if k != "name"})
+    run = _Training.build(plans, configuration, method, schedule, device, rank, world_size, out, metadata, log)
+    if not run.resume(continue_training):
+        if continue_training and rank == 0:
+            # pretrain() already said so on the console; the log file gets it too
+            _Logger(out / LOG, None)(f"--continue given but {run.latest} does not exist: starting from iteration 0")
+        init = metadata.get("init")
+        if init is not None:
+            # domain-adaptive pretraining: start from a checkpoint (ours or nnssl's), heads and decoder included
+            load_pretrained_weights(run.network, init["path"], log=log if rank == 0 else (lambda *a: None),
+                                    architecture=metadata.get("architecture"), whole_network=True)
+    if rank == 0:
+        log(f"pretraining {method.describe()} on {run.patch_size} patches, schedule {schedule.to_dict()}, "
+            f"{world_size} process(es) on {device}, store {metadata.get('store')}")
+    run.train(store, show_progress, lambda: atomic_torch_save(run.latest_checkpoint(), run.latest))
+    rank_digests = run.check_replicas_identical()
+    if rank == 0:
+        meta = dict(metadata)
+        meta.update({"method": method.name, "method_params": method.params(), "schedule": schedule.key_dict(),
+                     "iterations_done": run.iteration, "patch_size": list(run.patch_size),
+                     "configuration": configuration,
+                     "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
+                     "rank_weight_digests": rank_digests})
+        save_pretrained_checkpoint(out / FINAL, run.network, meta)
+        log(f"saved {out / FINAL}")
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _start_process(rank: int, world_size: int, device_type: str) -> torch.device:
+    """Join the process group (DDP) and pick this rank's device."""
+    if world_size > 1:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world_size)
-    device = torch.device("cuda", rank if is_ddp else torch.cuda.current_device()) if device_type == "cuda" \
-        else torch.device(device_type)
+    device = torch.device("cuda", rank if world_size > 1 else torch.cuda.current_device()) \
+        if device_type == "cuda" else torch.device(device_type)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-    log = _Logger(out / LOG if rank == 0 else None, tqdm.write if rank == 0 and show_progress else None)
-    method = get_method(method_desc["name"], **{k: v for k, v in method_desc.items() if k != "name"})
-    patch_size = plans_patch_size(plans, configuration)
+    return device
 
-    network = build_pretraining_network(plans, configuration, method, schedule.seed).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.learning_rate,
-                                  weight_decay=schedule.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: lr_factor(i, schedule.iterations, schedule.warmup_fraction)
-    )
-    grad_scaler = torch.GradScaler("cuda") if device.type == "cuda" else None
-    iteration = 0
-    history: dict[str, list[float]] = {"loss": [], "lr": [], "iteration_time": [], "data_wait": []}
 
-    init = metadata.get("init")
-    init_fingerprint = init["fingerprint"] if init else None
-    latest = out / LATEST
-    if continue_training and latest.is_file():
-        ckpt = torch.load(latest, map_location="cpu", weights_only=False)
-        expected = {"method": method.describe(), "schedule": schedule.key_dict(), "world_size": world_size,
-                    "init": init_fingerprint}
+@dataclass
+class _Training:
+    """One process's pretraining: the network, its optimiser state, the iteration reached and the history."""
+
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    grad_scaler: Any
+    method: PretrainingMethod
+    schedule: PretrainingSchedule
+    patch_size: tuple
+    device: torch.device
+    rank: int
+    world_size: int
+    out: Path
+    init_fingerprint: Any
+    log: Callable[[str], None]
+    iteration: int = 0
+    history: dict = None
+
+    @classmethod
+    def build(cls, plans, configuration, method, schedule, device, rank, world_size, out, metadata, log) -> _Training:
+        network = build_pretraining_network(plans, configuration, method, schedule.seed).to(device)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=schedule.learning_rate,
+                                      weight_decay=schedule.weight_decay, betas=(0.9, 0.95))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: lr_factor(i, schedule.iterations, schedule.warmup_fraction)
+        )
+        grad_scaler = torch.GradScaler("cuda") if device.type == "cuda" else None
+        init = metadata.get("init")
+        return cls(network, optimizer, scheduler, grad_scaler, method, schedule,
+                   plans_patch_size(plans, configuration), device, rank, world_size, out,
+                   init["fingerprint"] if init else None, log,
+                   history={"loss": [], "lr": [], "iteration_time": [], "data_wait": []})
+
+    @property
+    def latest(self) -> Path:
+        return self.out / LATEST
+
+    def _identity(self) -> dict:
+        """What a checkpoint must have been written with to be continued."""
+        return {"method": self.method.describe(), "schedule": self.schedule.key_dict(),
+                "world_size": self.world_size, "init": self.init_fingerprint}
+
+    def resume(self, continue_training: bool) -> bool:
+        """Load ``checkpoint_latest.pth`` when continuing and it exists; False when there is none to load."""
+        if not (continue_training and self.latest.is_file()):
+            return False
+        ckpt = torch.load(self.latest, map_location="cpu", weights_only=False)
+        expected = self._identity()
         found = {k: ckpt.get(k) for k in expected}
         if found != expected:
             raise ValueError(
-                f"{latest}: cannot continue, it was written with {found} but this run has {expected}; "
+                f"{self.latest}: cannot continue, it was written with {found} but this run has {expected}; "
                 f"use the same --method/--iterations/--batch-size/--num-gpus/--init or a new output folder"
             )
-        network.load_state_dict(ckpt["network"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if grad_scaler is not None and ckpt.get("grad_scaler") is not None:
-            grad_scaler.load_state_dict(ckpt["grad_scaler"])
-        iteration = int(ckpt["sampler"]["iteration"])
-        history = ckpt["history"]
-        log(f"continuing from {latest}: resumed at iteration {iteration} of {schedule.iterations}")
-    else:
-        if continue_training and rank == 0:
-            # pretrain() already said so on the console; the log file gets it too
-            _Logger(out / LOG, None)(f"--continue given but {latest} does not exist: starting from iteration 0")
-        if init is not None:
-            # domain-adaptive pretraining: start from a checkpoint (ours or nnssl's), heads and decoder included
-            load_pretrained_weights(network, init["path"], log=log if rank == 0 else (lambda *a: None),
-                                    architecture=metadata.get("architecture"), whole_network=True)
+        self.network.load_state_dict(ckpt["network"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.grad_scaler is not None and ckpt.get("grad_scaler") is not None:
+            self.grad_scaler.load_state_dict(ckpt["grad_scaler"])
+        self.iteration = int(ckpt["sampler"]["iteration"])
+        self.history = ckpt["history"]
+        self.log(f"continuing from {self.latest}: resumed at iteration {self.iteration} of {self.schedule.iterations}")
+        return True
 
-    if rank == 0:
-        log(f"pretraining {method.describe()} on {patch_size} patches, schedule {schedule.to_dict()}, "
-            f"{world_size} process(es) on {device}, store {metadata.get('store')}")
-    forward_net: torch.nn.Module = network
-    if do_compile(device):
-        log("Using torch.compile...")
-        forward_net = torch.compile(network)
-    if is_ddp:
-        if device.type == "cuda":
-            forward_net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward_net)
-        # the decoder's lower-resolution seg layers are unused without deep supervision
-        forward_net = DistributedDataParallel(forward_net, device_ids=[device.index] if device.type == "cuda" else None,
-                          find_unused_parameters=True)
+    def latest_checkpoint(self) -> dict:
+        return {
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "sampler": {"seed": self.schedule.seed, "iteration": self.iteration},
+            "history": self.history,
+            **self._identity(),
+        }
 
-    local_batch = split_batch_size(schedule.batch_size, world_size)[rank]
-    num_workers = default_num_workers() if schedule.num_workers is None else schedule.num_workers
-    dataset = PretrainingBatches(store, patch_size, local_batch, method, seed=schedule.seed,
-                                 start_iteration=iteration, rank=rank, structures=schedule.structures,
-                                 augment=schedule.augment)
+    def forward_network(self) -> torch.nn.Module:
+        """The network the batches go through: compiled as nnU-Net decides, wrapped in DDP with several ranks."""
+        forward_net: torch.nn.Module = self.network
+        if do_compile(self.device):
+            self.log("Using torch.compile...")
+            forward_net = torch.compile(self.network)
+        if self.world_size > 1:
+            if self.device.type == "cuda":
+                forward_net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward_net)
+            # the decoder's lower-resolution seg layers are unused without deep supervision
+            forward_net = DistributedDataParallel(
+                forward_net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        return forward_net
 
-    def save_latest() -> None:
-        if rank != 0:
+    def train(self, store, show_progress: bool, save_latest: Callable[[], None]) -> None:
+        """Train from ``self.iteration`` to the schedule's end; rank 0 saves the latest checkpoint and the
+        progress picture every ``checkpoint_every`` iterations and at the end."""
+        schedule, rank = self.schedule, self.rank
+        forward_net = self.forward_network()
+        local_batch = split_batch_size(schedule.batch_size, self.world_size)[rank]
+        num_workers = default_num_workers() if schedule.num_workers is None else schedule.num_workers
+        dataset = PretrainingBatches(store, self.patch_size, local_batch, self.method, seed=schedule.seed,
+                                     start_iteration=self.iteration, rank=rank, structures=schedule.structures,
+                                     augment=schedule.augment)
+        self.network.train()
+        if self.iteration >= schedule.iterations:
             return
-        atomic_torch_save({
-            "network": network.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
-            "sampler": {"seed": schedule.seed, "iteration": iteration},
-            "history": history,
-            "method": method.describe(),
-            "schedule": schedule.key_dict(),
-            "world_size": world_size,
-            "init": init_fingerprint,
-        }, latest)
-        plot_progress(history, out / PROGRESS)
-
-    network.train()
-    if iteration < schedule.iterations:
-        loader = make_loader(dataset, num_workers, pin_memory=device.type == "cuda")
-        bar = tqdm(total=schedule.iterations, initial=iteration, desc="pretraining",
+        loader = make_loader(dataset, num_workers, pin_memory=self.device.type == "cuda")
+        bar = tqdm(total=schedule.iterations, initial=self.iteration, desc="pretraining",
                    disable=not (rank == 0 and show_progress), dynamic_ncols=True)
         t_wait = time.perf_counter()
         for batch in loader:
             t_got = time.perf_counter()
-            if int(batch["iteration"]) != iteration:
-                raise RuntimeError(f"sampler out of order: got batch {int(batch['iteration'])}, expected {iteration}")
-            tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "iteration"}
-            loss = train_step(forward_net, method, tensors, optimizer, grad_scaler, device)
-            scheduler.step()
-            if is_ddp:
-                dist.all_reduce(loss)
-                loss = loss / world_size
-            loss_value = float(loss.cpu())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"pretraining loss is {loss_value} at iteration {iteration}")
+            loss_value = self._step(forward_net, batch)
             t_done = time.perf_counter()
-            iteration += 1
-            history["loss"].append(loss_value)
-            history["lr"].append(optimizer.param_groups[0]["lr"])
-            history["iteration_time"].append(t_done - t_wait)
-            history["data_wait"].append(t_got - t_wait)
+            self.iteration += 1
+            for key, value in (("loss", loss_value), ("lr", self.optimizer.param_groups[0]["lr"]),
+                               ("iteration_time", t_done - t_wait), ("data_wait", t_got - t_wait)):
+                self.history[key].append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if iteration % schedule.checkpoint_every == 0 or iteration == schedule.iterations:
-                mean = float(np.mean(history["loss"][-schedule.checkpoint_every:]))
-                log(f"iteration {iteration}/{schedule.iterations}: loss {mean:.5f} (mean of last "
-                    f"{min(schedule.checkpoint_every, iteration)}), lr {history['lr'][-1]:.2e}, "
-                    f"data wait {np.mean(history['data_wait'][-schedule.checkpoint_every:]):.3f}s/it")
-                save_latest()
-            if iteration >= schedule.iterations:
+            if self.iteration % schedule.checkpoint_every == 0 or self.iteration == schedule.iterations:
+                self._log_progress()
+                if rank == 0:
+                    save_latest()
+                    plot_progress(self.history, self.out / PROGRESS)
+            if self.iteration >= schedule.iterations:
                 break
             t_wait = time.perf_counter()
         bar.close()
         del loader
 
-    rank_digests = None
-    if is_ddp:
+    def _step(self, forward_net: torch.nn.Module, batch: dict) -> float:
+        """One optimiser step on ``batch``; the loss (averaged over ranks)."""
+        if int(batch["iteration"]) != self.iteration:
+            raise RuntimeError(f"sampler out of order: got batch {int(batch['iteration'])}, expected {self.iteration}")
+        tensors = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "iteration"}
+        loss = train_step(forward_net, self.method, tensors, self.optimizer, self.grad_scaler, self.device)
+        self.scheduler.step()
+        if self.world_size > 1:
+            dist.all_reduce(loss)
+            loss = loss / self.world_size
+        loss_value = float(loss.cpu())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"pretraining loss is {loss_value} at iteration {self.iteration}")
+        return loss_value
+
+    def _log_progress(self) -> None:
+        every, history = self.schedule.checkpoint_every, self.history
+        mean = float(np.mean(history["loss"][-every:]))
+        self.log(f"iteration {self.iteration}/{self.schedule.iterations}: loss {mean:.5f} (mean of last "
+                 f"{min(every, self.iteration)}), lr {history['lr'][-1]:.2e}, "
+                 f"data wait {np.mean(history['data_wait'][-every:]):.3f}s/it")
+
+    def check_replicas_identical(self) -> list[int] | None:
+        """With DDP, the weight digest of every rank, which must be one (else RuntimeError); None alone."""
+        if self.world_size == 1:
+            return None
         # DDP keeps the replicas identical only if every gradient was synchronised: prove it at the end
-        mine = torch.tensor([weights_digest(network)], dtype=torch.int64, device=device)
-        gathered = [torch.zeros_like(mine) for _ in range(world_size)]
+        mine = torch.tensor([weights_digest(self.network)], dtype=torch.int64, device=self.device)
+        gathered = [torch.zeros_like(mine) for _ in range(self.world_size)]
         dist.all_gather(gathered, mine)
         rank_digests = [int(t.item()) for t in gathered]
         if len(set(rank_digests)) != 1:
             raise RuntimeError(f"DDP replicas diverged: weight digests per rank {rank_digests}; gradients were "
-                               f"not synchronised (a bug: please report it with {out / LOG})")
-        log(f"weights identical on all {world_size} ranks (digest {rank_digests[0]:#018x})")
-    if rank == 0:
-        meta = dict(metadata)
-        meta.update({"method": method.name, "method_params": method.params(), "schedule": schedule.key_dict(),
-                     "iterations_done": iteration, "patch_size": list(patch_size), "configuration": configuration,
-                     "final_loss": history["loss"][-1] if history["loss"] else None,
-                     "rank_weight_digests": rank_digests})
-        save_pretrained_checkpoint(out / FINAL, network, meta)
-        log(f"saved {out / FINAL}")
-    if is_ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+                               f"not synchronised (a bug: please report it with {self.out / LOG})")
+        self.log(f"weights identical on all {self.world_size} ranks (digest {rank_digests[0]:#018x})")
+        return rank_digests
 
 
 def weights_digest(network: torch.nn.Module) -> int:
