@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import atomic_path
 from nnunetv2_selma.store.format import (
     load_manifest,
     source_signature,
@@ -266,7 +267,12 @@ class _SlabSource:
     def release(self, buffer: np.ndarray) -> None:
         """Give a slab buffer back to the producer once its planes are written."""
         if self._proc is not None:
-            self._free_w.send(True)
+            try:
+                self._free_w.send(True)
+            except (BrokenPipeError, ConnectionResetError):
+                # the reader stopped after reporting an error (it sends it, then exits): that error, or its
+                # death, is the next message the iteration reads; raising the closed pipe would hide it
+                pass
 
     def close(self) -> None:
         """Stop the producer (finished or not) and free the shared memory."""
@@ -319,38 +325,32 @@ def ingest_volume(source: UnannotatedVolume, store: str | Path, chunks: tuple[in
     factors = mask_factors(shape, chunks[0])
 
     array_path, mask_path = volume_paths(store, source.name)
-    array_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_array = array_path.with_name(array_path.name + ".partial")
-    tmp_mask = mask_path.with_name(mask_path.name[: -len(".npy")] + ".partial.npy")
-    for p in (tmp_array, tmp_mask):
-        p.unlink(missing_ok=True)
     # the slab reader computes the tissue threshold with scikit-image: imported here, a forked reader
     # inherits it instead of paying the import (0.3 s) for every volume
     import skimage.filters  # noqa: F401
 
     slabs = _SlabSource(reader, chunks_eff[0], factors, source.kind)
-    try:
-        import blosc2  # after the producer started: it reads the first slab meanwhile
+    # a failed volume leaves nothing behind; the mask is moved into place before the array, whose presence
+    # marks the volume written
+    with atomic_path(array_path) as tmp_array:
+        try:
+            import blosc2  # after the producer started: it reads the first slab meanwhile
 
-        out = blosc2.empty(shape, dtype=dtype, chunks=chunks_eff, blocks=blocks_eff, urlpath=str(tmp_array),
-                           cparams=_cparams(codec, clevel, nthreads), mode="w")
-        # the producer reads, checks, checksums and measures slab k + 1 while this process
-        # compresses slab k: ingest runs at the speed of the slower of the two, not their sum
-        for z0, z1, buf in slabs:
-            out[z0:z1] = buf[: z1 - z0]
-            slabs.release(buf)
-    except BaseException:
-        tmp_array.unlink(missing_ok=True)  # a failed volume leaves nothing behind
-        raise
-    finally:
-        slabs.close()
-    crc, stats = slabs.crc, slabs.stats
-    nchunks, cbytes = int(out.schunk.nchunks), int(out.schunk.cbytes)
-    del out
-    tissue = stats.mask()
-    np.save(tmp_mask, tissue)
-    os.replace(tmp_mask, mask_path)
-    os.replace(tmp_array, array_path)
+            out = blosc2.empty(shape, dtype=dtype, chunks=chunks_eff, blocks=blocks_eff, urlpath=str(tmp_array),
+                               cparams=_cparams(codec, clevel, nthreads), mode="w")
+            # the producer reads, checks, checksums and measures slab k + 1 while this process
+            # compresses slab k: ingest runs at the speed of the slower of the two, not their sum
+            for z0, z1, buf in slabs:
+                out[z0:z1] = buf[: z1 - z0]
+                slabs.release(buf)
+        finally:
+            slabs.close()
+        crc, stats = slabs.crc, slabs.stats
+        nchunks, cbytes = int(out.schunk.nchunks), int(out.schunk.cbytes)
+        del out
+        tissue = stats.mask()
+        with atomic_path(mask_path) as tmp_mask:
+            np.save(tmp_mask, tissue)
     store = Path(store)
     return {
         "name": source.name, "structure": source.structure, "sample": source.sample, "channel": source.channel,

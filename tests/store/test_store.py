@@ -302,7 +302,8 @@ def test_resume_keeps_verified_and_redoes_broken(download, store, tmp_path):
     # a volume written but killed before the manifest was updated, plus a half-written leftover
     del manifest["volumes"][dropped]
     (path / MANIFEST_NAME).write_text(json.dumps(manifest))
-    (path / "volumes" / f"{dropped}.b2nd.partial").write_bytes(b"half")
+    leftover = path / "volumes" / f"{dropped}.b2nd"
+    leftover.with_name(f".{leftover.name}.tmp.b2nd").write_bytes(b"half")  # atomic_path's temporary
     intact_mtime = (path / manifest["volumes"][intact]["file"]).stat().st_mtime_ns
 
     report = ingest_store(root, path, progress=False)
@@ -317,7 +318,7 @@ def test_resume_keeps_verified_and_redoes_broken(download, store, tmp_path):
 
 
 def test_kill_mid_ingest_then_rerun_equals_an_uninterrupted_store(tmp_path):
-    """SIGKILL while a volume is half written (its ``.partial`` file exists and the process is still
+    """SIGKILL while a volume is half written (its temporary file exists and the process is still
     running), then a rerun: the store equals one ingested without interruption."""
     root = tmp_path / "dl" / "unannotated_vessel"
     vols = {f"vessel/s{i}/C00": _tissue_volume((128, 96, 96), seed=10 + i) for i in range(4)}
@@ -327,7 +328,7 @@ def test_kill_mid_ingest_then_rerun_equals_an_uninterrupted_store(tmp_path):
     cmd = [sys.executable, "-m", "nnunetv2_selma.cli.ingest", "-i", str(tmp_path / "dl"), "-o", str(store)]
     proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list(store.glob("volumes/**/*.partial")) and proc.poll() is None and time.time() < deadline:
+    while not list(store.glob("volumes/**/.*.tmp.b2nd")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     # the first volume is being written and three more wait: the job cannot have finished yet
     assert proc.poll() is None, "ingest finished (or died) before it could be killed mid-volume"
@@ -339,7 +340,7 @@ def test_kill_mid_ingest_then_rerun_equals_an_uninterrupted_store(tmp_path):
         for entry in listed.values():  # nothing corrupt is ever listed
             assert verify_volume(store, entry) is None
     assert subprocess.run(cmd, env=os.environ.copy(), capture_output=True).returncode == 0
-    assert not list((store / "volumes").rglob("*.partial*"))
+    assert not [p.name for p in (store / "volumes").rglob("*") if ".tmp" in p.name]
     uninterrupted = tmp_path / "store_uninterrupted"
     assert ingest_store(tmp_path / "dl", uninterrupted, progress=False).ok
     s, ref = PretrainingStore(store), PretrainingStore(uninterrupted)
@@ -412,7 +413,7 @@ def test_slab_buffers_are_reused_correctly_and_errors_late_in_a_series_stop_clea
     # the forked reader and the in-process one gather the same tissue mask and statistics
     assert s.volume("vessel/deep/C00").stats == s.volume("vessel/stack/C00").stats
     np.testing.assert_array_equal(s.tissue_mask("vessel/deep/C00"), s.tissue_mask("vessel/stack/C00"))
-    assert not list((tmp_path / "store" / "volumes").rglob("*.partial*"))
+    assert not [p.name for p in (tmp_path / "store" / "volumes").rglob("*") if ".tmp" in p.name]
     # inference computes its tissue masks with the store's slab depth, so the two masks agree
     from nnunetv2_selma.volumes.tissue import DEFAULT_CHUNK_Z
 
