@@ -224,20 +224,21 @@ def write_test_brain(folder: str | Path, brainglobe_dir: str | Path, atlas_name:
         values = 0.8 * values + 150 + rng.normal(0, 25, values.shape)
         image_asr[z] = np.clip(values, 0, 65535).reshape(yy.shape).astype(np.uint16)
 
-    # cells: sample voxels whose atlas voxel lies in a region's core (>= 2 atlas voxels inside it)
+    # cells: sample voxels whose atlas voxel lies in a region's core (>= 2 atlas voxels inside it); candidates
+    # drawn at random (not every voxel: the large benchmark brain has 10^8 and more)
     core = np.zeros_like(annotation)
     for leaf in cells:
         for hemisphere in (1, 2):
             region = (annotation == leaf) & (hemispheres == hemisphere)
             core[ndimage.binary_erosion(region, iterations=2)] = leaf * 10 + hemisphere
-    rows, taken = [], np.zeros(asr_shape, bool)
-    candidates = np.stack(np.nonzero(image_asr > 0), axis=1)
-    candidates = candidates[rng.permutation(len(candidates))][:200_000]
+    candidates = np.stack([rng.integers(0, n, 400_000) for n in asr_shape], axis=1)
+    candidates = candidates[image_asr[tuple(candidates.T)] > 0]
     atlas_points = atlas_voxel_of(candidates.astype(float))
     inside = np.all((atlas_points >= 0) & (atlas_points <= np.asarray(annotation.shape) - 1), axis=1)
     keys = np.zeros(len(candidates), np.int64)
-    rounded = np.rint(atlas_points[inside]).astype(int)
-    keys[inside] = core[tuple(rounded.T)]
+    keys[inside] = core[tuple(np.rint(atlas_points[inside]).astype(int).T)]
+    rows: list[tuple] = []
+    placed_voxels = np.empty((0, 3), np.int64)
     for leaf, (n_left, n_right) in cells.items():
         for hemisphere, wanted in ((1, n_left), (2, n_right)):
             placed = 0
@@ -245,17 +246,18 @@ def write_test_brain(folder: str | Path, brainglobe_dir: str | Path, atlas_name:
                 if placed == wanted:
                     break
                 v = candidates[k]
-                lo, hi = np.maximum(v - 1, 0), v + 2
-                if taken[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].any():
+                if len(placed_voxels) and np.abs(placed_voxels - v).max(axis=1).min() < 2:
                     continue  # no two cells touch (26-connectivity): each one its own object
-                taken[tuple(v)] = True
+                placed_voxels = np.vstack([placed_voxels, v])
                 rows.append((v, atlas_points[k], leaf, hemisphere))
                 placed += 1
             if placed < wanted:
                 raise RuntimeError(f"region {leaf} hemisphere {hemisphere}: room for {placed} cells, asked {wanted}")
+    taken = np.zeros(asr_shape, np.uint8)
+    taken[tuple(placed_voxels.T)] = 1
 
     image = space.map_stack_to(orientation, image_asr)
-    mask = space.map_stack_to(orientation, taken.astype(np.uint8))
+    mask = space.map_stack_to(orientation, taken)
     sample_points = space.map_points_to(orientation, np.array([r[0] for r in rows], float) + 0.5) - 0.5
     _write_volume(folder / ("brain" if as_slices else "brain.tif"), np.ascontiguousarray(image), as_slices)
     _write_volume(folder / "mask.tif", np.ascontiguousarray(mask), False)
