@@ -306,6 +306,7 @@ def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequen
                                   title=f"{image.name} registered to {atlas}")
             save_densest_regions(output_dir / DENSEST_PNG, rows)
             outside = int((points["region_id"] == 0).sum())
+            state["seconds"]["outputs"] = round(time.perf_counter() - t0, 2)  # summary.json is this step's last file
             _write_json_atomic(output_dir / SUMMARY_JSON, {
                 "atlas": atlas, "atlas_version": atlas_version(bg_atlas), "atlas_resolution_um": list(resolution),
                 "atlas_orientation": ATLAS_ORIENTATION, "brainglobe_dir": str(bg_atlas.root_dir.parent),
