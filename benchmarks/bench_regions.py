@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -60,10 +61,14 @@ def point_errors_um(brain: Path, out: Path, resolution: float) -> np.ndarray:
 def bench(name: str, scale: int, work: Path, brainglobe: Path, atlas: str) -> dict:
     brain = work / name
     t0 = time.perf_counter()
-    truth = write_test_brain(brain, brainglobe, atlas_name=atlas, scale_up=scale, as_slices=scale > 1)
+    if (brain / "truth.json").is_file():  # made by an earlier run in the same --work folder
+        truth = json.loads((brain / "truth.json").read_text())
+    else:
+        truth = write_test_brain(brain, brainglobe, atlas_name=atlas, scale_up=scale, as_slices=scale > 1)
     made = time.perf_counter() - t0
     image = brain / ("brain" if scale > 1 else "brain.tif")
     out = work / f"{name}_out"
+    shutil.rmtree(out, ignore_errors=True)  # a finished run there would be resumed, i.e. skipped
     command = [sys.executable, "-m", "nnunetv2_selma.cli.regions", "-i", str(brain / "objects"), "--image",
                str(image), "--voxel-size", *map(str, truth["voxel_size"]), "--orientation", TEST_ORIENTATION,
                "--atlas", atlas, "--brainglobe-dir", str(brainglobe), "-o", str(out), "--quiet"]
@@ -91,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_regions_"))
     brainglobe = work / "brainglobe"
-    atlas = write_toy_atlas(brainglobe)
+    atlas = write_toy_atlas(brainglobe)  # the same atlas again (deterministic)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": psutil.cpu_count(),
                "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()}
     RESULTS.mkdir(exist_ok=True)

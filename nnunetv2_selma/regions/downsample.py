@@ -2,7 +2,7 @@
 
 Coordinates: a voxel ``i`` of a volume spans ``[i, i + 1)`` along its axis (its centre is ``i + 0.5``), the
 convention of brainglobe-space's flips (``shape - x``). A centroid ``c`` (voxel index) of the full-resolution
-image is ``(c + 0.5) * voxel_size / resolution`` in the downsampled volume.
+image is ``(c + 0.5) * downsampled_shape / shape`` in the downsampled volume (about ``voxel_size / resolution``).
 """
 
 from __future__ import annotations
@@ -134,16 +134,18 @@ def from_atlas_orientation(stack: np.ndarray, orientation: str) -> np.ndarray:
     return np.ascontiguousarray(AnatomicalSpace(ATLAS_ORIENTATION, shape=stack.shape).map_stack_to(orientation, stack))
 
 
-def centroids_to_atlas_orientation(centroids: np.ndarray, voxel_size: Sequence[float], resolution: Sequence[float],
-                                   downsampled: Sequence[int], orientation: str) -> np.ndarray:
+def centroids_to_atlas_orientation(centroids: np.ndarray, shape: Sequence[int], downsampled: Sequence[int],
+                                   orientation: str) -> np.ndarray:
     """Voxel centroids ``(n, 3)`` of the full image -> continuous coordinates of the downsampled ``asr`` volume.
 
-    ``resolution`` and ``downsampled`` (the downsampled shape) are in the image's axis order. A result ``x``
-    lies in voxel ``floor(x)`` of the ``asr`` volume (its centre is at ``floor(x) + 0.5``).
+    ``shape`` and ``downsampled`` are the full and the downsampled shapes, image axis order. The scale is their
+    ratio, not voxel size over atlas resolution: the downsampled shape is rounded, so its voxels are not exactly
+    the atlas's, and a point must land where :func:`downsample_volume` put its voxel (the registration then
+    absorbs the small scale difference). A result ``x`` lies in voxel ``floor(x)`` of the ``asr`` volume.
     """
     from brainglobe_space import AnatomicalSpace
 
-    scale = np.asarray(voxel_size, float) / np.asarray(resolution, float)
+    scale = np.asarray(downsampled, float) / np.asarray(shape, float)
     points = (np.asarray(centroids, float).reshape(-1, 3) + 0.5) * scale
     return AnatomicalSpace(orientation, shape=tuple(downsampled)).map_points_to(ATLAS_ORIENTATION, points)
 

@@ -264,8 +264,7 @@ def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequen
 
             t0 = time.perf_counter()
             ids, centroids = _read_centroids(table)
-            continuous = centroids_to_atlas_orientation(centroids, voxel_size, image_resolution,
-                                                        state["downsampled_shape"], orientation)
+            continuous = centroids_to_atlas_orientation(centroids, shape, state["downsampled_shape"], orientation)
             atlas_um = transform_points((continuous - 0.5) * np.asarray(resolution), transforms, template, resolution)
             atlas_voxel = atlas_um / np.asarray(resolution)
             index = np.rint(atlas_voxel).astype(np.int64)

@@ -78,7 +78,7 @@ def test_no_inner_region_cell_lands_far_away(run):
     inner = truth["region_id"].isin(INNER_LEAVES).to_numpy()
     assert error[inner].max() <= FAR_VOXELS, error[inner].max()
     assert (points["region_id"].to_numpy()[inner] == truth["region_id"].to_numpy()[inner]).all()
-    assert error.mean() * 50 < 30  # micrometres (measured 16)
+    assert error.mean() * 50 < 25  # micrometres (measured 13)
 
 
 def test_registered_atlas_and_pictures_in_sample_space(run):
