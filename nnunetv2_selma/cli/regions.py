@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                         "per resolution (default 400)")
     parser.add_argument("--bspline-grid", type=positive_float, default=8,
                         help="B-spline control point spacing in atlas voxels (default 8: 200 um at 25 um)")
-    parser.add_argument("--slab", type=positive_int, default=8, help="image planes read at once (default 8)")
+    parser.add_argument("--slab", type=positive_int, default=None,
+                        help="image planes read at once (default: as many as fit in 256 MiB, at most 32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)

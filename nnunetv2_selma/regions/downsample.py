@@ -17,8 +17,6 @@ from nnunetv2_selma.volumes import VolumeSource
 #: BrainGlobe's orientation letters, by anatomical axis
 AXIS_LETTERS = ({"a", "p"}, {"s", "i"}, {"l", "r"})
 ATLAS_ORIENTATION = "asr"
-#: planes read at once: a slab of a 10k x 10k slice stack of uint16 is 200 MB per plane
-DEFAULT_SLAB_PLANES = 8
 
 
 def check_orientation(text: str) -> str:
@@ -79,26 +77,50 @@ def _plane_weights(n_in: int, n_out: int) -> list[list[tuple[int, float]]]:
     return weights
 
 
+def shrink_plane(plane: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
+    """A 2D plane resampled to ``out_shape`` (float32): block means by the whole factor, then linear interpolation.
+
+    Output pixel ``j`` is centred on input coordinate ``(j + 0.5) * n / m - 0.5`` (as scikit-image's ``resize``).
+    The block mean is the anti-aliasing filter and costs one reduced copy, so a 10k x 10k plane needs its own
+    size plus a little, not the several float64 copies of a Gaussian pre-filter.
+    """
+    from scipy import ndimage
+
+    factors = [max(1, n // m) for n, m in zip(plane.shape, out_shape)]
+    h, w = (plane.shape[0] // factors[0]) * factors[0], (plane.shape[1] // factors[1]) * factors[1]
+    reduced = plane[:h, :w].reshape(h // factors[0], factors[0], w // factors[1], factors[1]).mean(
+        axis=(1, 3), dtype=np.float32)
+    coords = [((np.arange(m) + 0.5) * n / m) / f - 0.5 for n, m, f in zip(plane.shape, out_shape, factors)]
+    grid = np.meshgrid(*coords, indexing="ij")
+    return ndimage.map_coordinates(reduced, grid, order=1, mode="nearest").astype(np.float32)
+
+
+def default_slab_planes(source: VolumeSource, budget_bytes: int = 256 * 2**20) -> int:
+    """Planes per read so that a slab stays within ``budget_bytes`` (at least 1, at most 32)."""
+    plane = int(source.shape[1]) * int(source.shape[2]) * np.dtype(getattr(source, "dtype", np.uint16)).itemsize
+    return int(max(1, min(32, budget_bytes // max(1, plane))))
+
+
 def downsample_volume(source: VolumeSource, voxel_size: Sequence[float], resolution: Sequence[float],
-                      slab_planes: int = DEFAULT_SLAB_PLANES, progress: bool = True) -> np.ndarray:
+                      slab_planes: int | None = None, progress: bool = True) -> np.ndarray:
     """Resample ``source`` (any size) to ``resolution``, reading ``slab_planes`` planes at a time.
 
     Parameters
     ----------
     source : a volume of :func:`nnunetv2_selma.volumes.open_volume`.
     voxel_size, resolution : micrometres per voxel of the source and of the result, both in the source's axis order.
-    slab_planes : planes held in memory at once (plus one output volume at the target resolution).
+    slab_planes : planes held in memory at once; default :func:`default_slab_planes` (a slab of <= 256 MiB).
 
     Returns
     -------
-    float32 array of :func:`downsampled_shape`: each plane resized with anti-aliasing (scikit-image), planes
-    averaged along axis 0 with box weights (so the memory is the slab, not the volume).
+    float32 array of :func:`downsampled_shape`: each plane shrunk by :func:`shrink_plane`, planes averaged along
+    axis 0 with box weights. Memory: one slab, one plane's reduced copy and the result.
     """
-    from skimage.transform import resize
     from tqdm import tqdm
 
     shape = tuple(int(s) for s in source.shape)
     out_shape = downsampled_shape(shape, voxel_size, resolution)
+    slab_planes = default_slab_planes(source) if slab_planes is None else int(slab_planes)
     out = np.zeros(out_shape, np.float32)
     total = np.zeros(out_shape[0], np.float64)
     weights = _plane_weights(shape[0], out_shape[0])
@@ -109,8 +131,7 @@ def downsample_volume(source: VolumeSource, voxel_size: Sequence[float], resolut
             for k in range(z1 - z0):
                 if not weights[z0 + k]:
                     continue
-                plane = resize(slab[k].astype(np.float32), out_shape[1:], order=1, anti_aliasing=True,
-                               preserve_range=True).astype(np.float32)
+                plane = shrink_plane(slab[k], out_shape[1:])
                 for j, w in weights[z0 + k]:
                     out[j] += w * plane
                     total[j] += w
@@ -150,6 +171,6 @@ def centroids_to_atlas_orientation(centroids: np.ndarray, shape: Sequence[int], 
     return AnatomicalSpace(orientation, shape=tuple(downsampled)).map_points_to(ATLAS_ORIENTATION, points)
 
 
-__all__ = ["ATLAS_ORIENTATION", "DEFAULT_SLAB_PLANES", "atlas_axis_of", "centroids_to_atlas_orientation",
-           "check_orientation", "check_voxel_size", "downsample_volume", "downsampled_shape",
-           "from_atlas_orientation", "to_atlas_orientation"]
+__all__ = ["ATLAS_ORIENTATION", "atlas_axis_of", "centroids_to_atlas_orientation",
+           "check_orientation", "check_voxel_size", "default_slab_planes", "downsample_volume", "downsampled_shape",
+           "from_atlas_orientation", "shrink_plane", "to_atlas_orientation"]

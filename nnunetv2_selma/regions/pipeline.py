@@ -26,7 +26,6 @@ import numpy as np
 from nnunetv2_selma.regions import require_atlas_extra
 from nnunetv2_selma.regions.downsample import (
     ATLAS_ORIENTATION,
-    DEFAULT_SLAB_PLANES,
     atlas_axis_of,
     centroids_to_atlas_orientation,
     check_orientation,
@@ -147,7 +146,7 @@ def _write_csv(path: Path, header: Sequence[str], rows) -> None:
 def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequence[float] | None, orientation: str,
                   output_dir: str | Path, atlas: str = "allen_mouse_25um", brainglobe_dir: str | Path | None = None,
                   affine_iterations: int = 400, bspline_iterations: int = 400, bspline_grid_voxels: float = 8,
-                  slab_planes: int = DEFAULT_SLAB_PLANES, progress: bool = True) -> Path:
+                  slab_planes: int | None = None, progress: bool = True) -> Path:
     """Count the objects of ``objects_dir`` per atlas region and hemisphere; write the results in ``output_dir``.
 
     Parameters
@@ -159,7 +158,7 @@ def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequen
     output_dir : results (created if missing); a rerun of the same call resumes after the last finished step.
     atlas, brainglobe_dir : a BrainGlobe atlas name and the folder it is kept in (default: brainglobe's own).
     affine_iterations, bspline_iterations, bspline_grid_voxels : elastix's settings (see ``default_parameters``).
-    slab_planes : image planes read at once while downsampling (bounds the memory).
+    slab_planes : image planes read at once while downsampling (bounds the memory); default: a slab of <= 256 MiB.
 
     Returns
     -------

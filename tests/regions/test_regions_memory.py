@@ -19,7 +19,7 @@ pytest.importorskip("brainglobe_space")
 
 PLANES, SIDE = 256, 1024
 IMAGE_MB = PLANES * SIDE * SIDE * 2 / 2**20
-#: measured 98 MB (python, numpy, scipy, scikit-image and one 8-plane slab of 16 MiB)
+#: measured 81 MB (python, numpy, scipy and one 8-plane slab of 16 MiB)
 PEAK_LIMIT_MB = 200
 
 
