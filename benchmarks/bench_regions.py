@@ -93,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=8, help="voxels per axis of the large brain vs the small one")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--large-only", action="store_true", help="only the large brain")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_regions_"))
     brainglobe = work / "brainglobe"
@@ -100,7 +101,8 @@ def main() -> None:
     machine = {"cpu": platform.processor() or platform.machine(), "cores": psutil.cpu_count(),
                "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()}
     RESULTS.mkdir(exist_ok=True)
-    for name, scale in (("small", 1), (f"large_x{args.scale}", args.scale)):
+    brains = (("small", 1), (f"large_x{args.scale}", args.scale))
+    for name, scale in brains[1:] if args.large_only else brains:
         result = {"machine": machine, "atlas": atlas, "base_voxel_size_um": list(TEST_VOXEL_SIZE),
                   **bench(name, scale, work, brainglobe, atlas)}
         (RESULTS / f"regions_{name}.json").write_text(json.dumps(result, indent=2))
