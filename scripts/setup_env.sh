@@ -13,7 +13,7 @@ fi
 # reinstall when pyproject.toml changed since the last install
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$here[test,zarr]"
+  "$venv/bin/python" -m pip install -q -e "$here[test,zarr,atlas]"
   # register our trainers with nnU-Net for every later shell of this environment (a .pth file)
   "$venv/bin/nnUNetv2_selma_setup_trainers"
   touch "$stamp"
