@@ -263,35 +263,40 @@ SAME_DATA = ("preset", "trainer", "n_domains", "labelled_domains", "pool_per_dom
              "patch_scale", "unannotated_shape", "domain_seed", "device")
 
 
-def reuse_rows(study: DomainStudy, results_file: Path, arms: tuple[str, ...]) -> int:
-    """Write the finished runs of ``arms`` recorded in an earlier results file as this study's row files
-    (runs already done here are kept). The earlier profile must have drawn the same data, schedule and
-    labelled subsets: the fields of SAME_DATA equal and every reused k at the same place in ``ks`` (the
-    subset of k patches is drawn from (seed, place of k, dataset id)). Returns the number of runs written."""
+def check_reusable(prof: Profile, results_file: Path) -> dict:
+    """The earlier results file whose runs are to count here, refused unless it drew the same data, schedule and
+    labelled subsets: the fields of SAME_DATA equal and every int k shared by both at the same place in ``ks``
+    (the subset of k patches is drawn from (seed, place of k, dataset id))."""
     earlier = json.loads(results_file.read_text())
-    old, new = earlier["profile"], asdict(study.domain_prof)
+    old, new = earlier["profile"], asdict(prof)
     for field in SAME_DATA:
         if json.dumps(old[field]) != json.dumps(new[field]):
             raise SystemExit(f"--reuse {results_file}: profile field {field} is {old[field]!r} there and "
                              f"{new[field]!r} here; its runs are not runs of this study")
-    old_ks = [ssl.k_label(k) for k in old["ks"]]
+    old_ks, new_ks = [ssl.k_label(k) for k in old["ks"]], [ssl.k_label(k) for k in prof.ks]
+    for k in set(old_ks) & set(new_ks) - {"all"}:
+        if old_ks.index(k) != new_ks.index(k):
+            raise SystemExit(f"--reuse {results_file}: k = {k} is at place {old_ks.index(k)} of its ks "
+                             f"{old['ks']} and at {new_ks.index(k)} here: another labelled subset")
+    return earlier
+
+
+def reuse_rows(study: DomainStudy, earlier: dict, source: str, arms: tuple[str, ...]) -> int:
+    """Write the finished runs of ``arms`` in ``earlier`` (checked by :func:`check_reusable`) as this study's row
+    files; runs already done here are kept. Returns the number of runs written."""
     new_ks = [ssl.k_label(k) for k in study.prof.ks]
     runs: dict[tuple, list[dict]] = {}
     for r in earlier["rows"]:
-        k = ssl.k_label(r["k"])
-        if r["arm"] not in arms or r["structure"] not in study.prof.structures or k not in new_ks:
+        k, s = ssl.k_label(r["k"]), r["structure"]
+        if r["arm"] not in arms or s not in study.prof.structures or k not in new_ks:
             continue
-        if k != "all" and old_ks.index(k) != new_ks.index(k):
-            raise SystemExit(f"--reuse {results_file}: k = {k} is at place {old_ks.index(k)} of its ks "
-                             f"{old['ks']} and at {new_ks.index(k)} here: another labelled subset")
-        s = r["structure"]
         tested_on = "cfos" if r["test"] == "unseen_structure" else s
         runs.setdefault((s, k, r["arm"], r["seed"]), []).append({
             "structure": s if tested_on == s else f"{s}->{tested_on}", "trained_on": s, "tested_on": tested_on,
             "test": r["test"], "k": r["k"], "n_train": len(study.cases[s]["pool"]) if k == "all" else int(k),
             "arm": r["arm"], "seed": r["seed"], "dice": r["dice"], "per_case_dice": r["per_case_dice"],
             "fold": study.cases[s]["folds"][(k, r["seed"])], "trainer": study.trainer_name(r["arm"]),
-            "finetune_seconds": r["finetune_seconds"], "model_folder": f"reused from {results_file.name}"})
+            "finetune_seconds": r["finetune_seconds"], "model_folder": f"reused from {source}"})
     written = 0
     for (s, k, arm, seed), rows in runs.items():
         f = study.rows_dir / study.prof.trainer / f"{s}_k{k}_{arm}_seed{seed}.json"
@@ -299,7 +304,7 @@ def reuse_rows(study: DomainStudy, results_file: Path, arms: tuple[str, ...]) ->
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(json.dumps(rows, indent=1))
             written += 1
-    log.info("reused %d finished runs of %s from %s", written, "/".join(arms), results_file)
+    log.info("reused %d finished runs of %s from %s", written, "/".join(arms), source)
     return written
 
 
@@ -330,10 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or f"/tmp/selma_unannotated_{prof.name}").resolve()
     ssl.start_study_log(work, prof.name, arms, seeds)
     t0 = time.perf_counter()
+    earlier = check_reusable(prof, Path(args.reuse[0])) if args.reuse else None
     study = DomainStudy(prof, work, arms, seeds)
     study.prepare()
-    if args.reuse:
-        reuse_rows(study, Path(args.reuse[0]), tuple(args.reuse[1].split(",")))
+    if earlier is not None:
+        reuse_rows(study, earlier, Path(args.reuse[0]).name, tuple(args.reuse[1].split(",")))
     if args.collect:
         rows, total = study.collect()
     else:

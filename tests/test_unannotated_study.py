@@ -31,3 +31,20 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     assert out.with_suffix(".png").is_file() and "semi − scratch" in out.with_suffix(".md").read_text()
     log = (tmp_path / "work" / "logs").glob("finetune__nuclei_k1_semi_seed0.log")
     assert "semi-supervised: store" in next(log).read_text()
+
+    # --reuse: a second study of the same data counts the first one's scratch runs instead of training them
+    again = tmp_path / "again.json"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--profile", "smoke", "--arms", "scratch", "--ks", "1",
+                          "--work", str(tmp_path / "work2"), "-o", str(again), "--reuse", str(out), "scratch",
+                          "--collect"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    reused = json.loads(again.read_text())
+    assert reused["complete"] and not list((tmp_path / "work2" / "logs").glob("finetune__*"))
+    assert sorted((r["test"], r["dice"]) for r in reused["rows"]) == sorted(
+        (r["test"], r["dice"]) for r in results["rows"] if r["arm"] == "scratch")
+
+    # another schedule is another study: its runs are refused with the field that differs
+    res = subprocess.run([sys.executable, str(SCRIPT), "--profile", "cpu", "--arms", "scratch", "--ks", "1",
+                          "--structures", "nuclei", "--work", str(tmp_path / "work3"), "--reuse", str(out), "scratch",
+                          "--collect"], capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "profile field" in res.stderr
