@@ -39,7 +39,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma import experiment
 from nnunetv2_selma.structures import unannotated_folder_structures
 
 HERE = Path(__file__).resolve().parent
@@ -149,41 +149,19 @@ class Study:
         self.prof, self.work, self.arms, self.seeds, self.jobs = prof, work, arms, seeds, jobs
         self.raw, self.pre, self.rows_dir = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "rows"
         self.logs = work / "logs"
-        for d in (self.raw, self.pre, self.rows_dir, self.logs):
-            d.mkdir(parents=True, exist_ok=True)
-        from nnunetv2_selma.nnunet_ext import shim_folder
-
-        self.env = {**os.environ, "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.pre),
-                    "nnUNet_results": str(work / "nnUNet_results_unused"),
-                    "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1" if jobs > 1 else "2"),
-                    "nnUNet_def_n_proc": "2", "nnUNet_compile": "false" if prof.device == "cpu" else "true",
-                    # OpenMP threads that wait asleep, not spinning, on a CPU shared with other work
-                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-                    "nnUNet_extTrainer": os.pathsep.join(
-                        p for p in (str(shim_folder()), os.environ.get("nnUNet_extTrainer")) if p)}
+        self.rows_dir.mkdir(parents=True, exist_ok=True)
+        base = dict(os.environ)
+        if jobs > 1:  # two training processes at once: one augmentation worker each
+            base.setdefault("nnUNet_n_proc_DA", "1")
+        self.env = {**experiment.nnunet_environment(work, prof.device, base),
+                    "nnUNet_results": str(work / "nnUNet_results_unused")}
+        self.run = experiment.CommandRunner(self.logs, self.env)
         self.plans = f"nnUNetSelmaPlans_{prof.preset}"
-        self.timings: dict[str, float] = {}
+        self.timings = self.run.timings
         self._lock = threading.Lock()
         self._pretraining_locks: dict[tuple[str, int], threading.Lock] = {}
 
-    # -- running commands ---------------------------------------------------------------------
-    def run(self, name: str, cmd: list[str], env: dict | None = None) -> float:
-        t = time.perf_counter()
-        with open(self.logs / f"{name}.log", "w") as fh:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
-        seconds = time.perf_counter() - t
-        if proc.returncode != 0:
-            tail = "\n".join((self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-        with self._lock:
-            stage = name.split("__")[0]
-            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
-        return seconds
-
-    @staticmethod
-    def script(name: str) -> str:
-        candidate = Path(sys.executable).with_name(name)
-        return str(candidate) if candidate.exists() else name
+    script = staticmethod(experiment.console_script)
 
     # -- stage 1-2: data, datasets, store, plans ---------------------------------------------
     def prepare(self) -> None:
@@ -226,28 +204,24 @@ class Study:
         return STRUCTURES[structure][1]
 
     def dataset_name(self, structure: str) -> str | None:
-        did = self.dataset_id(structure)
-        found = sorted(p.name for p in self.raw.glob(f"Dataset{did}_*") if p.is_dir())
-        return found[0] if found else None
+        folder = experiment.dataset_folder(self.raw, self.dataset_id(structure))
+        return folder.name if folder else None
 
     def write_splits(self, structure: str) -> dict:
         """One fold per (k, seed): k pool patches for training, the held-out patches for validation."""
         name = self.dataset_name(structure)
-        cases = sorted(p.name[: -len(".nii.gz")] for p in (self.raw / name / "labelsTr").glob("*.nii.gz"))
+        cases = experiment.labelled_cases(self.raw / name)
         pool, test = cases[: self.prof.n_pool], cases[self.prof.n_pool: self.prof.n_pool + self.prof.n_test]
         if len(pool) < self.prof.n_pool or len(test) < self.prof.n_test:
             raise RuntimeError(f"{name}: {len(cases)} cases, need {self.prof.n_pool} + {self.prof.n_test}")
         splits, folds = [], {}
         for ki, k in enumerate(self.prof.ks):
             for s in range(self.seeds):
-                n = len(pool) if k == "all" else int(k)
-                rng = np.random.default_rng([s, ki, STRUCTURES[structure][1]])
-                train = sorted(pool) if k == "all" else sorted(rng.choice(pool, size=n, replace=False).tolist())
+                train = sorted(pool) if k == "all" else experiment.draw_labelled(
+                    pool, int(k), (s, ki, STRUCTURES[structure][1]))
                 folds[(k_label(k), s)] = len(splits)
                 splits.append({"train": train, "val": list(test)})
-        path = self.pre / name / "splits_final.json"
-        if not path.is_file() or json.loads(path.read_text()) != splits:
-            path.write_text(json.dumps(splits, indent=1))
+        experiment.write_splits(self.pre / name / "splits_final.json", splits)
         return {"pool": pool, "test": test, "folds": folds}
 
     # -- stage 3: pretraining ------------------------------------------------------------------

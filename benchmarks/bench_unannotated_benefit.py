@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma import experiment
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ssl_benefit as ssl  # noqa: E402  (the label-efficiency study's pipeline steps)
 
@@ -181,7 +183,7 @@ class DomainStudy(ssl.Study):
     def write_splits(self, structure: str) -> dict:
         """One fold per (k, seed): k pool patches for training; validation = both held-out test sets."""
         name = self.dataset_name(structure)
-        cases = sorted(p.name[: -len(".nii.gz")] for p in (self.raw / name / "labelsTr").glob("*.nii.gz"))
+        cases = experiment.labelled_cases(self.raw / name)
         if len(cases) != len(self.roles):
             raise RuntimeError(f"{name}: {len(cases)} cases, expected {len(self.roles)} (domains.json)")
         by_role = {role: [c for c, (_, r) in zip(cases, self.roles) if r == role]
@@ -190,13 +192,11 @@ class DomainStudy(ssl.Study):
         splits, folds = [], {}
         for ki, k in enumerate(self.prof.ks):
             for s in range(self.seeds):
-                rng = np.random.default_rng([s, ki, STRUCTURES[structure][1]])
-                train = sorted(pool) if k == "all" else sorted(rng.choice(pool, size=int(k), replace=False).tolist())
+                train = sorted(pool) if k == "all" else experiment.draw_labelled(
+                    pool, int(k), (s, ki, STRUCTURES[structure][1]))
                 folds[(ssl.k_label(k), s)] = len(splits)
                 splits.append({"train": train, "val": list(test)})
-        path = self.pre / name / "splits_final.json"
-        if not path.is_file() or json.loads(path.read_text()) != splits:
-            path.write_text(json.dumps(splits, indent=1))
+        experiment.write_splits(self.pre / name / "splits_final.json", splits)
         # the unseen-structure test (nuclei models on c-Fos) uses the unseen-domain patches
         return {"pool": pool, "test": by_role["unseen_domains"], "folds": folds, **by_role}
 
