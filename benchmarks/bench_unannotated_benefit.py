@@ -69,6 +69,7 @@ class Arm:
 ARMS = {a.name: a for a in (
     Arm("scratch"),
     Arm("semi", trainer="nnUNetTrainerSelmaSemi"),
+    Arm("semi_pl", trainer="nnUNetTrainerSelmaSemiPL"),
     Arm("mae", pretraining=("--method", "mae")),
     Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}

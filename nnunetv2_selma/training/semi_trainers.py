@@ -49,6 +49,7 @@ __all__ = [
     "nnUNetTrainerSelmaMAESemi",
     "structure_folders",
     "mean_teacher_loss",
+    "pseudo_label_loss",
     "ema_update",
 ]
 #: checkpoint entry counting the teacher's updates (one per training iteration)
@@ -88,6 +89,34 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     mask = (p_teacher.max(1, keepdim=True).values >= confidence).float()
     loss = (((p_student - p_teacher) ** 2).sum(1, keepdim=True) * mask).mean()
     return loss, float(mask.mean())
+
+
+def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      confidence: float) -> tuple[torch.Tensor, float]:
+    """The teacher's confident hard labels as targets (FixMatch's rule), scored as nnU-Net scores its labels:
+    cross-entropy averaged over the confident voxels plus 1 - soft Dice of the foreground classes over them.
+
+    Why beside :func:`mean_teacher_loss`: on store patches nearly every voxel is confidently background, so a
+    squared difference averaged over all voxels is about 0.001 after a few epochs and teaches almost nothing
+    about the rare foreground; the Dice term does not shrink with the foreground's share of the patch.
+
+    Returns (loss, fraction of voxels that counted); the loss is 0 when no voxel is confident.
+    """
+    p_teacher = torch.softmax(teacher_logits.float(), 1)
+    top, labels = p_teacher.max(1)
+    mask = (top >= confidence).float()
+    n = mask.sum()
+    if n == 0:
+        return student_logits.sum() * 0.0, 0.0
+    logits = student_logits.float()
+    ce = (torch.nn.functional.cross_entropy(logits, labels, reduction="none") * mask).sum() / n
+    p_student = torch.softmax(logits, 1)[:, 1:]
+    onehot = torch.nn.functional.one_hot(labels, logits.shape[1]).movedim(-1, 1)[:, 1:].float()
+    m = mask[:, None]
+    dims = (0, *range(2, logits.ndim))
+    intersection = (p_student * onehot * m).sum(dims)
+    dice = (2 * intersection + 1e-5) / ((p_student * m).sum(dims) + (onehot * m).sum(dims) + 1e-5)
+    return ce + (1 - dice.mean()), float(mask.mean())
 
 
 @torch.no_grad()
@@ -149,6 +178,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_rampup : fraction of all iterations over which the weight rises from 0
     semi_ema : teacher decay per iteration (teacher = ema * teacher + (1 - ema) * student)
     semi_confidence : a voxel counts when the teacher's largest probability reaches it
+    semi_loss : ``consistency`` (:func:`mean_teacher_loss`) or ``pseudo_labels`` (:func:`pseudo_label_loss`)
     semi_batch_size : unannotated patches per iteration (None: the plans' batch size)
     semi_seed : seed of the unannotated stream
     """
@@ -157,6 +187,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_rampup: float = 0.3
     semi_ema: float = 0.99
     semi_confidence: float = 0.8
+    semi_loss: str = "consistency"
     semi_batch_size: int | None = None
     semi_seed: int = 0
 
@@ -247,7 +278,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                                    target)
             student = outputs[0][n:]
             student = flip_each(student, flips)
-            consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
+            unannotated_loss = pseudo_label_loss if self.semi_loss == "pseudo_labels" else mean_teacher_loss
+            consistency, confident = unannotated_loss(student, teacher_logits, self.semi_confidence)
             weight = self.semi_weight * sigmoid_rampup(step, self._rampup_steps())
             loss = supervised + weight * consistency
         if self.grad_scaler is not None:

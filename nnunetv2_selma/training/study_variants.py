@@ -22,6 +22,8 @@ __all__ = [
     "nnUNetTrainerSelmaSemi_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaMAESemi_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaSemi_8epochs_25it",
+    "nnUNetTrainerSelmaSemiPL",
+    "nnUNetTrainerSelmaSemiPL_12epochs_25it_noTTA",
 ]
 
 
@@ -64,3 +66,14 @@ class nnUNetTrainerSelmaMAESemi_12epochs_25it_noTTA(nnUNetTrainerSelmaMAESemi,
 
 class nnUNetTrainerSelmaSemi_8epochs_25it(nnUNetTrainerSelmaSemi, nnUNetTrainerSelma_8epochs_25it):
     """The GPU study schedule (8 epochs of 25 iterations) with the consistency loss."""
+
+
+class nnUNetTrainerSelmaSemiPL(nnUNetTrainerSelmaSemi):
+    """The semi-supervised trainer with the teacher's confident hard labels as targets (``pseudo_labels``)
+    instead of the probability consistency: the study's lever against the vanishing consistency term."""
+
+    semi_loss = "pseudo_labels"
+
+
+class nnUNetTrainerSelmaSemiPL_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPL, nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with pseudo-labels on the store patches."""

@@ -21,6 +21,7 @@ from nnunetv2_selma.training.semi_trainers import (
     ema_update,
     flip_each,
     mean_teacher_loss,
+    pseudo_label_loss,
     sigmoid_rampup,
     strong_view,
     structure_folders,
@@ -61,6 +62,22 @@ def test_mean_teacher_loss_counts_confident_voxels_only():
     other[:, 0, 2:] = 3.0
     assert mean_teacher_loss(other, teacher, 0.8)[0].item() == pytest.approx(loss.item())
     assert mean_teacher_loss(student, teacher, 0.999)[0].item() == 0.0
+
+
+def test_pseudo_label_loss_trains_towards_confident_labels_only():
+    teacher = torch.zeros(1, 2, 4, 4, 4)
+    teacher[:, 1, :1] = 5.0  # a thin confident foreground slab, confident background elsewhere but one unsure slab
+    teacher[:, 0, 1:3] = 5.0
+    agree = pseudo_label_loss(teacher * 4, teacher, 0.8)
+    assert agree[1] == pytest.approx(0.75) and agree[0].item() < 0.01
+    student = torch.zeros(1, 2, 4, 4, 4, requires_grad=True)
+    loss, _ = pseudo_label_loss(student, teacher, 0.8)
+    loss.backward()
+    # the unsure slab gets no gradient; the foreground slab is pulled towards class 1
+    assert student.grad[:, :, 3].abs().max() == 0 and (student.grad[:, 1, :1] < 0).all()
+    # the Dice term keeps the rare foreground's weight: its gradient per voxel exceeds a background voxel's
+    assert student.grad[:, 1, :1].abs().mean() > student.grad[:, 1, 1:3].abs().mean()
+    assert pseudo_label_loss(student, teacher, 0.9999)[0].item() == 0.0
 
 
 def test_rampup_and_ema():
