@@ -16,13 +16,12 @@ spacing, origin and direction are kept in the record and restored on the way bac
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import write_json_atomic
+from nnunetv2_selma.atomic import atomic_path, write_json_atomic
 from nnunetv2_selma.volumes.images import (
     IDENTITY_GEOMETRY,
     IMAGE_SUFFIXES,
@@ -123,9 +122,8 @@ def challenge_inputs_to_nnunet(input_folder: str | Path, output_folder: str | Pa
         array, _ = read_challenge_input(item.path)
         for c, channel in enumerate(array):
             target = output_folder / f"{item.case}_{c:04d}{NNUNET_FILE_ENDING}"
-            tmp = target.with_name(f".{target.name[: -len(NNUNET_FILE_ENDING)]}.partial{NNUNET_FILE_ENDING}")
-            write_image(tmp, channel, IDENTITY_GEOMETRY)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                write_image(tmp, channel, IDENTITY_GEOMETRY)
     record = {"source": str(input_folder.resolve()),
               "cases": {i.case: {"file": i.path.name, "channels": i.n_channels, "shape": list(i.shape),
                                  "geometry": i.geometry} for i in inputs}}
@@ -182,9 +180,8 @@ def predictions_to_challenge(prediction_folder: str | Path, test_inputs: str | P
                              f"{info['file']} has {tuple(info['shape'])}; expected equal shapes")
         target = output_folder / info["file"]
         suffix = image_suffix(target)
-        tmp = target.with_name(f".{strip_image_suffix(target)}.partial{suffix}")
-        write_image(tmp, (seg > 0).astype(dtype), None if suffix in TIFF_SUFFIXES else info["geometry"])
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            write_image(tmp, (seg > 0).astype(dtype), None if suffix in TIFF_SUFFIXES else info["geometry"])
         written.append(target)
     return written
 

@@ -32,14 +32,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import apply_default_mode
+from nnunetv2_selma.atomic import atomic_path
 from nnunetv2_selma.download_record import DOWNLOAD_RECORD
 from nnunetv2_selma.structures import STRUCTURES, SUBSETS, subsets_of_edition, unannotated_folder_structures
 from nnunetv2_selma.synthetic.domains import AcquisitionDomain
@@ -220,13 +220,28 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
                             dtype=dtype, contrast=contrast, domain=domain)
     nch = n_channels(structure)
     final = [sample_dir / f"C{ch:02d}" for ch in range(nch)]
-    partial = [d.with_name(d.name + ".partial") for d in final]
-    for d in partial:
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
+    with ExitStack() as folders:  # each channel folder moved into place whole
+        partial = [folders.enter_context(atomic_path(d, directory=True)) for d in final]
+        mips = _render_slices(scene, partial, slab, zero_pad)
+        for dst in final:
+            if dst.exists():
+                shutil.rmtree(dst)
+    if picture:
+        mip_z, mip_y, mask_z, mask_y = mips
+        panels = []
+        for ch in range(nch):
+            panels += [(f"C{ch:02d} top (MIP z)", mip_z[ch], mask_z), (f"C{ch:02d} side (MIP y)", mip_y[ch], mask_y)]
+        save_mip_picture(sample_dir / "preview.png", panels, ncols=2,
+                         title=f"unannotated {structure} {sample_dir.name}, shape {scene.shape}, {scene.dtype}")
+    return final
+
+
+def _render_slices(scene: LightSheetScene, folders: list[Path], slab: int, zero_pad: bool) -> tuple:
+    """Render ``scene`` slab by slab into one folder of slices per channel; returns the MIPs (top and side,
+    per channel) and the mask's, accumulated on the way."""
     import tifffile
 
+    nch, partial = len(folders), folders
     nz, ny, nx = scene.shape
     mip_z = [np.zeros((ny, nx), scene.dtype) for _ in range(nch)]
     mip_y = [np.zeros((nz, nx), scene.dtype) for _ in range(nch)]
@@ -245,17 +260,7 @@ def write_unannotated_volume(sample_dir: str | Path, shape: tuple[int, int, int]
             mip_y[ch][z0:z1] = image.max(axis=1)
         mask_z |= mask.any(axis=0)
         mask_y[z0:z1] = mask.any(axis=1)
-    for tmp, dst in zip(partial, final):
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    if picture:
-        panels = []
-        for ch in range(nch):
-            panels += [(f"C{ch:02d} top (MIP z)", mip_z[ch], mask_z), (f"C{ch:02d} side (MIP y)", mip_y[ch], mask_y)]
-        save_mip_picture(sample_dir / "preview.png", panels, ncols=2,
-                         title=f"unannotated {structure} {sample_dir.name}, shape {scene.shape}, {scene.dtype}")
-    return final
+    return mip_z, mip_y, mask_z, mask_y
 
 
 def write_annotated_patches_2026(root: str | Path, cases_per_subset: int = DEFAULT_CASES_PER_SUBSET,
@@ -397,8 +402,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
                               f"pass --overwrite (overwrite=True in Python) to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    with atomic_path(root, directory=True, unique=True) as tmp:
         unannotated: dict[str, list[Path]] = {}
         if layout == "2026":
             annotated = write_annotated_patches_2026(tmp, cases_per_subset, patch_scale, seed, contrast)
@@ -418,12 +422,7 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
             unannotated[structure] = samples
         tests = write_test_inputs(tmp / TEST_SET_FOLDER, seed=seed) if test_inputs else []
         if root.exists():
-            shutil.rmtree(root)
-        apply_default_mode(tmp, directory=True)  # mkdtemp made it 0700
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.rmtree(root)  # --overwrite: the old download goes only once the new one is complete
 
     def moved(p: Path) -> Path:
         return root / p.relative_to(tmp)

@@ -3,8 +3,11 @@ streaming statistics and the low-resolution tissue mask.
 
 * :mod:`~nnunetv2_selma.volumes.readers`: :func:`open_volume` -> :class:`VolumeSource` (``shape``,
   ``dtype``, ``geometry``, ``read(region)``, ``read_planes(z0, z1, out)``) for TIFF-slice folders,
-  3D TIFF, NIfTI, MHA/NRRD, ``.b2nd`` and OME-Zarr;
+  3D TIFF, NIfTI, MHA/NRRD, ``.b2nd`` and OME-Zarr, and the one slice-series listing
+  (:func:`~nnunetv2_selma.volumes.readers.list_slice_files`);
 * :mod:`~nnunetv2_selma.volumes.writers`: :func:`create_mask_writer` -> :class:`MaskWriter`;
+* :mod:`~nnunetv2_selma.volumes.images`: whole 3D images in memory (:func:`read_image`, :func:`write_image`)
+  for patches, labels and test cases;
 * :mod:`~nnunetv2_selma.volumes.moments`: :class:`ExactHistogram` (exact moments and percentiles of
   <= 16-bit integer images) and :class:`NumpyFloat32Sum` (numpy's float32 sum, fed in pieces);
 * :mod:`~nnunetv2_selma.volumes.tissue`: :func:`low_resolution_tissue_mask` and the tissue statistics.

@@ -207,7 +207,7 @@ def test_cli_writes_download_deterministically_and_refuses_non_empty(tmp_path):
     for s in ("ab_plaque", "cfos", "nucleus", "vessel"):
         assert (tmp_path / "one" / f"unannotated_{s}" / "sample_1" / "C00").is_dir()
     assert (tmp_path / "one" / "test_inputs" / "images" / "microglia_001.tif").exists()
-    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # temp folders moved or removed
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]  # temp folders moved or removed
     with pytest.raises(SystemExit):
         main([str(tmp_path / "one"), *args])
     summary = write_download(tmp_path / "one", layout="bia", cases_per_subset=1, patch_scale=TINY,
