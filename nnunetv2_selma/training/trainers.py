@@ -37,7 +37,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nnunetv2_selma.checkpoints import load_pretrained_weights, unwrap_network
+from nnunetv2_selma.checkpoint_io import unwrap_network
+from nnunetv2_selma.checkpoints import load_pretrained_weights
 
 __all__ = [
     "PRETRAINED_ENV",
