@@ -1,4 +1,4 @@
-"""Benchmark of the streaming pretraining store (issue 3). Prints the tables for RESULTS.md.
+"""Benchmark of the streaming pretraining store. Prints the tables for RESULTS.md.
 
     .venv/bin/python benchmarks/bench_ingest.py [--depth 512] [--side 1024] [--work /tmp/bench_ingest]
 

@@ -1,4 +1,4 @@
-"""Benchmark of the pretraining data pipeline against the network it feeds (issue 6).
+"""Benchmark of the pretraining data pipeline against the network it feeds.
 
     .venv/bin/python benchmarks/bench_pretrain_pipeline.py [--preset cpu] [--device cpu] [--iterations 10]
         [--workers 0 1 2] [--batch-size 2] [--store STORE] [--work /tmp/bench_pretrain]

@@ -1,4 +1,4 @@
-"""Label-efficiency study: does self-supervised pretraining pay when labels are few? (issue 12)
+"""Label-efficiency study: does self-supervised pretraining pay when labels are few?
 
     .venv/bin/python benchmarks/bench_ssl_benefit.py --profile smoke|cpu|gpu [--work DIR] [--jobs N]
         [--arms scratch mae denoise ...] [--seeds N] [-o results.json]
@@ -73,10 +73,7 @@ ARMS: dict[str, list[str] | None] = {
     "denoise_n1_encoder": ["--method", "denoise", "--noise-std", "1.0"],
     # the same, fine-tuned with the encoder at a tenth of the learning rate: keeps the features the probe rewards
     "denoise_n1_encoder_slow": ["--method", "denoise", "--noise-std", "1.0"],
-    # the method before issue 12 (16^3 blocks, normalisation over masked zeros): kept to measure the fix
-    "mae_v01": ["--method", "mae", "--block-size", "16", "--dense-norm"],
-    # one suspect at a time
-    "mae_dense_norm": ["--method", "mae", "--dense-norm"],
+    # the block size of presets M and L on the cpu preset's 32^3 patch (8 blocks, 2 visible)
     "mae_block16": ["--method", "mae", "--block-size", "16"],
     # the mae arm's own checkpoints, written as nnssl checkpoints (nnUNetv2_selma_export_checkpoint): from
     # those the fine-tuning loads stem and encoder only, the decoder starts at random

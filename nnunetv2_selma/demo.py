@@ -29,6 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.evaluation.stats import paired_difference, verdict
+from nnunetv2_selma.nnunet_ext import shim_folder
+from nnunetv2_selma.synthetic.download import write_download, write_test_inputs
+from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
+from nnunetv2_selma.volumes.images import read_image, strip_image_suffix
+
 log = logging.getLogger("nnunetv2_selma.demo")
 
 #: dataset id the demo converts the nuclei subset into (its own nnUNet_raw, so no clash)
@@ -143,122 +149,141 @@ def run_demo(out_dir: str | Path = "selma_demo", profile: str = "quick", device:
     -------
     Path of ``report.md``.
     """
-    from nnunetv2_selma.synthetic.download import write_download, write_test_inputs
-    from nnunetv2_selma.volumes.images import strip_image_suffix
-
     if profile not in PROFILES:
         raise ValueError(f"unknown demo profile {profile!r}; expected one of {sorted(PROFILES)}")
-    prof = PROFILES[profile]
     out = Path(out_dir).resolve()
     if out.exists() and not keep:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-
-    env = dict(os.environ)
-    folders = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed")}
-    for k, v in folders.items():
-        v.mkdir(parents=True, exist_ok=True)
-        env[k] = str(v)
-    env.setdefault("nnUNet_n_proc_DA", "2")
-    env.setdefault("nnUNet_def_n_proc", "2")
-    env["nnUNet_compile"] = "true" if device == "cuda" else "false"
-    # trainer discovery for this run's nnUNetv2_train / nnUNetv2_predict (the documented manual way)
-    from nnunetv2_selma.nnunet_ext import shim_folder
-
-    env["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(shim_folder()), env.get("nnUNet_extTrainer")) if p)
-    run = _Runner(out, env)
-    timings = run.timings
-
-    # 1. synthesise a SELMA3D-like download (challenge layout) and held-out c-Fos test inputs
-    t = time.perf_counter()
-    download = out / "download"
-    write_download(download, layout="challenge", cases_per_subset=prof.cases, patch_scale=prof.patch_scale,
-                   unannotated_shape=prof.unannotated_shape, unannotated_per_structure=prof.unannotated_per_structure,
-                   seed=seed, test_inputs=False)
-    test_dir = out / "test_inputs"
-    test_images = write_test_inputs(test_dir, structures=(TEST_STRUCTURE,), cases_per_structure=prof.test_cases,
-                                    shape=prof.test_shape, seed=seed + 1)
-    timings["synthesize"] = time.perf_counter() - t
-
-    # 2. annotated nuclei patches -> nnU-Net raw dataset; 3. unannotated volumes -> pretraining store
-    run("convert", [_script("nnUNetv2_selma_convert"), "-i", str(download), "-o", str(folders["nnUNet_raw"]),
-                    "--subsets", FINETUNE_SUBSET, "--ids", f"{FINETUNE_SUBSET}={DEMO_DATASET_ID}"])
-    store = out / "store"
-    run("ingest", [_script("nnUNetv2_selma_ingest"), "-i", str(download), "-o", str(store), "-np", "2"])
-
-    # 4. SELMA plans preset + nnU-Net preprocessing
-    run("plan", [_script("nnUNetv2_selma_plan"), "-d", str(DEMO_DATASET_ID), "--preset", prof.preset, "-np", "2"])
-    from nnunetv2_selma.training.planner import plans_identifier
-
-    plans_name = plans_identifier(prof.preset)
-    dataset_name = next(p.name for p in folders["nnUNet_preprocessed"].iterdir()
-                        if p.name.startswith(f"Dataset{DEMO_DATASET_ID}_"))
-    plans_file = folders["nnUNet_preprocessed"] / dataset_name / f"{plans_name}.json"
-    if prof.labelled:
-        write_few_label_splits(folders["nnUNet_raw"] / dataset_name,
-                               folders["nnUNet_preprocessed"] / dataset_name / "splits_final.json",
-                               prof.labelled, prof.folds, seed)
-
-    # 5. self-supervised pretraining on the store (masked image modelling), same network as fine-tuning
-    pretrain_dir = out / "pretraining"
-    run("pretrain", [_script("nnUNetv2_selma_pretrain"), "--store", str(store), "--plans", str(plans_file),
-                     "-o", str(pretrain_dir), "--iterations", str(prof.pretrain_iterations),
-                     "--batch-size", str(prof.pretrain_batch), "--device", device, "--no-progress",
-                     "--checkpoint-every", str(max(prof.pretrain_iterations // 4, 1))])
-    checkpoint = pretrain_dir / "checkpoint_final.pth"
-
-    # 6. fine-tune both arms with the same trainer (same budget), each in its own results folder
-    arms = {"scratch": None, "pretrained": checkpoint}
-    # challenge-style inputs (cfos_001.mha, .tif) -> CASE_0000.nii.gz, the names nnUNetv2_predict finds
-    test_nnunet = out / "test_inputs_nnunet"
-    run("test_inputs", [_script("nnUNetv2_selma_convert"), "--test-inputs", str(test_dir / "images"),
-                        "-o", str(test_nnunet)])
+    demo = _Demo(out, PROFILES[profile], device, seed)
+    test_images = demo.synthesize()
+    demo.prepare_datasets()
+    checkpoint = demo.pretrain()
     cases = {strip_image_suffix(p): p for p in test_images}
-    results: dict[str, dict] = {}
-    for arm, weights in arms.items():
-        arm_env = {"nnUNet_results": str(out / f"nnUNet_results_{arm}")}
-        for fold in prof.folds:
-            cmd = [_script("nnUNetv2_train"), str(DEMO_DATASET_ID), "3d_fullres", str(fold),
-                   "-tr", prof.finetune_trainer, "-p", plans_name, "-device", device]
-            if weights is not None:
-                cmd += ["-pretrained_weights", str(weights)]
-            run(f"finetune_{arm}", cmd, env=arm_env)
-            # 7. predict the held-out c-Fos test inputs with nnU-Net's own predictor
-            pred_dir = out / "predictions" / arm / f"fold_{fold}"
-            run(f"predict_{arm}", [_script("nnUNetv2_predict"), "-i", str(test_nnunet), "-o", str(pred_dir),
-                                   "-d", str(DEMO_DATASET_ID), "-c", "3d_fullres", "-f", str(fold),
-                                   "-tr", prof.finetune_trainer, "-p", plans_name, "-device", device,
-                                   "--disable_progress_bar", *_predict_speed_flags(device)], env=arm_env)
-            # 8. SELMA3D 2024 evaluation (dot-like metrics for c-Fos)
-            eval_json = out / "evaluation" / f"{arm}_fold_{fold}.json"
-            eval_json.parent.mkdir(parents=True, exist_ok=True)
-            run(f"evaluate_{arm}", [_script("nnUNetv2_selma_evaluate"), "-ref", str(test_dir / "masks"),
-                                    "-pred", str(pred_dir), "--edition", "2024", "-o", str(eval_json),
-                                    "--no-progress"])
-            model_folder = out / f"nnUNet_results_{arm}" / dataset_name / \
-                f"{prof.finetune_trainer}__{plans_name}__3d_fullres"
-            results.setdefault(arm, {"folds": {}, "model_folder": model_folder})
-            results[arm]["folds"][fold] = {
-                "evaluation": json.loads(eval_json.read_text()),
-                "validation": _validation_dice(model_folder / f"fold_{fold}"),
-                "predictions": pred_dir,
-            }
-
-    # 9. whole-volume inference, block by block, on an unannotated c-Fos volume (pretrained arm)
-    volume_dir = download / "unannotated_cfos" / "sample_1" / "C00"
-    volume_out = out / "whole_volume" / "cfos_sample_1_mask.b2nd"
-    volume_out.parent.mkdir(parents=True, exist_ok=True)
-    run("predict_large", [_script("nnUNetv2_selma_predict_large"), "-i", str(volume_dir), "-o", str(volume_out),
-                          "-m", str(results["pretrained"]["model_folder"]), "-f", str(prof.folds[0]),
-                          "--block", *map(str, prof.block), "-device", device])
-
-    # 10. the report
-    timings["total"] = time.perf_counter() - t_start
-    report = write_report(out, prof, device, results, cases, test_dir, pretrain_dir, volume_dir, volume_out,
-                          timings)
-    log.info("report: %s (%.0f s in all)", report, timings["total"])
+    results = demo.finetune_and_evaluate({"scratch": None, "pretrained": checkpoint})
+    volume_dir, volume_out = demo.predict_whole_volume(results["pretrained"]["model_folder"])
+    demo.timings["total"] = time.perf_counter() - t_start
+    report = write_report(out, demo.prof, device, results, cases, demo.test_dir, demo.pretrain_dir, volume_dir,
+                          volume_out, demo.timings)
+    log.info("report: %s (%.0f s in all)", report, demo.timings["total"])
     return report
+
+
+class _Demo:
+    """The stages of one demo run, in the order :func:`run_demo` calls them; each runs the real command."""
+
+    def __init__(self, out: Path, prof: DemoProfile, device: str, seed: int):
+        self.out, self.prof, self.device, self.seed = out, prof, device, seed
+        env = dict(os.environ)
+        self.folders = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed")}
+        for k, v in self.folders.items():
+            v.mkdir(parents=True, exist_ok=True)
+            env[k] = str(v)
+        env.setdefault("nnUNet_n_proc_DA", "2")
+        env.setdefault("nnUNet_def_n_proc", "2")
+        env["nnUNet_compile"] = "true" if device == "cuda" else "false"
+        # trainer discovery for this run's nnUNetv2_train / nnUNetv2_predict (the documented manual way)
+        env["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(shim_folder()), env.get("nnUNet_extTrainer")) if p)
+        self.run = _Runner(out, env)
+        self.timings = self.run.timings
+        self.download = out / "download"
+        self.test_dir = out / "test_inputs"
+        self.store = out / "store"
+        self.pretrain_dir = out / "pretraining"
+        self.dataset_name = self.plans_name = ""
+        self.plans_file = Path()
+
+    def synthesize(self) -> list[Path]:
+        """A SELMA3D-like download (challenge layout) and held-out c-Fos test inputs; returns the test images."""
+        t, prof = time.perf_counter(), self.prof
+        write_download(self.download, layout="challenge", cases_per_subset=prof.cases, patch_scale=prof.patch_scale,
+                       unannotated_shape=prof.unannotated_shape,
+                       unannotated_per_structure=prof.unannotated_per_structure, seed=self.seed, test_inputs=False)
+        test_images = write_test_inputs(self.test_dir, structures=(TEST_STRUCTURE,),
+                                        cases_per_structure=prof.test_cases, shape=prof.test_shape, seed=self.seed + 1)
+        self.timings["synthesize"] = time.perf_counter() - t
+        return test_images
+
+    def prepare_datasets(self) -> None:
+        """Annotated nuclei patches -> nnU-Net raw dataset; unannotated volumes -> pretraining store; SELMA
+        plans preset + nnU-Net preprocessing; the few-label splits."""
+        # imported here: the planner loads nnU-Net and torch (about 10 s), which `nnUNetv2_selma_demo --help`
+        # does not need
+        from nnunetv2_selma.training.planner import plans_identifier
+
+        prof, raw, preprocessed = self.prof, self.folders["nnUNet_raw"], self.folders["nnUNet_preprocessed"]
+        self.run("convert", [_script("nnUNetv2_selma_convert"), "-i", str(self.download), "-o", str(raw),
+                             "--subsets", FINETUNE_SUBSET, "--ids", f"{FINETUNE_SUBSET}={DEMO_DATASET_ID}"])
+        self.run("ingest", [_script("nnUNetv2_selma_ingest"), "-i", str(self.download), "-o", str(self.store),
+                            "-np", "2"])
+        self.run("plan", [_script("nnUNetv2_selma_plan"), "-d", str(DEMO_DATASET_ID), "--preset", prof.preset,
+                          "-np", "2"])
+        self.plans_name = plans_identifier(prof.preset)
+        self.dataset_name = next(p.name for p in preprocessed.iterdir()
+                                 if p.name.startswith(f"Dataset{DEMO_DATASET_ID}_"))
+        self.plans_file = preprocessed / self.dataset_name / f"{self.plans_name}.json"
+        if prof.labelled:
+            write_few_label_splits(raw / self.dataset_name, preprocessed / self.dataset_name / "splits_final.json",
+                                   prof.labelled, prof.folds, self.seed)
+
+    def pretrain(self) -> Path:
+        """Self-supervised pretraining on the store (masked image modelling), same network as fine-tuning."""
+        prof = self.prof
+        self.run("pretrain", [_script("nnUNetv2_selma_pretrain"), "--store", str(self.store), "--plans",
+                              str(self.plans_file), "-o", str(self.pretrain_dir), "--iterations",
+                              str(prof.pretrain_iterations), "--batch-size", str(prof.pretrain_batch), "--device",
+                              self.device, "--no-progress", "--checkpoint-every",
+                              str(max(prof.pretrain_iterations // 4, 1))])
+        return self.pretrain_dir / "checkpoint_final.pth"
+
+    def finetune_and_evaluate(self, arms: dict[str, Path | None]) -> dict[str, dict]:
+        """Fine-tune every arm with the same trainer (same budget), each in its own results folder; predict
+        the held-out c-Fos inputs with nnU-Net's own predictor and score them (SELMA3D 2024 metrics)."""
+        # challenge-style inputs (cfos_001.mha, .tif) -> CASE_0000.nii.gz, the names nnUNetv2_predict finds
+        test_nnunet = self.out / "test_inputs_nnunet"
+        self.run("test_inputs", [_script("nnUNetv2_selma_convert"), "--test-inputs", str(self.test_dir / "images"),
+                                 "-o", str(test_nnunet)])
+        results: dict[str, dict] = {}
+        for arm, weights in arms.items():
+            model_folder = self.out / f"nnUNet_results_{arm}" / self.dataset_name / \
+                f"{self.prof.finetune_trainer}__{self.plans_name}__3d_fullres"
+            results[arm] = {"folds": {}, "model_folder": model_folder}
+            for fold in self.prof.folds:
+                results[arm]["folds"][fold] = self._fold(arm, weights, fold, test_nnunet, model_folder)
+        return results
+
+    def _fold(self, arm: str, weights: Path | None, fold: int, test_nnunet: Path, model_folder: Path) -> dict:
+        prof, device = self.prof, self.device
+        arm_env = {"nnUNet_results": str(self.out / f"nnUNet_results_{arm}")}
+        cmd = [_script("nnUNetv2_train"), str(DEMO_DATASET_ID), "3d_fullres", str(fold),
+               "-tr", prof.finetune_trainer, "-p", self.plans_name, "-device", device]
+        if weights is not None:
+            cmd += ["-pretrained_weights", str(weights)]
+        self.run(f"finetune_{arm}", cmd, env=arm_env)
+        pred_dir = self.out / "predictions" / arm / f"fold_{fold}"
+        self.run(f"predict_{arm}", [_script("nnUNetv2_predict"), "-i", str(test_nnunet), "-o", str(pred_dir),
+                                    "-d", str(DEMO_DATASET_ID), "-c", "3d_fullres", "-f", str(fold),
+                                    "-tr", prof.finetune_trainer, "-p", self.plans_name, "-device", device,
+                                    "--disable_progress_bar", *_predict_speed_flags(device)], env=arm_env)
+        eval_json = self.out / "evaluation" / f"{arm}_fold_{fold}.json"
+        eval_json.parent.mkdir(parents=True, exist_ok=True)
+        self.run(f"evaluate_{arm}", [_script("nnUNetv2_selma_evaluate"), "-ref", str(self.test_dir / "masks"),
+                                     "-pred", str(pred_dir), "--edition", "2024", "-o", str(eval_json),
+                                     "--no-progress"])
+        return {"evaluation": json.loads(eval_json.read_text()),
+                "validation": _validation_dice(model_folder / f"fold_{fold}"),
+                "predictions": pred_dir}
+
+    def predict_whole_volume(self, model_folder: Path) -> tuple[Path, Path]:
+        """Whole-volume inference, block by block, on an unannotated c-Fos volume; returns input and output."""
+        volume_dir = self.download / "unannotated_cfos" / "sample_1" / "C00"
+        volume_out = self.out / "whole_volume" / "cfos_sample_1_mask.b2nd"
+        volume_out.parent.mkdir(parents=True, exist_ok=True)
+        self.run("predict_large", [_script("nnUNetv2_selma_predict_large"), "-i", str(volume_dir), "-o",
+                                   str(volume_out), "-m", str(model_folder), "-f", str(self.prof.folds[0]),
+                                   "--block", *map(str, self.prof.block), "-device", self.device])
+        return volume_dir, volume_out
 
 
 def _predict_speed_flags(device: str) -> list[str]:
@@ -286,8 +311,6 @@ def _validation_per_case(fold_dir: Path) -> dict[str, float]:
 
 def paired_comparisons(results: dict) -> dict[str, dict]:
     """pretrained - scratch per repeat and case, on the c-Fos test and on nnU-Net's nuclei validation."""
-    from nnunetv2_selma.evaluation.stats import paired_difference
-
     def scores(arm: str, which: str) -> dict:
         folds = results[arm]["folds"]
         if which == "test":
@@ -307,12 +330,23 @@ def _mean_metric(arm_result: dict, key: str) -> tuple[float, float]:
 def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases: dict, test_dir: Path,
                  pretrain_dir: Path, volume_dir: Path, volume_out: Path, timings: dict) -> Path:
     """Write ``report.md`` with the comparison table, the stage timings and the pictures."""
-    from nnunetv2_selma.evaluation.stats import verdict
-    from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
-    from nnunetv2_selma.volumes.images import read_image, strip_image_suffix
+    paired = paired_comparisons(results)
+    lines = _comparison_lines(prof, device, results, cases, paired)
+    lines += _picture_lines(out / "figures", prof, results, cases, test_dir, pretrain_dir, volume_dir, volume_out)
+    lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines += ["", "Profile settings:", "", "```json", json.dumps(asdict(prof), indent=1), "```", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    (out / "results.json").write_text(json.dumps(
+        {"profile": asdict(prof), "device": device, "timings": timings, "paired": paired,
+         "arms": {arm: {str(f): {"aggregates": v["evaluation"]["aggregates"], "validation_dice": v["validation"]}
+                        for f, v in res["folds"].items()} for arm, res in results.items()}}, indent=1))
+    return report
 
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
+
+def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict, paired: dict) -> list[str]:
+    """The report's comparison: one row per arm, the paired differences, and what they do not show."""
     lines = [f"# nnunetv2-selma demo report ({prof.name} profile, {device})", "",
              f"Profile: {prof.description}. Preset `{prof.preset}`, fine-tuning trainer "
              f"`{prof.finetune_trainer}` for both arms, repeats (folds) {list(prof.folds)}"
@@ -332,7 +366,6 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
         spread = len(res["folds"]) > 1
         lines.append(f"| {arm} | {dice_m:.3f}" + (f" ± {dice_s:.3f}" if spread else "")
                      + f" | {b0_m:.2f}" + (f" ± {b0_s:.2f}" if spread else "") + f" | {val} |")
-    paired = paired_comparisons(results)
     few = f"{prof.labelled} labelled patches per repeat" if prof.labelled else "nnU-Net's 5-fold split"
     lines += ["", f"### Paired difference, pretrained − scratch ({few}, {len(prof.folds)} repeat(s))", "",
               "| scored on | mean difference | 95% CI | per repeat |", "|---|---|---|---|"]
@@ -356,9 +389,15 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
               "outside, objects with no voxel in the dilated tissue mask are removed (objects touching it are kept "
               "whole), since fine-tuning patches never show the black outside of a sample; a volume without one "
               "keeps every label.", ""]
+    return lines
 
-    # pictures: pretraining loss curve, nnU-Net progress plots, test case MIPs, whole volume MIP
-    lines += ["## Pictures", ""]
+
+def _picture_lines(figures: Path, prof: DemoProfile, results: dict, cases: dict, test_dir: Path,
+                   pretrain_dir: Path, volume_dir: Path, volume_out: Path) -> list[str]:
+    """Pretraining loss curve, nnU-Net progress plots, test case MIPs, whole-volume MIP: saved under
+    ``figures``, returned as the report's lines."""
+    figures.mkdir(exist_ok=True)
+    lines = ["## Pictures", ""]
     if (pretrain_dir / "progress.png").exists():
         shutil.copy(pretrain_dir / "progress.png", figures / "pretraining_progress.png")
         lines += ["### Pretraining loss", "", "![pretraining](figures/pretraining_progress.png)", ""]
@@ -392,14 +431,4 @@ def write_report(out: Path, prof: DemoProfile, device: str, results: dict, cases
         lines += ["### Whole-volume inference (block-wise)", "", "![whole volume](figures/whole_volume.png)", ""]
     except Exception as e:  # a picture must never hide the report
         log.warning("whole-volume picture skipped: %s", e)
-
-    lines += ["## Stage timings", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    lines += ["", "Profile settings:", "", "```json", json.dumps(asdict(prof), indent=1), "```", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps(
-        {"profile": asdict(prof), "device": device, "timings": timings, "paired": paired,
-         "arms": {arm: {str(f): {"aggregates": v["evaluation"]["aggregates"], "validation_dice": v["validation"]}
-                        for f, v in res["folds"].items()} for arm, res in results.items()}}, indent=1))
-    return report
+    return lines

@@ -1,4 +1,4 @@
-"""Build the one network of nnunetv2-selma from nnU-Net plans (design decision 1).
+"""Build the one network of nnunetv2-selma from nnU-Net plans.
 
 Pretraining, fine-tuning and inference all build their network here, through nnU-Net's own
 ``PlansManager`` and ``get_network_from_plans``, so that the tensors a pretraining run saves

@@ -18,7 +18,9 @@ so every encoder tensor appears a second time as ``decoder.encoder.*``), ``nnssl
 
 This module owns that format for nnunetv2-selma: :func:`check_adaptation_plan` compares a plan's
 network with the network of our plans hyperparameter by hyperparameter, :func:`make_adaptation_plan`
-writes one for our checkpoints. :mod:`nnunetv2_selma.checkpoints` loads and exports through it.
+writes one for our checkpoints and :func:`export_nnssl_checkpoint` writes our checkpoints in nnssl's format.
+Reading and recognising the files is :mod:`nnunetv2_selma.checkpoint_io`'s job;
+:mod:`nnunetv2_selma.checkpoints` loads nnssl checkpoints through this module.
 """
 
 from __future__ import annotations
@@ -27,15 +29,24 @@ import json
 import os
 import pydoc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-#: the entry of an nnssl checkpoint that holds the adaptation plan
-PLAN_KEY = "nnssl_adaptation_plan"
-#: entries nnssl and nnU-Net both write besides ``network_weights``; nnU-Net adds ``NNUNET_ONLY_KEY``
-NNSSL_TRAINER_KEYS = ("trainer_name", "init_args", "current_epoch")
-NNUNET_ONLY_KEY = "inference_allowed_mirroring_axes"
+import torch
+
+from nnunetv2_selma.checkpoint_io import (
+    PLAN_KEY,
+    PretrainedCheckpoint,
+    atomic_torch_save,
+    cpu_state_dict,
+    read_checkpoint,
+    share_aliases,
+    without_heads,
+)
+from nnunetv2_selma.model_folder import read_plans_configuration
+
 #: where stem, encoder and first convolution sit in dynamic-network-architectures' ResidualEncoderUNet
 #: (its class attributes ``key_to_stem``, ``key_to_encoder``, ``keys_to_in_proj``; nnssl writes the same)
 KEY_TO_STEM = "encoder.stem"
@@ -81,15 +92,6 @@ _IGNORED_KWARGS = ("inplace",)
 
 class NnsslPlanError(ValueError):
     """An nnssl adaptation plan that nnunetv2-selma cannot use; the message says why and what to do."""
-
-
-def is_nnssl_checkpoint(checkpoint: Mapping) -> bool:
-    """Whether a loaded checkpoint dict was written by nnssl (or in its format)."""
-    # an nnssl file that lost its plan still has a trainer's entries, but not nnU-Net's mirroring axes
-    return PLAN_KEY in checkpoint or (
-        "network_weights" in checkpoint and "selma" not in checkpoint and NNUNET_ONLY_KEY not in checkpoint
-        and all(k in checkpoint for k in NNSSL_TRAINER_KEYS)
-    )
 
 
 def _resolve(value: Any) -> Any:
@@ -418,86 +420,122 @@ def export_nnssl_checkpoint(
         checkpoint, records no architecture and no plans were given, is not a ResidualEncoderUNet, or
         its tensors do not fit the architecture it records.
     """
-    import torch
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    # checkpoints imports this module lazily too: both sit on the ground floor, neither at import time
-    from nnunetv2_selma.checkpoints import HEAD_KEYS, atomic_torch_save, cpu_state_dict, read_checkpoint, share_aliases
-
     check_export_destination(source, destination, overwrite)
     checkpoint = read_checkpoint(source)
     if checkpoint.source == "nnssl":
         raise ValueError(f"{source}: already an nnssl checkpoint (it has '{PLAN_KEY}'); nothing to export")
-    meta = dict(checkpoint.metadata)
-    architecture, patch_size = meta.get("architecture"), meta.get("patch_size")
-    normalization = ["ZScoreNormalization"]
-    plans_name = meta.get("plans_name") or "nnUNetSelmaPlans"
-    dataset_name = "SELMA3D_pretraining_store"
-    trainer_name = f"nnunetv2_selma.{meta.get('method', 'pretraining')}"
-    epoch = int(meta.get("iterations_done") or 0)
-    weights = checkpoint.weights
-    finetuned = checkpoint.is_nnunet_training
-    if finetuned:
-        own_plans = checkpoint.init_args.get("plans")
-        configuration = str(checkpoint.init_args.get("configuration") or configuration)
-        if plans is None and isinstance(own_plans, Mapping):
-            plans = dict(own_plans)
-        if plans is None:
-            raise ValueError(f"{source}: the checkpoint of an nnU-Net training (trainer "
-                             f"{checkpoint.trainer_name or '?'}), not a pretraining, and it holds no plans; give the "
-                             f"plans.json of its model folder with --plans to export its encoder and decoder")
-        trainer_name = checkpoint.trainer_name or "nnUNetTrainer"
-        epoch = checkpoint.current_epoch or 0
-        # the head maps features to this task's classes: it is no part of what another task reuses
-        weights = {k: v for k, v in weights.items() if not any(h in "." + k for h in HEAD_KEYS)}
+    export = _Export.of(checkpoint, configuration)
+    if plans is None and export.finetuned:
+        plans = export.own_plans(source)
     if plans is not None:
-        from nnunetv2_selma.model_folder import read_plans_configuration
-
-        manager, config = read_plans_configuration(plans, configuration)
-        architecture, patch_size = config.configuration["architecture"], list(config.patch_size)
-        normalization = list(config.normalization_schemes)[:1] or normalization
-        plans_name = manager.plans.get("plans_name", plans_name)
-        if finetuned:
-            dataset_name = manager.plans.get("dataset_name") or dataset_name
-    if not architecture or not patch_size:
-        raise ValueError(f"{source}: the checkpoint does not record its network (source {checkpoint.source!r}); give "
-                         f"the plans it was pretrained with (--plans $nnUNet_preprocessed/DatasetXXX/"
-                         f"nnUNetSelmaPlans_<preset>.json)")
-    class_name = architecture.get("network_class_name", "")
-    if class_name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
-        raise ValueError(f"{source}: network {class_name!r}; nnssl's adaptation plan describes ResidualEncoderUNet "
-                         f"networks only")
-    stem_key = "encoder.stem.convs.0.conv.weight"
-    if stem_key not in weights:
-        raise ValueError(f"{source}: no {stem_key!r}; not a checkpoint of a residual-encoder U-Net")
-    channels = int(weights[stem_key].shape[1])
-    # prove the weights fit the plan: build the plans' network without memory (meta device) and compare
-    with torch.device("meta"):
-        reference = get_network_from_plans(class_name, architecture["arch_kwargs"],
-                                           architecture.get("_kw_requires_import", []), channels, 1,
-                                           allow_init=False, deep_supervision=False)
-    for key, value in reference.state_dict().items():
-        if key.startswith("encoder.") and (key not in weights or tuple(weights[key].shape) != tuple(value.shape)):
-            found = tuple(weights[key].shape) if key in weights else "missing"
-            raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
-                             f"{tuple(value.shape)}; the checkpoint does not belong to these plans")
-    plan = make_adaptation_plan(architecture["arch_kwargs"], patch_size, channels, configuration, normalization,
-                                plans_name=plans_name, dataset_name=dataset_name)
-    if finetuned:
-        fold = checkpoint.init_args.get("fold")
-        meta = {"method": f"fine-tuned nnU-Net {trainer_name} on {dataset_name} (fold {fold}), segmentation head "
-                          f"left out",
-                "finetuned": {"dataset_name": dataset_name, "trainer_name": trainer_name, "fold": fold,
-                              "configuration": configuration, "epoch": epoch},
-                "architecture": architecture, "patch_size": list(patch_size), "plans_name": plans_name}
-    plain_meta = json.loads(json.dumps(meta, default=str))  # weights_only-safe
+        export.use_plans(plans)
+    reference, channels = export.check_network(source)
+    plan = make_adaptation_plan(export.architecture["arch_kwargs"], export.patch_size, channels, export.configuration,
+                                export.normalization, plans_name=export.plans_name, dataset_name=export.dataset_name)
+    plain_meta = json.loads(json.dumps(export.metadata(), default=str))  # weights_only-safe
     atomic_torch_save({
-        "network_weights": share_aliases(cpu_state_dict(weights), reference),
+        "network_weights": share_aliases(cpu_state_dict(export.weights), reference),
         PLAN_KEY: plan,
-        "trainer_name": trainer_name,
-        "init_args": {"plans_name": plans_name, "configuration": configuration,
+        "trainer_name": export.trainer_name,
+        "init_args": {"plans_name": export.plans_name, "configuration": export.configuration,
                       "method_params": plain_meta.get("method_params")},
-        "current_epoch": int(epoch),
+        "current_epoch": int(export.epoch),
         "selma": plain_meta,
     }, destination)
     return plan
+
+
+#: the first convolution of a residual-encoder U-Net: its input channels are the checkpoint's
+_STEM_WEIGHT = "encoder.stem.convs.0.conv.weight"
+
+
+@dataclass
+class _Export:
+    """What an exported checkpoint says about itself: network, patch, plans, trainer, weights."""
+
+    checkpoint: PretrainedCheckpoint
+    configuration: str
+    meta: dict
+    weights: dict
+    architecture: Mapping | None
+    patch_size: Sequence[int] | None
+    trainer_name: str
+    epoch: int
+    normalization: list[str] = field(default_factory=lambda: ["ZScoreNormalization"])
+    plans_name: str = "nnUNetSelmaPlans"
+    dataset_name: str = "SELMA3D_pretraining_store"
+
+    @property
+    def finetuned(self) -> bool:
+        return self.checkpoint.is_nnunet_training
+
+    @classmethod
+    def of(cls, checkpoint: PretrainedCheckpoint, configuration: str) -> _Export:
+        meta = dict(checkpoint.metadata)
+        export = cls(checkpoint, configuration, meta, checkpoint.weights, meta.get("architecture"),
+                     meta.get("patch_size"), f"nnunetv2_selma.{meta.get('method', 'pretraining')}",
+                     int(meta.get("iterations_done") or 0), plans_name=meta.get("plans_name") or "nnUNetSelmaPlans")
+        if checkpoint.is_nnunet_training:
+            export.configuration = str(checkpoint.init_args.get("configuration") or configuration)
+            export.trainer_name = checkpoint.trainer_name or "nnUNetTrainer"
+            export.epoch = checkpoint.current_epoch or 0
+            # the head maps features to this task's classes: it is no part of what another task reuses
+            export.weights = without_heads(checkpoint.weights)
+        return export
+
+    def own_plans(self, source: str | PathLike) -> dict:
+        """The plans an nnU-Net training's checkpoint carries in its ``init_args``."""
+        own = self.checkpoint.init_args.get("plans")
+        if not isinstance(own, Mapping):
+            raise ValueError(f"{source}: the checkpoint of an nnU-Net training (trainer "
+                             f"{self.checkpoint.trainer_name or '?'}), not a pretraining, and it holds no plans; give "
+                             f"the plans.json of its model folder with --plans to export its encoder and decoder")
+        return dict(own)
+
+    def use_plans(self, plans: dict | str | PathLike) -> None:
+        manager, config = read_plans_configuration(plans, self.configuration)
+        self.architecture, self.patch_size = config.configuration["architecture"], list(config.patch_size)
+        self.normalization = list(config.normalization_schemes)[:1] or self.normalization
+        self.plans_name = manager.plans.get("plans_name", self.plans_name)
+        if self.finetuned:
+            self.dataset_name = manager.plans.get("dataset_name") or self.dataset_name
+
+    def check_network(self, source: str | PathLike) -> tuple[torch.nn.Module, int]:
+        """Prove the weights fit the recorded network: build it on the meta device (no memory) and
+        compare the encoder's shapes. Returns the network and the number of input channels."""
+        # nnU-Net's network factory pulls in its whole training stack: only an export needs it
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+        if not self.architecture or not self.patch_size:
+            raise ValueError(f"{source}: the checkpoint does not record its network (source "
+                             f"{self.checkpoint.source!r}); give the plans it was pretrained with (--plans "
+                             f"$nnUNet_preprocessed/DatasetXXX/nnUNetSelmaPlans_<preset>.json)")
+        class_name = self.architecture.get("network_class_name", "")
+        if class_name.rsplit(".", 1)[-1] != "ResidualEncoderUNet":
+            raise ValueError(f"{source}: network {class_name!r}; nnssl's adaptation plan describes "
+                             f"ResidualEncoderUNet networks only")
+        if _STEM_WEIGHT not in self.weights:
+            raise ValueError(f"{source}: no {_STEM_WEIGHT!r}; not a checkpoint of a residual-encoder U-Net")
+        channels = int(self.weights[_STEM_WEIGHT].shape[1])
+        with torch.device("meta"):
+            reference = get_network_from_plans(class_name, self.architecture["arch_kwargs"],
+                                               self.architecture.get("_kw_requires_import", []), channels, 1,
+                                               allow_init=False, deep_supervision=False)
+        for key, value in reference.state_dict().items():
+            if key.startswith("encoder.") and (key not in self.weights
+                                               or tuple(self.weights[key].shape) != tuple(value.shape)):
+                found = tuple(self.weights[key].shape) if key in self.weights else "missing"
+                raise ValueError(f"{source}: tensor {key!r} is {found} but the recorded architecture has "
+                                 f"{tuple(value.shape)}; the checkpoint does not belong to these plans")
+        return reference, channels
+
+    def metadata(self) -> dict:
+        """Our ``"selma"`` entry: the pretraining's own, or what the fine-tuned model was."""
+        if not self.finetuned:
+            return self.meta
+        fold = self.checkpoint.init_args.get("fold")
+        return {"method": f"fine-tuned nnU-Net {self.trainer_name} on {self.dataset_name} (fold {fold}), "
+                          f"segmentation head left out",
+                "finetuned": {"dataset_name": self.dataset_name, "trainer_name": self.trainer_name, "fold": fold,
+                              "configuration": self.configuration, "epoch": self.epoch},
+                "architecture": self.architecture, "patch_size": list(self.patch_size), "plans_name": self.plans_name}

@@ -1,4 +1,4 @@
-"""Public 3D foundation models: nnssl / OpenMind checkpoints in, ours out (issue 16).
+"""Public 3D foundation models: nnssl / OpenMind checkpoints in, ours out.
 
 No download: the nnssl checkpoint is built here in nnssl's documented layout (``AbstractTrainer.save_checkpoint``:
 the whole ResEnc-L state dict with its ``decoder.encoder.*`` duplicates, ``nnssl_adaptation_plan`` as

@@ -14,6 +14,7 @@ from nnunetv2_selma.dataset_conversion.annotated import (
     ConversionError,
     convert_download,
 )
+from nnunetv2_selma.dataset_conversion.challenge_inputs import challenge_inputs_to_nnunet, predictions_to_challenge
 
 
 def _id_pair(text: str) -> tuple[str, int]:
@@ -101,11 +102,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _convert_test_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """--test-inputs IN -o NNUNET_IN, or --back PRED --test-inputs NNUNET_IN -o OUT."""
-    from nnunetv2_selma.dataset_conversion.challenge_inputs import (
-        challenge_inputs_to_nnunet,
-        predictions_to_challenge,
-    )
-
     if args.input is not None:
         parser.error("-i converts annotated patches; --test-inputs/--back convert test inputs: give one of them")
     if args.test_inputs is None or args.output is None:

@@ -7,12 +7,11 @@ import logging
 import sys
 
 from nnunetv2_selma.cli._args import add_debug_flag, cli_command, nonneg_int
+from nnunetv2_selma.demo import PROFILES, StageError, run_demo
 
 
 @cli_command
 def main(argv: list[str] | None = None) -> int:
-    from nnunetv2_selma.demo import PROFILES, StageError, run_demo
-
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_selma_demo",
         description="Generate a SELMA3D-like download and run the whole pipeline on it: convert, ingest, plan, "

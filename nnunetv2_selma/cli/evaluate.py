@@ -8,7 +8,8 @@ import os
 import sys
 
 from nnunetv2_selma.cli._args import add_debug_flag, cli_command, positive_int
-from nnunetv2_selma.evaluation.leaderboard import CATEGORY_ALIASES, EDITION_NAMES
+from nnunetv2_selma.evaluation.folders import evaluate_folders, rank_predictions
+from nnunetv2_selma.evaluation.leaderboard import CATEGORY_ALIASES, EDITION_NAMES, NAN_LEFT_OUT_RULE
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +27,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 @cli_command
 def main(argv: list[str] | None = None) -> int:
     """Score a folder of predictions (e.g. ``nnUNetv2_predict`` output) against the references."""
-    from nnunetv2_selma.evaluation.folders import evaluate_folders
-
     parser = argparse.ArgumentParser(prog="nnUNetv2_selma_evaluate", description=main.__doc__)
     parser.add_argument("-ref", required=True, help="folder of reference masks")
     parser.add_argument("-pred", required=True, help="folder of predicted masks (non-image files are ignored)")
@@ -47,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
 @cli_command
 def rank_main(argv: list[str] | None = None) -> int:
     """Rank several prediction folders (or evaluation result JSONs) the way the challenge ranked teams."""
-    from nnunetv2_selma.evaluation.folders import rank_predictions
-
     parser = argparse.ArgumentParser(prog="nnUNetv2_selma_rank", description=rank_main.__doc__)
     parser.add_argument("-ref", default=None, help="folder of reference masks (needed for prediction folders)")
     parser.add_argument("-pred", required=True, nargs="+", help="prediction folders or result JSONs, one per team")
@@ -64,8 +61,6 @@ def rank_main(argv: list[str] | None = None) -> int:
         t = ranking["teams"][team]
         print(f"{t['rank']:5.1f}  {team:30s} mean rank {t['score']:.3f}")
     if "left_out" in ranking:
-        from nnunetv2_selma.evaluation.leaderboard import NAN_LEFT_OUT_RULE
-
         print(f"note: {NAN_LEFT_OUT_RULE}")
         for team in ranking["order"]:
             left = ranking["left_out"][team]

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_debug_flag(parser)
     args = parser.parse_args(argv)
 
+    # imported on use: the checkpoint formats load torch (about 6 s), which --help and argument errors do not need
     from nnunetv2_selma.nnssl_format import export_nnssl_checkpoint
 
     plan = export_nnssl_checkpoint(args.input, args.output, plans=args.plans, configuration=args.configuration,

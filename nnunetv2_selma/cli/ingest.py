@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from nnunetv2_selma.cli._args import add_debug_flag, cli_command, positive_int
+from nnunetv2_selma.store.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS, ingest_store
 
 
 @cli_command
@@ -14,8 +15,6 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns 0, or 1 when any volume failed (each failure is printed with its file and reason).
     """
-    from nnunetv2_selma.store.ingest import DEFAULT_BLOCKS, DEFAULT_CHUNKS, ingest_store
-
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_selma_ingest",
         description="Stream every unannotated_<structure>/<sample>/<channel>/ slice folder (and single 3D files) "

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from nnunetv2_selma.cli._args import add_debug_flag, block_edges, cli_command, connectivity, positive_int
+from nnunetv2_selma.inference.objects import measure_objects
 
 
 @cli_command
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     block = block_edges(parser, args.block)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from nnunetv2_selma.inference.objects import measure_objects
-
     print(measure_objects(args.input, args.output, images=args.image, block_size=block,
                           connectivity=args.connectivity, min_voxels=args.min_voxels, labels=args.labels,
                           density_voxels=args.density_voxels, workers=args.workers, scheduler=args.scheduler,

@@ -16,6 +16,8 @@ from nnunetv2_selma.cli._args import (
     positive_int,
     step_fraction,
 )
+from nnunetv2_selma.inference.objects import measure_objects
+from nnunetv2_selma.inference.whole_volume import predict_large
 
 
 @cli_command
@@ -80,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads"
-    from nnunetv2_selma.inference.whole_volume import predict_large
-
     output = predict_large(args.input if len(args.input) > 1 else args.input[0], args.output, args.model,
                            folds=args.folds, block_size=block, device=args.device, tile_step_size=args.step_size,
                            use_mirroring=args.mirror, workers=args.workers, scheduler=args.scheduler,
@@ -89,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                            tissue_mask=args.tissue_mask)
     print(output)
     if args.objects is not None:
-        from nnunetv2_selma.inference.objects import measure_objects
-
         objects_dir = args.objects or output.with_name(output.name + ".objects")
         print(measure_objects(output, objects_dir, images=args.input, workers=args.workers,
                               scheduler=args.scheduler, progress=not args.quiet))

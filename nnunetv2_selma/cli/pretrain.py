@@ -37,9 +37,7 @@ def _plans_file(dataset: str, plans_identifier: str | None) -> Path:
     return Path(nnUNet_preprocessed) / name / f"{plans_identifier or 'nnUNetPlans'}.json"
 
 
-@cli_command
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run :func:`nnunetv2_selma.pretraining.loop.pretrain`."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_selma_pretrain",
         description="Self-supervised pretraining (default: Spark3D-style masked image modelling) of the network "
@@ -62,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="mae", help="pretraining method: mae (default) or denoise")
     parser.add_argument("--block-size", type=positive_int, default=None,
                         help="mae: masking block edge in voxels (default: min(16, smallest patch edge // 4))")
-    parser.add_argument("--dense-norm", action="store_true",
-                        help="mae: mask stage outputs only and normalise over all voxels (before 0.2; default: "
-                             "sparse normalisation over visible voxels, as Spark)")
     parser.add_argument("--mask-ratio", type=open_fraction, default=0.75,
                         help="mae: fraction of blocks masked (default 0.75)")
     parser.add_argument("--noise-std", type=positive_float, default=0.5, help="denoise: noise std (default 0.5)")
@@ -100,18 +95,26 @@ def main(argv: list[str] | None = None) -> int:
                              "the end); without it (or --c) such an -o is refused")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log file only)")
     add_debug_flag(parser)
+    return parser
+
+
+@cli_command
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run :func:`nnunetv2_selma.pretraining.loop.pretrain`."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.plans_identifier is not None and args.dataset is None:
         parser.error("argument -p: given without -d (give -d DATASET -p PLANS_IDENTIFIER, or --plans FILE)")
     plans_file = args.plans if args.plans is not None else _plans_file(args.dataset, args.plans_identifier)
 
+    # imported on use: the pretraining stack loads torch and nnU-Net (about 8 s), which --help and argument
+    # errors do not need
     import torch
 
     from nnunetv2_selma.pretraining.loop import PretrainingSchedule, pretrain
     from nnunetv2_selma.pretraining.methods import get_method
 
-    params = {"mae": {"block_size": args.block_size, "mask_ratio": args.mask_ratio,
-                    "sparse_norm": not args.dense_norm},
+    params = {"mae": {"block_size": args.block_size, "mask_ratio": args.mask_ratio},
               "denoise": {"noise_std": args.noise_std}}.get(args.method, {})
     method = get_method(args.method, **params)
     schedule = PretrainingSchedule(

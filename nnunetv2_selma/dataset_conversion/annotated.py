@@ -321,27 +321,61 @@ def convert_download(root: str | Path, raw_dir: str | Path | None = None, ids: M
     unreadable files, shape mismatches, invalid masks and taken IDs. Nothing is left in ``raw_dir``
     when either is raised.
     """
-    root = Path(root)
-    if raw_dir is None:
-        env = os.environ.get("nnUNet_raw")
-        if not env:
-            raise ConversionError("nnUNet_raw is not set; expected raw_dir or the nnUNet_raw environment variable")
-        raw_dir = env
-    raw_dir = Path(raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    raw_dir = _raw_dir(raw_dir)
     geometry = _geometry(spacing)
     if isinstance(vessel_channels, int):
         vessel_channels = [vessel_channels]
-
     found = discover_annotated(root)
-    root = root.resolve()
+    root = Path(root).resolve()
     if subsets is not None:
         missing = sorted(set(subsets) - set(found))
         if missing:
             raise ConversionError(f"{root}: found subsets {sorted(found)}; expected also {missing}")
         found = {k: v for k, v in found.items() if k in subsets}
+    plan = _plan_datasets(found, vessel_channels, combined)
+    id_of = _resolve_ids(list(found), combined, ids, first_id)
+    plan.sort(key=lambda p: id_of[p.subset.name])
+    names = {p.subset.name: f"Dataset{id_of[p.subset.name]:03d}_SELMA3D_{p.structure}" for p in plan}
+    if combined:
+        names["combined"] = f"Dataset{id_of['combined']:03d}_SELMA3D_{COMBINED_STRUCTURE}"
+    _check_targets(raw_dir, names, overwrite)
 
-    plan: list[tuple[AnnotatedSubset, str, list[int], list[str]]] = []
+    staging = Path(tempfile.mkdtemp(prefix=".selma_convert_", dir=raw_dir))
+    try:
+        written = _write_datasets(plan, names, staging, root, geometry)
+        if combined:
+            single = [p for p in plan if len(p.channels) == 1]
+            written[COMBINED_STRUCTURE] = _write_combined(single, written, staging / names["combined"])
+        return _move_into_place(written, raw_dir, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class _PlannedDataset:
+    """One subset's dataset: its structure name and the channels kept (indices and names)."""
+
+    subset: AnnotatedSubset
+    structure: str
+    channels: list[int]
+    channel_names: list[str]
+
+
+def _raw_dir(raw_dir: str | Path | None) -> Path:
+    if raw_dir is None:
+        raw_dir = os.environ.get("nnUNet_raw")
+        if not raw_dir:
+            raise ConversionError("nnUNet_raw is not set; expected raw_dir or the nnUNet_raw environment variable")
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    return raw_dir
+
+
+def _plan_datasets(found: Mapping[str, AnnotatedSubset], vessel_channels: Sequence[int] | None,
+                   combined: bool) -> list[_PlannedDataset]:
+    """One dataset per subset, with the channels to keep; refuses clashing structures and a combined
+    dataset without a single-channel subset."""
+    plan = []
     for sub in found.values():
         n = sub.n_channels
         channels = list(range(n))
@@ -352,68 +386,68 @@ def convert_download(root: str | Path, raw_dir: str | Path | None = None, ids: M
                                       f"channels; expected indices in 0..{n - 1}")
             channels = list(vessel_channels)
         names = _channel_names(sub.name, n)
-        plan.append((sub, structure_name(sub.name), channels, [names[c] for c in channels]))
-    structures = [p[1] for p in plan]
+        plan.append(_PlannedDataset(sub, structure_name(sub.name), channels, [names[c] for c in channels]))
+    structures = [p.structure for p in plan]
     if len(set(structures)) != len(structures):
         raise ConversionError(f"subsets {sorted(found)} map to structures {structures}; expected distinct structure "
                               f"names (convert them separately with subsets=...)")
-    single = [p for p in plan if len(p[2]) == 1]
-    if combined and not single:
+    if combined and not any(len(p.channels) == 1 for p in plan):
         raise ConversionError(f"combined dataset: found no single-channel subset among {sorted(found)}; expected one")
+    return plan
 
-    id_of = _resolve_ids(list(found), combined, ids, first_id)
-    plan.sort(key=lambda p: id_of[p[0].name])
-    single = [p for p in plan if len(p[2]) == 1]
-    names = {sub.name: f"Dataset{id_of[sub.name]:03d}_SELMA3D_{structure}" for sub, structure, _, _ in plan}
-    if combined:
-        names["combined"] = f"Dataset{id_of['combined']:03d}_SELMA3D_{COMBINED_STRUCTURE}"
-    _check_targets(raw_dir, names, overwrite)
 
-    staging = Path(tempfile.mkdtemp(prefix=".selma_convert_", dir=raw_dir))
-    try:
-        written: dict[str, Path] = {}
-        n_cases = sum(len(p[0].cases) for p in plan)
-        with logging_redirect_tqdm(), tqdm(total=n_cases, desc="converting annotated patches", unit="case") as bar:
-            for sub, structure, channels, channel_names in plan:
-                folder, images, labels = _make_dataset(staging, names[sub.name])
-                sources = {}
-                for case in sub.cases:
-                    _convert_case(case, channels, images, labels, geometry)
-                    sources[case.case_id] = [_relative(case.channels[c], root) for c in channels] + [
-                        _relative(case.mask, root)]
-                    bar.update()
-                _write_dataset_json(folder, channel_names, structure, len(sub.cases),
-                                    f"SELMA3D annotated subset {sub.name} ({'+'.join(sorted(sub.layouts))} layout)",
-                                    sources)
-                written[structure] = folder
-        if combined:
-            folder, images, labels = _make_dataset(staging, names["combined"])
+def _write_datasets(plan: list[_PlannedDataset], names: Mapping[str, str], staging: Path, root: Path,
+                    geometry) -> dict[str, Path]:
+    """Write every planned dataset under ``staging``; structure -> dataset folder."""
+    written: dict[str, Path] = {}
+    n_cases = sum(len(p.subset.cases) for p in plan)
+    with logging_redirect_tqdm(), tqdm(total=n_cases, desc="converting annotated patches", unit="case") as bar:
+        for p in plan:
+            sub = p.subset
+            folder, images, labels = _make_dataset(staging, names[sub.name])
             sources = {}
-            for sub, structure, _, _ in single:
-                src = written[structure]
-                for case in sub.cases:
-                    cid = f"{structure}_{case.case_id}"
-                    shutil.copyfile(src / "imagesTr" / f"{case.case_id}_0000{FILE_ENDING}",
-                                    images / f"{cid}_0000{FILE_ENDING}")
-                    shutil.copyfile(src / "labelsTr" / f"{case.case_id}{FILE_ENDING}", labels / f"{cid}{FILE_ENDING}")
-                    sources[cid] = [f"{src.name}/imagesTr/{case.case_id}_0000{FILE_ENDING}"]
-            _write_dataset_json(folder, ["LSM"], "structure", len(sources),
-                                "SELMA3D single-channel structures together: " + ", ".join(p[1] for p in single),
+            for case in sub.cases:
+                _convert_case(case, p.channels, images, labels, geometry)
+                sources[case.case_id] = [_relative(case.channels[c], root) for c in p.channels] + [
+                    _relative(case.mask, root)]
+                bar.update()
+            _write_dataset_json(folder, p.channel_names, p.structure, len(sub.cases),
+                                f"SELMA3D annotated subset {sub.name} ({'+'.join(sorted(sub.layouts))} layout)",
                                 sources)
-            written[COMBINED_STRUCTURE] = folder
-        # every dataset is complete: move them into place (replacing same-name datasets when asked)
-        out = {}
-        for structure, folder in written.items():
-            final = raw_dir / folder.name
-            if final.exists():
-                shutil.move(str(final), str(staging / f"old_{folder.name}"))
-                logger.info("%s: replaced (overwrite); preprocessed data of this dataset is now stale", final)
-            os.replace(folder, final)
-            out[structure] = final
-            logger.info("wrote %s", final)
-        return out
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            written[p.structure] = folder
+    return written
+
+
+def _write_combined(single: list[_PlannedDataset], written: Mapping[str, Path], target: Path) -> Path:
+    """The dataset of all single-channel structures together (label ``structure``), copied from their own."""
+    folder, images, labels = _make_dataset(target.parent, target.name)
+    sources = {}
+    for p in single:
+        src = written[p.structure]
+        for case in p.subset.cases:
+            cid = f"{p.structure}_{case.case_id}"
+            shutil.copyfile(src / "imagesTr" / f"{case.case_id}_0000{FILE_ENDING}",
+                            images / f"{cid}_0000{FILE_ENDING}")
+            shutil.copyfile(src / "labelsTr" / f"{case.case_id}{FILE_ENDING}", labels / f"{cid}{FILE_ENDING}")
+            sources[cid] = [f"{src.name}/imagesTr/{case.case_id}_0000{FILE_ENDING}"]
+    _write_dataset_json(folder, ["LSM"], "structure", len(sources),
+                        "SELMA3D single-channel structures together: " + ", ".join(p.structure for p in single),
+                        sources)
+    return folder
+
+
+def _move_into_place(written: Mapping[str, Path], raw_dir: Path, staging: Path) -> dict[str, Path]:
+    """Every dataset is complete: move them into place (replacing same-name datasets when asked)."""
+    out = {}
+    for structure, folder in written.items():
+        final = raw_dir / folder.name
+        if final.exists():
+            shutil.move(str(final), str(staging / f"old_{folder.name}"))
+            logger.info("%s: replaced (overwrite); preprocessed data of this dataset is now stale", final)
+        os.replace(folder, final)
+        out[structure] = final
+        logger.info("wrote %s", final)
+    return out
 
 
 __all__ = ["AnnotatedLayoutError", "ConversionError", "DEFAULT_FIRST_ID", "DEFAULT_IDS_TEXT", "KNOWN_SUBSETS",

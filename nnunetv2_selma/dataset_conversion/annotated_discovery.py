@@ -201,55 +201,94 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
     root = Path(root).resolve()
     if not root.is_dir():
         raise AnnotatedLayoutError(f"{root}: not a folder; expected the root folder of a SELMA3D download")
-    problems: list[str] = []
-    cases: dict[tuple[str, str, str], AnnotatedCase] = {}
-    mask_only: dict[tuple[str, str, str], Path] = {}
-    subset_containers: set[Path] = set()  # parents of <Subset> folders in the unprefixed layouts
-    empty_folders: list[Path] = []
-
+    found = _Discovery(root)
     dirs = _walk_dirs(root)
     test_sets = _recorded_test_sets(root, dirs)
     dirs = [d for d in dirs if not any(d == t or t in d.parents for t in test_sets)]
     for folder in dirs:
-        if folder.name not in IMAGE_FOLDERS:
-            continue
+        if folder.name in IMAGE_FOLDERS:
+            found.scan_images(folder)
+    for folder in dirs:
+        if folder.name in MASK_FOLDERS:
+            found.scan_masks(folder)
+    found.report_empty_subsets()
+    found.report_masks_without_image()
+    found.report_images_without_mask()
+    found.problems += _training_cases_among_test_inputs(found.cases.values(), test_sets)
+    subsets = found.subsets()
+    if found.problems:
+        raise AnnotatedLayoutError(f"{root}: {len(found.problems)} problem(s) in the annotated patches:\n  "
+                                   + "\n  ".join(found.problems))
+    if not subsets:
+        raise AnnotatedLayoutError(
+            f"{root}: matches no known layout of SELMA3D annotated patches; found {_describe_root(root)}. "
+            f"Expected raw/ and gt/ folders of patchvolume files below it; {LAYOUT_HELP}"
+        )
+    for sub in subsets.values():
+        logger.info("found subset %s: %d cases, %d channel(s), layout %s", sub.name, len(sub.cases),
+                    sub.n_channels, "+".join(sorted(sub.layouts)))
+        if sub.name not in SUBSETS:
+            # converted all the same (named after its words); said so that a misspelt prefix is noticed
+            logger.info("subset %s is not a known SELMA3D subset (known: %s)", sub.name, ", ".join(SUBSETS))
+    return dict(sorted(subsets.items()))
+
+
+class _Discovery:
+    """What the scan of one download root found: cases by (subset, brain, number), masks without an image,
+    and every problem, in the order :func:`discover_annotated` reports them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.problems: list[str] = []
+        self.cases: dict[tuple[str, str, str], AnnotatedCase] = {}
+        self.mask_only: dict[tuple[str, str, str], Path] = {}
+        self.subset_containers: set[Path] = set()  # parents of <Subset> folders in the unprefixed layouts
+        self.empty_folders: list[Path] = []
+
+    def scan_images(self, folder: Path) -> None:
+        """Add the images of one image folder to their cases (one file per case and channel)."""
         files = _image_files(folder)
         if not files and folder.name == "raw":
-            empty_folders.append(folder)
+            self.empty_folders.append(folder)
         for path in files:
-            m = _IMAGE_NAME.match(strip_image_suffix(path))
-            flat = None if m else _FLAT_IMAGE_NAME.match(strip_image_suffix(path))
-            if not m and not flat:
-                logger.warning("%s: ignored, name matches neither [<subset>_]patchvolume_NNN_CCCC nor "
-                               "<prefix>_NNNN[_CCCC] (%s)", path, "|".join(IMAGE_SUFFIXES))
+            named = self._image_case(folder, path)
+            if named is None:
                 continue
-            if flat and folder.name != "raw" and not any((folder.parent / d).is_dir() for d in MASK_FOLDERS):
-                # images/ alone is too common a name to claim: a 2026 image folder has a mask folder beside it
-                logger.info("%s: ignored, no mask folder (%s) beside %s", path, "|".join(MASK_FOLDERS), folder)
-                continue
-            if flat:
-                subset, brain, layout = flat.group("prefix"), "", "2026"
-                m = flat
-            elif m.group("prefix"):
-                subset, brain, layout = m.group("prefix"), "", "prefixed"
-            else:
-                subset = folder.parent.name
-                brain = _brain_of(folder, root, _BRAIN_PATCHES)
-                layout = "challenge" if brain is not None else "bia"
-                brain = brain or ""
-                subset_containers.add(folder.parent.parent)
-            key = (subset, brain, m.group("number"))
-            case = cases.setdefault(key, AnnotatedCase(subset, brain, m.group("number"), layout))
-            channel = int(m.group("channel") or 0)
+            key, layout, channel = named
+            case = self.cases.setdefault(key, AnnotatedCase(*key, layout))
             if channel in case.channels:
-                problems.append(f"{path}: found a second file for channel {channel:04d} of case {case.case_id} of "
-                                f"subset {subset}; expected one, already have {case.channels[channel]}")
+                self.problems.append(f"{path}: found a second file for channel {channel:04d} of case {case.case_id} "
+                                     f"of subset {key[0]}; expected one, already have {case.channels[channel]}")
                 continue
             case.channels[channel] = path
 
-    for folder in dirs:
-        if folder.name not in MASK_FOLDERS:
-            continue
+    def _image_case(self, folder: Path, path: Path) -> tuple[tuple[str, str, str], str, int] | None:
+        """(subset, brain, number), layout and channel of an image file, or None when it is no patch image."""
+        m = _IMAGE_NAME.match(strip_image_suffix(path))
+        flat = None if m else _FLAT_IMAGE_NAME.match(strip_image_suffix(path))
+        if not m and not flat:
+            logger.warning("%s: ignored, name matches neither [<subset>_]patchvolume_NNN_CCCC nor "
+                           "<prefix>_NNNN[_CCCC] (%s)", path, "|".join(IMAGE_SUFFIXES))
+            return None
+        if flat and folder.name != "raw" and not any((folder.parent / d).is_dir() for d in MASK_FOLDERS):
+            # images/ alone is too common a name to claim: a 2026 image folder has a mask folder beside it
+            logger.info("%s: ignored, no mask folder (%s) beside %s", path, "|".join(MASK_FOLDERS), folder)
+            return None
+        if flat:
+            subset, brain, layout = flat.group("prefix"), "", "2026"
+            m = flat
+        elif m.group("prefix"):
+            subset, brain, layout = m.group("prefix"), "", "prefixed"
+        else:
+            subset = folder.parent.name
+            brain = _brain_of(folder, self.root, _BRAIN_PATCHES)
+            layout = "challenge" if brain is not None else "bia"
+            brain = brain or ""
+            self.subset_containers.add(folder.parent.parent)
+        return (subset, brain, m.group("number")), layout, int(m.group("channel") or 0)
+
+    def scan_masks(self, folder: Path) -> None:
+        """Give each mask of one mask folder to its case; keep the masks of no case for the report."""
         files = _image_files(folder)
         if not files and (folder.parent / "raw").is_dir() and _image_files(folder.parent / "raw"):
             logger.warning("%s: empty mask folder", folder)
@@ -263,91 +302,80 @@ def discover_annotated(root: str | Path) -> dict[str, AnnotatedSubset]:
                 subset, brain = m.group("prefix"), ""
             else:
                 subset = folder.parent.name
-                brain = _brain_of(folder, root, _BRAIN_ANNOTATION) or ""
-                subset_containers.add(folder.parent.parent)
+                brain = _brain_of(folder, self.root, _BRAIN_ANNOTATION) or ""
+                self.subset_containers.add(folder.parent.parent)
             key = (subset, brain, m.group("number"))
-            case = cases.get(key)
+            case = self.cases.get(key)
             if case is None:
-                if key in mask_only:
-                    problems.append(f"{path}: found a second mask for {key}; expected one, "
-                                    f"already have {mask_only[key]}")
-                mask_only[key] = path
+                if key in self.mask_only:
+                    self.problems.append(f"{path}: found a second mask for {key}; expected one, "
+                                         f"already have {self.mask_only[key]}")
+                self.mask_only[key] = path
             elif case.mask is not None:
-                problems.append(f"{path}: found a second mask for case {case.case_id} of subset {subset}; expected "
-                                f"one, already have {case.mask}")
+                self.problems.append(f"{path}: found a second mask for case {case.case_id} of subset {subset}; "
+                                     f"expected one, already have {case.mask}")
             else:
                 case.mask = path
 
-    # Empty subsets: a raw folder with no image, or a folder beside other subset folders holding no image.
-    for folder in empty_folders:
-        problems.append(f"{folder}: empty subset, found no patchvolume_NNN_0000 image; expected at least one "
-                        f"annotated patch (remove the folder to skip this subset)")
-    reported = {f.parent for f in empty_folders}
-    for container in sorted(subset_containers):
-        for sub in sorted(p for p in container.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if sub in reported or any(_image_files(d) for d in _walk_dirs(sub)):
+    def report_empty_subsets(self) -> None:
+        """A raw folder with no image, or a folder beside other subset folders holding no image."""
+        for folder in self.empty_folders:
+            self.problems.append(f"{folder}: empty subset, found no patchvolume_NNN_0000 image; expected at least "
+                                 f"one annotated patch (remove the folder to skip this subset)")
+        reported = {f.parent for f in self.empty_folders}
+        for container in sorted(self.subset_containers):
+            for sub in sorted(p for p in container.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if sub in reported or any(_image_files(d) for d in _walk_dirs(sub)):
+                    continue
+                self.problems.append(f"{sub}: empty subset, found no image or mask files; expected "
+                                     f"{sub.name}/raw/patchvolume_NNN_0000.nii.gz (remove the folder to skip this "
+                                     f"subset)")
+
+    def report_masks_without_image(self) -> None:
+        for (subset, brain, number), path in sorted(self.mask_only.items()):
+            ext = image_suffix(path)
+            old = _MASK_NAME.match(strip_image_suffix(path))
+            if old is None:  # 2026: the image has the mask's name, in a sibling image folder
+                where = path.parent.parent / f"{{{','.join(IMAGE_FOLDERS)}}}" / path.name
+            else:
+                name = (f"{subset}_" if old.group("prefix") else "") + f"patchvolume_{number}_0000{ext}"
+                where = (self.root / f"brain_{brain}_patches" / subset / "raw" / name if brain
+                         else path.parent.parent / "raw" / name)
+            self.problems.append(f"{path}: mask without image; found no image of subset {subset} patch {number}, "
+                                 f"expected {where}")
+
+    def report_images_without_mask(self) -> None:
+        for case in sorted(self.cases.values(), key=lambda c: (c.subset, c.case_id)):
+            if case.mask is not None:
                 continue
-            problems.append(f"{sub}: empty subset, found no image or mask files; expected "
-                            f"{sub.name}/raw/patchvolume_NNN_0000.nii.gz (remove the folder to skip this subset)")
-
-    for (subset, brain, number), path in sorted(mask_only.items()):
-        ext = image_suffix(path)
-        old = _MASK_NAME.match(strip_image_suffix(path))
-        if old is None:  # 2026: the image has the mask's name, in a sibling image folder
-            where = path.parent.parent / f"{{{','.join(IMAGE_FOLDERS)}}}" / path.name
-        else:
-            name = (f"{subset}_" if old.group("prefix") else "") + f"patchvolume_{number}_0000{ext}"
-            where = (root / f"brain_{brain}_patches" / subset / "raw" / name if brain
-                     else path.parent.parent / "raw" / name)
-        problems.append(f"{path}: mask without image; found no image of subset {subset} patch {number}, "
-                        f"expected {where}")
-
-    for case in sorted(cases.values(), key=lambda c: (c.subset, c.case_id)):
-        first = case.channels[min(case.channels)]
-        ext = image_suffix(first)
-        if case.mask is None:
+            first = case.channels[min(case.channels)]
+            ext = image_suffix(first)
             name = (f"{case.subset}_" if case.layout == "prefixed" else "") + f"patchvolume_{case.number}{ext}"
             if case.layout == "2026":
                 where = first.parent.parent / f"{{{','.join(MASK_FOLDERS)}}}" / f"{case.subset}_{case.number}{ext}"
             elif case.layout == "challenge":
-                where = root / f"annotation_brain_{case.brain}" / case.subset / "gt" / name
+                where = self.root / f"annotation_brain_{case.brain}" / case.subset / "gt" / name
             else:
                 where = first.parent.parent / "gt" / name
-            problems.append(f"{first}: image without mask; found no mask of subset {case.subset} patch "
-                            f"{case.number}, expected {where}")
+            self.problems.append(f"{first}: image without mask; found no mask of subset {case.subset} patch "
+                                 f"{case.number}, expected {where}")
 
-    problems += _training_cases_among_test_inputs(cases.values(), test_sets)
-
-    subsets: dict[str, AnnotatedSubset] = {}
-    for case in sorted(cases.values(), key=lambda c: (c.subset, c.case_id)):
-        sub = subsets.setdefault(case.subset, AnnotatedSubset(case.subset, set(), []))
-        sub.layouts.add(case.layout)
-        sub.cases.append(case)
-
-    for sub in subsets.values():
-        n = sub.n_channels
-        for case in sub.cases:
-            missing = [c for c in range(n) if c not in case.channels]
-            if missing:
-                first = case.channels[min(case.channels)]
-                stem = strip_image_suffix(first)[:-4]
-                expected = ", ".join(str(first.parent / f"{stem}{c:04d}{image_suffix(first)}") for c in missing)
-                problems.append(f"{first}: case {case.case_id} of subset {sub.name} has channels "
-                                f"{sorted(case.channels)}; expected {list(range(n))} like the other cases, "
-                                f"missing {expected}")
-
-    if problems:
-        raise AnnotatedLayoutError(f"{root}: {len(problems)} problem(s) in the annotated patches:\n  "
-                                   + "\n  ".join(problems))
-    if not subsets:
-        raise AnnotatedLayoutError(
-            f"{root}: matches no known layout of SELMA3D annotated patches; found {_describe_root(root)}. "
-            f"Expected raw/ and gt/ folders of patchvolume files below it; {LAYOUT_HELP}"
-        )
-    for sub in subsets.values():
-        logger.info("found subset %s: %d cases, %d channel(s), layout %s", sub.name, len(sub.cases),
-                    sub.n_channels, "+".join(sorted(sub.layouts)))
-        if sub.name not in SUBSETS:
-            # converted all the same (named after its words); said so that a misspelt prefix is noticed
-            logger.info("subset %s is not a known SELMA3D subset (known: %s)", sub.name, ", ".join(SUBSETS))
-    return dict(sorted(subsets.items()))
+    def subsets(self) -> dict[str, AnnotatedSubset]:
+        """The cases grouped by subset; a case missing a channel the subset's others have is a problem."""
+        subsets: dict[str, AnnotatedSubset] = {}
+        for case in sorted(self.cases.values(), key=lambda c: (c.subset, c.case_id)):
+            sub = subsets.setdefault(case.subset, AnnotatedSubset(case.subset, set(), []))
+            sub.layouts.add(case.layout)
+            sub.cases.append(case)
+        for sub in subsets.values():
+            n = sub.n_channels
+            for case in sub.cases:
+                missing = [c for c in range(n) if c not in case.channels]
+                if missing:
+                    first = case.channels[min(case.channels)]
+                    stem = strip_image_suffix(first)[:-4]
+                    expected = ", ".join(str(first.parent / f"{stem}{c:04d}{image_suffix(first)}") for c in missing)
+                    self.problems.append(f"{first}: case {case.case_id} of subset {sub.name} has channels "
+                                         f"{sorted(case.channels)}; expected {list(range(n))} like the other cases, "
+                                         f"missing {expected}")
+        return subsets

@@ -155,52 +155,14 @@ def evaluate_folders(
     ValueError naming the cases when predictions are missing (without ``allow_missing``), a
     case's category cannot be told, files are unreadable or shapes differ.
     """
-    from tqdm import tqdm
-
     edition = lb.check_edition(edition)
-    refs = list_cases(reference_folder)
-    preds = list_cases(prediction_folder)
-    if not refs:
-        raise ValueError(f"{reference_folder}: holds no reference image (.nii.gz/.mha/.tif)")
-    warnings: list[str] = []
-    missing = sorted(set(refs) - set(preds))
-    if missing and not allow_missing:
-        raise ValueError(
-            f"{prediction_folder}: no prediction for {len(missing)} of {len(refs)} reference cases: "
-            f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; expected a file named like the "
-            "reference (any of .nii.gz/.mha/.tif), or pass --allow-missing to score them as empty predictions"
-        )
-    for case in sorted(set(preds) - set(refs)):
-        warnings.append(f"case {case}: prediction {preds[case].name} has no reference; ignored")
+    refs, preds, warnings = _match_cases(reference_folder, prediction_folder, allow_missing)
     categories = {case: lb.case_category(case, edition, category).name for case in refs}
-
     if any("panoptic_quality" in lb.EDITIONS[edition][c].metrics for c in set(categories.values())):
         import panoptica  # noqa: F401  -- slow import (torch); once here, inherited by forked workers
 
     jobs = [(case, refs[case], preds.get(case), edition, categories[case]) for case in sorted(refs)]
-    cases: dict[str, dict] = {}
-    errors: list[str] = []
-    bar = tqdm(total=len(jobs), desc=f"SELMA3D {edition} evaluation", unit="case", disable=not progress)
-    if num_processes <= 1:
-        for job in jobs:
-            try:
-                cases[job[0]] = _score_case_files(*job)
-            except ValueError as e:
-                errors.append(str(e))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs))) as pool:
-            futures = {pool.submit(_score_case_files, *job): job[0] for job in jobs}
-            for future in as_completed(futures):
-                try:
-                    cases[futures[future]] = future.result()
-                except ValueError as e:
-                    errors.append(str(e))
-                bar.update()
-    bar.close()
-    if errors:
-        raise ValueError(f"{len(errors)} case(s) could not be scored:\n" + "\n".join(sorted(errors)))
-    cases = {case: cases[case] for case in sorted(cases)}
+    cases = _score_all(jobs, edition, num_processes, progress)
     for case, values in cases.items():
         warnings += [f"case {case}: {w}" for w in values["warnings"]]
     warnings += lb.aggregate_warnings(cases, edition)
@@ -224,6 +186,56 @@ def evaluate_folders(
         write_json_atomic(output_json, result, indent=2)
         write_cases_csv(csv_path if csv_path is not None else output_json.with_suffix(".csv"), result)
     return result
+
+
+def _match_cases(reference_folder: str | Path, prediction_folder: str | Path,
+                 allow_missing: bool) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+    """References and predictions by case name, and a warning per prediction without a reference."""
+    refs = list_cases(reference_folder)
+    preds = list_cases(prediction_folder)
+    if not refs:
+        raise ValueError(f"{reference_folder}: holds no reference image (.nii.gz/.mha/.tif)")
+    warnings: list[str] = []
+    missing = sorted(set(refs) - set(preds))
+    if missing and not allow_missing:
+        raise ValueError(
+            f"{prediction_folder}: no prediction for {len(missing)} of {len(refs)} reference cases: "
+            f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; expected a file named like the "
+            "reference (any of .nii.gz/.mha/.tif), or pass --allow-missing to score them as empty predictions"
+        )
+    for case in sorted(set(preds) - set(refs)):
+        warnings.append(f"case {case}: prediction {preds[case].name} has no reference; ignored")
+    return refs, preds, warnings
+
+
+def _score_all(jobs: list[tuple], edition: str, num_processes: int, progress: bool) -> dict[str, dict]:
+    """Score every case (in worker processes unless ``num_processes`` <= 1), sorted by case; every case
+    that cannot be scored is named in one ValueError."""
+    from tqdm import tqdm
+
+    cases: dict[str, dict] = {}
+    errors: list[str] = []
+    bar = tqdm(total=len(jobs), desc=f"SELMA3D {edition} evaluation", unit="case", disable=not progress)
+    if num_processes <= 1:
+        for job in jobs:
+            try:
+                cases[job[0]] = _score_case_files(*job)
+            except ValueError as e:
+                errors.append(str(e))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs))) as pool:
+            futures = {pool.submit(_score_case_files, *job): job[0] for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    cases[futures[future]] = future.result()
+                except ValueError as e:
+                    errors.append(str(e))
+                bar.update()
+    bar.close()
+    if errors:
+        raise ValueError(f"{len(errors)} case(s) could not be scored:\n" + "\n".join(sorted(errors)))
+    return {case: cases[case] for case in sorted(cases)}
 
 
 def load_result(path: str | Path) -> dict:
@@ -281,21 +293,8 @@ def rank_predictions(
         if not source.exists():
             raise FileNotFoundError(f"{source}: not found; expected a folder of predicted masks or a result JSON "
                                     f"of nnUNetv2_selma_evaluate (-o). Check the path given to -pred.")
-    results: dict[str, dict] = {}
-    for name, source in zip(names, predictions):
-        source = Path(source)
-        if source.is_file():
-            result = load_result(source)
-            if str(result["edition"]) != edition:
-                raise ValueError(f"{source}: scored for edition {result['edition']}, expected {edition}")
-        else:
-            if reference_folder is None:
-                raise ValueError(f"{source}: is a prediction folder; pass -ref with the reference folder")
-            result = evaluate_folders(
-                reference_folder, source, edition, output_json.with_name(f"{output_json.stem}.{name}.json"),
-                category=category, num_processes=num_processes, allow_missing=allow_missing, progress=progress,
-            )
-        results[name] = result
+    results = _team_results(predictions, names, edition, output_json, reference_folder, category=category,
+                            num_processes=num_processes, allow_missing=allow_missing, progress=progress)
     case_sets = {name: sorted(r["cases"]) for name, r in results.items()}
     first = names[0]
     for name in names[1:]:
@@ -311,7 +310,32 @@ def rank_predictions(
     if edition in lb.MEAN_STD_EDITIONS:
         ranking["left_out"] = {name: lb.nan_cases(r["cases"], edition) for name, r in results.items()}
     write_json_atomic(output_json, ranking, indent=2)
+    _write_ranking_csv(output_json.with_suffix(".csv"), ranking)
+    return ranking
 
+
+def _team_results(predictions: list[str | Path], names: list[str], edition: str, output_json: Path,
+                  reference_folder: str | Path | None, **scoring) -> dict[str, dict]:
+    """Each team's result: its result JSON read back, or its prediction folder scored now."""
+    results: dict[str, dict] = {}
+    for name, source in zip(names, predictions):
+        source = Path(source)
+        if source.is_file():
+            result = load_result(source)
+            if str(result["edition"]) != edition:
+                raise ValueError(f"{source}: scored for edition {result['edition']}, expected {edition}")
+        else:
+            if reference_folder is None:
+                raise ValueError(f"{source}: is a prediction folder; pass -ref with the reference folder")
+            result = evaluate_folders(reference_folder, source, edition,
+                                      output_json.with_name(f"{output_json.stem}.{name}.json"), **scoring)
+        results[name] = result
+    return results
+
+
+def _write_ranking_csv(path: Path, ranking: dict) -> None:
+    """One row per team, in rank order: rank, score, category and subgroup mean ranks, metrics and their ranks."""
+    first = ranking["order"][0]
     metric_keys = list(ranking["teams"][first]["metric_ranks"])
     category_names = list(ranking["teams"][first]["category_scores"])
     subgroup_names = list(ranking["teams"][first]["subgroup_scores"])
@@ -327,5 +351,4 @@ def rank_predictions(
                              *[t["subgroup_scores"][g] for g in subgroup_names],
                              *[t["aggregates"][k] for k in metric_keys], *[t["metric_ranks"][k] for k in metric_keys]])
 
-    write_atomic(output_json.with_suffix(".csv"), write)
-    return ranking
+    write_atomic(path, write)

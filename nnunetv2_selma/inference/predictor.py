@@ -30,7 +30,8 @@ def check_model_fits_streaming(configuration_manager, num_inputs: int, num_chann
     schemes = list(configuration_manager.normalization_schemes)
     if any(s != NORMALIZATION_SCHEME for s in schemes):
         raise ModelFolderError(f"{model_folder}: normalization_schemes {schemes}; whole-volume inference supports "
-                         f"{NORMALIZATION_SCHEME} only (design decision 2)")
+                         f"{NORMALIZATION_SCHEME} only, the normalisation every network of this package is "
+                         f"trained with")
     if any(configuration_manager.use_mask_for_norm):
         raise ModelFolderError(f"{model_folder}: use_mask_for_norm is True; whole-volume inference needs statistics "
                          f"over the whole (cropped) volume, expected use_mask_for_norm False")

@@ -61,19 +61,7 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
         for a, total in zip(arrays, sums):
             if total is not None:
                 total.update(a.astype(np.float32))  # nnU-Net casts the case to float32 first
-        if all(a.all() for a in arrays):  # every voxel non-zero: the region extends the box by its own extent
-            extents = [(r.start, r.stop) for r in region]
-        else:
-            nonzero = arrays[0] != 0
-            for a in arrays[1:]:
-                nonzero |= a != 0
-            extents = []
-            for axis in range(3):
-                other = tuple(i for i in range(3) if i != axis)
-                idx = np.flatnonzero(nonzero.any(axis=other))
-                extents.append(None if not idx.size else
-                               (int(idx[0]) + region[axis].start, int(idx[-1]) + 1 + region[axis].start))
-        for axis, e in enumerate(extents):
+        for axis, e in enumerate(_nonzero_extents(arrays, region)):
             if e is not None:
                 lo[axis] = e[0] if lo[axis] is None else min(lo[axis], e[0])
                 hi[axis] = e[1] if hi[axis] is None else max(hi[axis], e[1])
@@ -85,23 +73,46 @@ def gather_volume_statistics(sources: Sequence[VolumeSource], intensity_stats: S
         return {"mean": [0.0] * len(sources), "std": [0.0] * len(sources), "bbox": None, "source": "measured"}
     box_regions = [tuple(slice(r.start + a, r.stop + a) for r, (a, _) in zip(region, bbox))
                    for region in row_regions([b - a for a, b in bbox], max_voxels)]  # C order of the box
-    means, stds = [], []
-    for s, total in zip(sources, sums):
-        if math.prod(b - a for a, b in bbox) < math.prod(shape):
-            # nnU-Net crops to the non-zero box before normalising: the zeros outside it do not count
-            total = NumpyFloat32Sum()
-            for region in tqdm(box_regions, desc="statistics (mean)", disable=not progress, leave=False):
-                total.update(s.read(region).astype(np.float32))
-        mean = total.mean()
-        squares = NumpyFloat32Sum()
-        for region in tqdm(box_regions, desc="statistics (std)", disable=not progress, leave=False):
-            deviation = s.read(region).astype(np.float32)
-            deviation -= mean
-            deviation *= deviation
-            squares.update(deviation)
-        means.append(float(mean))
-        stds.append(float(np.sqrt(squares.mean())))  # float32 square root, as ndarray.std
-    return {"mean": means, "std": stds, "bbox": bbox, "source": "measured"}
+    cropped = math.prod(b - a for a, b in bbox) < math.prod(shape)
+    moments = [_box_mean_std(s, None if cropped else total, box_regions, progress) for s, total in zip(sources, sums)]
+    return {"mean": [m for m, _ in moments], "std": [s for _, s in moments], "bbox": bbox, "source": "measured"}
+
+
+def _nonzero_extents(arrays: Sequence[np.ndarray], region: tuple[slice, ...]) -> list[tuple[int, int] | None]:
+    """Per axis, the extent (original frame) of the voxels non-zero in any channel of a region; None if none."""
+    if all(a.all() for a in arrays):  # every voxel non-zero: the region extends the box by its own extent
+        return [(r.start, r.stop) for r in region]
+    nonzero = arrays[0] != 0
+    for a in arrays[1:]:
+        nonzero |= a != 0
+    extents = []
+    for axis in range(3):
+        other = tuple(i for i in range(3) if i != axis)
+        idx = np.flatnonzero(nonzero.any(axis=other))
+        extents.append(None if not idx.size else
+                       (int(idx[0]) + region[axis].start, int(idx[-1]) + 1 + region[axis].start))
+    return extents
+
+
+def _box_mean_std(source: VolumeSource, total: NumpyFloat32Sum | None, box_regions: list[tuple[slice, ...]],
+                  progress: bool) -> tuple[float, float]:
+    """Float32 mean and population std of one channel over the box, in nnU-Net's summation order. ``total`` is
+    the whole volume's sum when the box is the whole volume, else None (the box's own sum is read)."""
+    from tqdm import tqdm
+
+    if total is None:
+        # nnU-Net crops to the non-zero box before normalising: the zeros outside it do not count
+        total = NumpyFloat32Sum()
+        for region in tqdm(box_regions, desc="statistics (mean)", disable=not progress, leave=False):
+            total.update(source.read(region).astype(np.float32))
+    mean = total.mean()
+    squares = NumpyFloat32Sum()
+    for region in tqdm(box_regions, desc="statistics (std)", disable=not progress, leave=False):
+        deviation = source.read(region).astype(np.float32)
+        deviation -= mean
+        deviation *= deviation
+        squares.update(deviation)
+    return float(mean), float(np.sqrt(squares.mean()))  # float32 square root, as ndarray.std
 
 
 __all__ = ["gather_volume_statistics"]

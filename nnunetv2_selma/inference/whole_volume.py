@@ -119,7 +119,7 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     progress : show progress bars (voxels/s, time left).
     tissue_mask : ``None``/``"none"`` (default here: the labels equal ``nnUNetPredictor``'s), ``"auto"``
         (the command line's default: ingest's low-resolution tissue mask of the input, dilated by one mask
-        voxel, see :mod:`nnunetv2_selma.inference.tissue`; it removes only a clearly dark outside, keeps
+        voxel, see :mod:`nnunetv2_selma.inference.tissue_mask`; it removes only a clearly dark outside, keeps
         everything in a volume that is tissue everywhere, and keeps objects touching the tissue whole) or the
         path of a mask volume (non-zero = tissue, the input's shape or smaller by a whole factor per axis;
         labels outside it are set to 0 voxel by voxel). The record's ``tissue_mask`` says what was kept.
@@ -195,7 +195,7 @@ def _prepare(input, output, model_folder, folds, block_size, tile_step_size, use
     tissue_setting = "none" if tissue_mask is None or str(tissue_mask) == "none" else str(tissue_mask)
     given_tissue = None
     if tissue_setting not in ("none", "auto"):
-        from nnunetv2_selma.inference.tissue import open_tissue_mask
+        from nnunetv2_selma.inference.tissue_mask import open_tissue_mask
 
         given_tissue = open_tissue_mask(tissue_setting, sources[0].shape)  # checked before any work
         tissue_setting = given_tissue.info["path"]
@@ -318,7 +318,7 @@ def _assemble(setup: _Setup, run: ResumableRun, plan: BlockPlan, job: BlockJob, 
     blocks_dir = Path(job.blocks_dir)
     tissue = setup.given_tissue
     if setup.tissue_setting == "auto":
-        from nnunetv2_selma.inference.tissue import auto_tissue_mask
+        from nnunetv2_selma.inference.tissue_mask import auto_tissue_mask
 
         t0 = time.perf_counter()
         tissue = auto_tissue_mask(sources)
@@ -328,7 +328,7 @@ def _assemble(setup: _Setup, run: ResumableRun, plan: BlockPlan, job: BlockJob, 
     slice_names = sources[0].slice_names()
     t0 = time.perf_counter()
     if tissue is not None and tissue.whole_objects and not tissue.keeps_everything:
-        from nnunetv2_selma.inference.tissue import keep_whole_objects
+        from nnunetv2_selma.inference.tissue_mask import keep_whole_objects
 
         # the labels unmasked first: which objects touch the mask is known only once all of them are
         tissue_dir = work_dir / "tissue"

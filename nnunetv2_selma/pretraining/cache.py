@@ -29,16 +29,17 @@ from typing import Any
 import torch
 
 from nnunetv2_selma.atomic import write_atomic
+from nnunetv2_selma.checkpoint_io import checkpoint_fingerprint
+from nnunetv2_selma.model_folder import read_plans_configuration
 from nnunetv2_selma.pretraining.loop import FINAL, LATEST, PretrainingSchedule, pretrain
 from nnunetv2_selma.pretraining.methods import PretrainingMethod
+from nnunetv2_selma.store.reader import open_store
 
 CACHE_ENV = "nnUNet_selma_pretraining_cache"
 
 
 def architecture_description(plans: dict | str | Path, configuration: str = "3d_fullres") -> dict[str, Any]:
     """What of the plans determines the pretrained network: class, kwargs, patch size."""
-    from nnunetv2_selma.model_folder import read_plans_configuration
-
     _, config = read_plans_configuration(plans, configuration)
     return {
         "network_class_name": config.network_arch_class_name,
@@ -68,8 +69,6 @@ def cache_key_parts(
         "schedule": schedule.key_dict(),
     }
     if init is not None:
-        from nnunetv2_selma.checkpoints import checkpoint_fingerprint
-
         parts["init"] = checkpoint_fingerprint(init)
     return parts
 
@@ -130,8 +129,6 @@ def get_or_pretrain(
     -------
     Path of ``<cache_root>/<key>/checkpoint_final.pth``.
     """
-    from nnunetv2_selma.store.reader import open_store
-
     store = open_store(store)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     parts = cache_key_parts(plans, configuration, store.fingerprint, method, schedule, init)

@@ -84,7 +84,7 @@ def sample_batch(
     Returns
     -------
     ndarray float32, shape (batch_size, 1, z, y, x); each patch z-scored with its own statistics
-    (design decision 2, identical to how nnU-Net normalises a fine-tuning case).
+    (identical to how nnU-Net normalises a fine-tuning case, so the pretrained network sees the same intensities).
     """
     patch_size = tuple(int(p) for p in patch_size)
     out = np.empty((batch_size, 1, *patch_size), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The pretraining store (design decision 4), owned by this package.
+"""The pretraining store: unannotated volumes in blocks and chunks that training reads patch by patch.
 
 * :mod:`~nnunetv2_selma.store.format`: manifest, volume paths, :func:`verify_volume`, :func:`load_manifest`;
 * :mod:`~nnunetv2_selma.store.ingest`: the writer (discovery, slab producer, orchestration) behind

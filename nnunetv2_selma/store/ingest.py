@@ -1,4 +1,4 @@
-"""Ingest unannotated SELMA3D volumes into a streaming pretraining store (design decision 4): the store's writer.
+"""Ingest unannotated SELMA3D volumes into a streaming pretraining store: the store's writer.
 
 A download holds ``unannotated_<structure>/<sample>/<channel>/`` folders of 2D TIFF slices
 (and, in other releases, single 3D files, OME-Zarr included), each read through

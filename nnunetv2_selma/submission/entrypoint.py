@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.model_folder import UNREADABLE_CHECKPOINT, check_model_folder, unreadable_checkpoint
+from nnunetv2_selma.nnunet_ext import ENV_VAR, shim_folder
 from nnunetv2_selma.submission.interface import (
     DEFAULT_EDITION,
     DEFAULT_INPUT_ROOT,
@@ -145,8 +146,6 @@ def find_input_image(folder: str | Path, suffixes: tuple[str, ...]) -> Path:
 def _ensure_plugin_trainers_findable() -> None:
     """Append the plugin's trainer folder (:func:`~nnunetv2_selma.nnunet_ext.shim_folder`) to
     ``nnUNet_extTrainer`` unless it is there, so SELMA trainers load by name."""
-    from nnunetv2_selma.nnunet_ext import ENV_VAR, shim_folder
-
     ext = str(shim_folder())
     paths = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     if ext not in paths:

@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import nnunetv2_selma
 from nnunetv2_selma.model_folder import check_model_folder
 from nnunetv2_selma.submission.interface import DEFAULT_EDITION, INVOKE_PORT, get_edition
 from nnunetv2_selma.submission.models import (
@@ -100,8 +101,6 @@ def pinned_requirements(distribution: str = PROJECT_DISTRIBUTION) -> list[str]:
 
 
 def _project_root() -> Path:
-    import nnunetv2_selma
-
     root = Path(nnunetv2_selma.__file__).resolve().parent.parent
     if not (root / "pyproject.toml").is_file():
         raise ValueError(f"nnunetv2_selma is installed from {root}, which holds no pyproject.toml: cannot build "
@@ -178,6 +177,9 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
                       build_wheels: bool = True, overwrite: bool = False) -> Path:
     """Write a complete Docker build context for a SELMA3D submission and return its path.
 
+    Over 80 lines for its parameter list only; the body is four steps: refuse a build folder it did not
+    write, check and name the models, write the context into a staging folder, move it into place.
+
     Parameters
     ----------
     model_folders : sequence of paths or ``(name, path)`` pairs
@@ -228,22 +230,7 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
     for side in (tmp, old):
         if side.exists():
             _check_replaceable(side, "staging")
-    models: dict[str, dict] = {}
-    sources: list[tuple[str, Path, list]] = []
-    for item in model_folders:
-        name, folder = item if isinstance(item, tuple) else parse_model_argument(str(item))
-        folder = Path(folder)
-        chosen = check_model_folder(folder, folds, checkpoint)
-        plans = json.loads((folder / "plans.json").read_text())
-        name = name or structure_from_dataset_name(plans.get("dataset_name", folder.parent.name))
-        if name in models:
-            raise ValueError(f"two models are called {name!r}; name them explicitly with -m NAME=FOLDER")
-        models[name] = {"folder": name, "folds": chosen, "checkpoint": checkpoint,
-                        "prefixes": list(KNOWN_STRUCTURE_PREFIXES.get(name, (name,))),
-                        "dataset_name": plans.get("dataset_name"), "source": str(folder.resolve())}
-        sources.append((name, folder, chosen))
-    if not models:
-        raise ValueError("no model folder given")
+    models, sources = _collect_models(model_folders, folds, checkpoint)
     default = normalize_name(default) if default else next(iter(models))
     if default not in models:
         raise ValueError(f"default model {default!r} is not one of {sorted(models)}")
@@ -271,6 +258,28 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
     log.info("wrote the build context %s (edition %s, models %s, default %r)", build_dir, edition_info.name,
              sorted(models), default)
     return build_dir
+
+
+def _collect_models(model_folders: Sequence[str | Path | tuple[str | None, str | Path]],
+                    folds: Sequence[int | str] | None, checkpoint: str) -> tuple[dict[str, dict], list]:
+    """Check every model folder and name it: ``{name: model entry}`` and ``[(name, folder, folds)]``."""
+    models: dict[str, dict] = {}
+    sources: list[tuple[str, Path, list]] = []
+    for item in model_folders:
+        name, folder = item if isinstance(item, tuple) else parse_model_argument(str(item))
+        folder = Path(folder)
+        chosen = check_model_folder(folder, folds, checkpoint)
+        plans = json.loads((folder / "plans.json").read_text())
+        name = name or structure_from_dataset_name(plans.get("dataset_name", folder.parent.name))
+        if name in models:
+            raise ValueError(f"two models are called {name!r}; name them explicitly with -m NAME=FOLDER")
+        models[name] = {"folder": name, "folds": chosen, "checkpoint": checkpoint,
+                        "prefixes": list(KNOWN_STRUCTURE_PREFIXES.get(name, (name,))),
+                        "dataset_name": plans.get("dataset_name"), "source": str(folder.resolve())}
+        sources.append((name, folder, chosen))
+    if not models:
+        raise ValueError("no model folder given")
+    return models, sources
 
 
 def _check_replaceable(folder: Path, why: str) -> None:

@@ -6,7 +6,8 @@ different spacing, patch size and topology per dataset, so one pretrained checkp
 not serve them all. The planners here fix, for every dataset and for pretraining:
 
 * spacing 1 in every axis, identity transpose, no resampling (``no_resampling_hack``);
-* the normalisation of design decision 2 (``ZScoreNormalization`` per case, no mask);
+* the one normalisation of :mod:`nnunetv2_selma.normalization` (``ZScoreNormalization`` per case, no mask),
+  so pretraining, fine-tuning and inference see the same intensities;
 * one residual-encoder U-Net (``ResidualEncoderUNet`` of dynamic-network-architectures)
   whose size, patch size and batch size come from a named preset (:data:`PRESETS`).
 

@@ -35,7 +35,7 @@ import torch
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from nnunetv2_selma.checkpoints import unwrap_network
+from nnunetv2_selma.checkpoint_io import unwrap_network
 from nnunetv2_selma.pretraining.data import sample_batch
 from nnunetv2_selma.store.reader import open_store
 from nnunetv2_selma.structures import STRUCTURES, SUBSETS

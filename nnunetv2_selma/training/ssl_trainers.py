@@ -1,4 +1,4 @@
-"""nnU-Net trainers that add the self-supervised pretraining stage (design decision 5).
+"""nnU-Net trainers that put self-supervised pretraining in front of fine-tuning, cached by what determines it.
 
 ``nnUNetv2_train D 3d_fullres F -tr nnUNetTrainerSelmaMAE -p nnUNetSelmaPlans_M`` first obtains a
 pretraining checkpoint of exactly the network it fine-tunes -- from the cache

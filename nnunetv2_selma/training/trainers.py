@@ -37,7 +37,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nnunetv2_selma.checkpoints import load_pretrained_weights, unwrap_network
+from nnunetv2_selma.checkpoint_io import unwrap_network
+from nnunetv2_selma.checkpoints import load_pretrained_weights
 
 __all__ = [
     "PRETRAINED_ENV",
@@ -293,7 +294,7 @@ class nnUNetTrainerSelma_6epochs_25it_noTTA(nnUNetTrainerSelma):
 
 class nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_6epochs_25it_noTTA):
     """The CPU study schedule with the pretrained encoder fine-tuned at a tenth of the learning rate of the
-    decoder and head (a suspect of issue 12: full-rate SGD washes out what pretraining learnt)."""
+    decoder and head (full-rate SGD may wash out what pretraining learnt; this arm measures it)."""
 
     encoder_lr_scale = 0.1
 
@@ -301,13 +302,13 @@ class nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_6epo
 class nnUNetTrainerSelma_12epochs_25it_noTTA(nnUNetTrainerSelma_6epochs_25it_noTTA):
     """The CPU study schedule twice as long (12 epochs of 25 iterations, warm-up 1 epoch, no test-time
     mirroring): with 150 iterations a fine-tuning run from one or two faint labelled patches sometimes ended
-    before its first foreground prediction (Dice 0, training loss still falling), in every arm (issue 12)."""
+    before its first foreground prediction (Dice 0, training loss still falling), in every arm."""
 
     schedule_epochs = 12
 
 
 class nnUNetTrainerSelma_12epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The 12-epoch study schedule with the encoder at a tenth of the decoder's learning rate: keeps close to a
-    pretrained encoder whose frozen features probe well (issue 12, the denoising encoder)."""
+    pretrained encoder whose frozen features probe well (the denoising encoder)."""
 
     encoder_lr_scale = 0.1

@@ -2,7 +2,7 @@
 
 Owned here, below its two users, so that both compute the same mask: the pretraining store keeps one
 beside every volume (``store.ingest``) and whole-volume inference sets labels outside it to 0
-(``inference.tissue``). The mask has one voxel per ``factors`` voxels (powers of two >= 8 keeping
+(``inference.tissue_mask``). The mask has one voxel per ``factors`` voxels (powers of two >= 8 keeping
 every side <= ``MASK_MAX_SIDE``); the tissue threshold comes from 2D block means on a few evenly spaced
 planes (read before the first slab's statistics are taken, so the statistics of a slab can be restricted
 to tissue while it is in memory). Statistics over tissue (mean, std, percentiles) come from a regular

@@ -21,7 +21,7 @@ from model_factory import make_model_folder  # noqa: E402
 from scipy import ndimage
 
 from nnunetv2_selma.cli.predict_large import main as predict_large_command
-from nnunetv2_selma.inference.tissue import auto_tissue_mask
+from nnunetv2_selma.inference.tissue_mask import auto_tissue_mask
 from nnunetv2_selma.inference.whole_volume import predict_large
 from nnunetv2_selma.volumes import open_volume
 

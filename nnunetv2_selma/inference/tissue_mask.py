@@ -32,7 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.inference.objects import (
+    CONNECTIVITY_RANK,
+    DEFAULT_OBJECT_BLOCK,
+    ObjectJob,
+    measure_block,
+    merge_block_tables,
+    plan_object_blocks,
+)
 from nnunetv2_selma.volumes import VolumeSource, create_mask_writer, open_volume
+from nnunetv2_selma.volumes.tissue import low_resolution_tissue_mask
 from nnunetv2_selma.volumes.writers import write_blocks
 
 logger = logging.getLogger(__name__)
@@ -89,8 +98,6 @@ def auto_tissue_mask(sources: Sequence[VolumeSource], margin_blocks: int = TISSU
     per channel, what was decided and why (:meth:`~nnunetv2_selma.volumes.tissue.TissueThreshold.info`).
     """
     from scipy import ndimage
-
-    from nnunetv2_selma.volumes.tissue import low_resolution_tissue_mask
 
     low, factors, thresholds = None, None, []
     for source in sources:
@@ -179,15 +186,6 @@ def keep_whole_objects(labels: str | Path, tissue: TissueMask, work_dir: str | P
     ``objects_removed``, ``voxels_removed``, ``objects_kept_across_edge``, ``voxels_kept_outside``).
     """
     from scipy import ndimage
-
-    from nnunetv2_selma.inference.objects import (
-        CONNECTIVITY_RANK,
-        DEFAULT_OBJECT_BLOCK,
-        ObjectJob,
-        measure_block,
-        merge_block_tables,
-        plan_object_blocks,
-    )
 
     work_dir = Path(work_dir)
     source = open_volume(labels)
