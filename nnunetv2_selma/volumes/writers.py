@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import commit_path, discard_path
 from nnunetv2_selma.volumes.images import image_suffix, write_image
 from nnunetv2_selma.volumes.readers import volume_kind
 
@@ -63,17 +63,12 @@ class MaskWriter:
     def commit(self) -> Path:
         """Finish the temporary output and move it to the final path; returns the final path."""
         self._close()
-        if self.final.is_dir():
-            self.final.rmdir()  # only an empty folder can be here: the caller checked
-        os.replace(self.tmp, self.final)
+        commit_path(self.tmp, self.final)  # only an empty folder can be at the final path: the caller checked
         return self.final
 
     def abort(self) -> None:
         """Remove the temporary output."""
-        if self.tmp.is_dir():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        elif self.tmp.exists():
-            self.tmp.unlink()
+        discard_path(self.tmp)
 
     def __enter__(self) -> MaskWriter:
         return self
