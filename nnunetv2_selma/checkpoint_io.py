@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
+
+from nnunetv2_selma.atomic import atomic_path
 
 #: substrings of the keys that are never transferred (segmentation / reconstruction heads)
 HEAD_KEYS = (".seg_layers.",)
@@ -152,15 +153,8 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     created by ``open()`` (not ``mkstemp``), so the file gets the umask's mode and colleagues sharing
     the folder can read it, as nnU-Net's own checkpoints.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path, unique=True) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- reading ------------------------------------------------------------------------------------------

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_selma.evaluation.stats import paired_difference, verdict
-from nnunetv2_selma.nnunet_ext import shim_folder
+from nnunetv2_selma.experiment import (
+    CommandRunner,
+    StageError,  # noqa: F401  (the demo command reports it)
+    console_script,
+    draw_labelled,
+    labelled_cases,
+    nnunet_environment,
+    write_splits,
+)
 from nnunetv2_selma.synthetic.download import write_download, write_test_inputs
 from nnunetv2_selma.synthetic.pictures import projection_panels, save_mip_picture
 from nnunetv2_selma.volumes.images import read_image, strip_image_suffix
@@ -80,55 +85,19 @@ PROFILES: dict[str, DemoProfile] = {
 }
 
 
-class StageError(RuntimeError):
-    """A pipeline stage (a command) failed; the message names the command and its log."""
-
-
-class _Runner:
-    """Runs the stages' commands with this demo's environment and logs each to its own file."""
-
-    def __init__(self, out: Path, env: dict[str, str]):
-        self.out = out
-        self.env = env
-        self.logs = out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, stage: str, cmd: list[str], env: dict[str, str] | None = None) -> float:
-        log_path = self.logs / f"{stage}.log"
-        log.info("[%s] %s", stage, " ".join(cmd))
-        start = time.perf_counter()
-        with open(log_path, "w") as fh:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
-        seconds = time.perf_counter() - start
-        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
-        if proc.returncode != 0:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-            raise StageError(f"stage {stage!r} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                             f"log: {log_path}\n--- last lines ---\n{tail}")
-        log.info("[%s] done in %.1f s", stage, seconds)
-        return seconds
-
-
-def _script(name: str) -> str:
-    """Path of a console script installed beside this interpreter (falls back to PATH)."""
-    candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else name
-
-
 def write_few_label_splits(raw_dataset: Path, splits_file: Path, labelled: int, repeats: Sequence[int],
                            seed: int) -> list[dict]:
     """nnU-Net's ``splits_final.json`` for a few-label comparison: fold r trains on ``labelled`` cases
     drawn with ``(seed, r)`` and validates on all the others. Both arms read the same file, so repeat r
     fine-tunes the same patches in both."""
-    cases = sorted(p.name[: -len(".nii.gz")] for p in (raw_dataset / "labelsTr").glob("*.nii.gz"))
+    cases = labelled_cases(raw_dataset)
     if len(cases) <= labelled:
         raise ValueError(f"{raw_dataset}: {len(cases)} labelled cases; a few-label split of {labelled} needs more")
     splits = [{"train": [], "val": []} for _ in range(max(repeats) + 1)]
     for r in repeats:
-        train = sorted(np.random.default_rng([seed, r]).choice(cases, size=labelled, replace=False).tolist())
+        train = draw_labelled(cases, labelled, (seed, r))
         splits[r] = {"train": train, "val": [c for c in cases if c not in train]}
-    splits_file.write_text(json.dumps(splits, indent=1))
+    write_splits(splits_file, splits)
     return splits
 
 
@@ -175,17 +144,8 @@ class _Demo:
 
     def __init__(self, out: Path, prof: DemoProfile, device: str, seed: int):
         self.out, self.prof, self.device, self.seed = out, prof, device, seed
-        env = dict(os.environ)
         self.folders = {k: out / k for k in ("nnUNet_raw", "nnUNet_preprocessed")}
-        for k, v in self.folders.items():
-            v.mkdir(parents=True, exist_ok=True)
-            env[k] = str(v)
-        env.setdefault("nnUNet_n_proc_DA", "2")
-        env.setdefault("nnUNet_def_n_proc", "2")
-        env["nnUNet_compile"] = "true" if device == "cuda" else "false"
-        # trainer discovery for this run's nnUNetv2_train / nnUNetv2_predict (the documented manual way)
-        env["nnUNet_extTrainer"] = os.pathsep.join(p for p in (str(shim_folder()), env.get("nnUNet_extTrainer")) if p)
-        self.run = _Runner(out, env)
+        self.run = CommandRunner(out / "logs", nnunet_environment(out, device))
         self.timings = self.run.timings
         self.download = out / "download"
         self.test_dir = out / "test_inputs"
@@ -213,11 +173,11 @@ class _Demo:
         from nnunetv2_selma.training.planner import plans_identifier
 
         prof, raw, preprocessed = self.prof, self.folders["nnUNet_raw"], self.folders["nnUNet_preprocessed"]
-        self.run("convert", [_script("nnUNetv2_selma_convert"), "-i", str(self.download), "-o", str(raw),
+        self.run("convert", [console_script("nnUNetv2_selma_convert"), "-i", str(self.download), "-o", str(raw),
                              "--subsets", FINETUNE_SUBSET, "--ids", f"{FINETUNE_SUBSET}={DEMO_DATASET_ID}"])
-        self.run("ingest", [_script("nnUNetv2_selma_ingest"), "-i", str(self.download), "-o", str(self.store),
+        self.run("ingest", [console_script("nnUNetv2_selma_ingest"), "-i", str(self.download), "-o", str(self.store),
                             "-np", "2"])
-        self.run("plan", [_script("nnUNetv2_selma_plan"), "-d", str(DEMO_DATASET_ID), "--preset", prof.preset,
+        self.run("plan", [console_script("nnUNetv2_selma_plan"), "-d", str(DEMO_DATASET_ID), "--preset", prof.preset,
                           "-np", "2"])
         self.plans_name = plans_identifier(prof.preset)
         self.dataset_name = next(p.name for p in preprocessed.iterdir()
@@ -230,7 +190,7 @@ class _Demo:
     def pretrain(self) -> Path:
         """Self-supervised pretraining on the store (masked image modelling), same network as fine-tuning."""
         prof = self.prof
-        self.run("pretrain", [_script("nnUNetv2_selma_pretrain"), "--store", str(self.store), "--plans",
+        self.run("pretrain", [console_script("nnUNetv2_selma_pretrain"), "--store", str(self.store), "--plans",
                               str(self.plans_file), "-o", str(self.pretrain_dir), "--iterations",
                               str(prof.pretrain_iterations), "--batch-size", str(prof.pretrain_batch), "--device",
                               self.device, "--no-progress", "--checkpoint-every",
@@ -242,8 +202,8 @@ class _Demo:
         the held-out c-Fos inputs with nnU-Net's own predictor and score them (SELMA3D 2024 metrics)."""
         # challenge-style inputs (cfos_001.mha, .tif) -> CASE_0000.nii.gz, the names nnUNetv2_predict finds
         test_nnunet = self.out / "test_inputs_nnunet"
-        self.run("test_inputs", [_script("nnUNetv2_selma_convert"), "--test-inputs", str(self.test_dir / "images"),
-                                 "-o", str(test_nnunet)])
+        self.run("test_inputs", [console_script("nnUNetv2_selma_convert"), "--test-inputs",
+                                 str(self.test_dir / "images"), "-o", str(test_nnunet)])
         results: dict[str, dict] = {}
         for arm, weights in arms.items():
             model_folder = self.out / f"nnUNet_results_{arm}" / self.dataset_name / \
@@ -256,19 +216,19 @@ class _Demo:
     def _fold(self, arm: str, weights: Path | None, fold: int, test_nnunet: Path, model_folder: Path) -> dict:
         prof, device = self.prof, self.device
         arm_env = {"nnUNet_results": str(self.out / f"nnUNet_results_{arm}")}
-        cmd = [_script("nnUNetv2_train"), str(DEMO_DATASET_ID), "3d_fullres", str(fold),
+        cmd = [console_script("nnUNetv2_train"), str(DEMO_DATASET_ID), "3d_fullres", str(fold),
                "-tr", prof.finetune_trainer, "-p", self.plans_name, "-device", device]
         if weights is not None:
             cmd += ["-pretrained_weights", str(weights)]
         self.run(f"finetune_{arm}", cmd, env=arm_env)
         pred_dir = self.out / "predictions" / arm / f"fold_{fold}"
-        self.run(f"predict_{arm}", [_script("nnUNetv2_predict"), "-i", str(test_nnunet), "-o", str(pred_dir),
+        self.run(f"predict_{arm}", [console_script("nnUNetv2_predict"), "-i", str(test_nnunet), "-o", str(pred_dir),
                                     "-d", str(DEMO_DATASET_ID), "-c", "3d_fullres", "-f", str(fold),
                                     "-tr", prof.finetune_trainer, "-p", self.plans_name, "-device", device,
                                     "--disable_progress_bar", *_predict_speed_flags(device)], env=arm_env)
         eval_json = self.out / "evaluation" / f"{arm}_fold_{fold}.json"
         eval_json.parent.mkdir(parents=True, exist_ok=True)
-        self.run(f"evaluate_{arm}", [_script("nnUNetv2_selma_evaluate"), "-ref", str(self.test_dir / "masks"),
+        self.run(f"evaluate_{arm}", [console_script("nnUNetv2_selma_evaluate"), "-ref", str(self.test_dir / "masks"),
                                      "-pred", str(pred_dir), "--edition", "2024", "-o", str(eval_json),
                                      "--no-progress"])
         return {"evaluation": json.loads(eval_json.read_text()),
@@ -280,7 +240,7 @@ class _Demo:
         volume_dir = self.download / "unannotated_cfos" / "sample_1" / "C00"
         volume_out = self.out / "whole_volume" / "cfos_sample_1_mask.b2nd"
         volume_out.parent.mkdir(parents=True, exist_ok=True)
-        self.run("predict_large", [_script("nnUNetv2_selma_predict_large"), "-i", str(volume_dir), "-o",
+        self.run("predict_large", [console_script("nnUNetv2_selma_predict_large"), "-i", str(volume_dir), "-o",
                                    str(volume_out), "-m", str(model_folder), "-f", str(self.prof.folds[0]),
                                    "--block", *map(str, self.prof.block), "-device", self.device])
         return volume_dir, volume_out

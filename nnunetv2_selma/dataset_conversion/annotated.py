@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nnunetv2_selma.atomic import commit_path
 from nnunetv2_selma.dataset_conversion.annotated_discovery import (
     AnnotatedCase,
     AnnotatedLayoutError,
@@ -444,7 +445,7 @@ def _move_into_place(written: Mapping[str, Path], raw_dir: Path, staging: Path) 
         if final.exists():
             shutil.move(str(final), str(staging / f"old_{folder.name}"))
             logger.info("%s: replaced (overwrite); preprocessed data of this dataset is now stale", final)
-        os.replace(folder, final)
+        commit_path(folder, final)
         out[structure] = final
         logger.info("wrote %s", final)
     return out

@@ -16,13 +16,13 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import atomic_path, write_atomic, write_json_atomic
 from nnunetv2_selma.regions import require_atlas_extra
 from nnunetv2_selma.regions.downsample import (
     ATLAS_ORIENTATION,
@@ -56,9 +56,7 @@ HEMISPHERES = {1: "left", 2: "right"}
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=2)
 
 
 def _sha256(path: Path) -> str:
@@ -135,12 +133,12 @@ def _region_rows(atlas, region_ids: np.ndarray, hemispheres: np.ndarray) -> list
 
 
 def _write_csv(path: Path, header: Sequence[str], rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    def fill(f) -> None:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(header)
         out.writerows(rows)
-    os.replace(tmp, path)
+
+    write_atomic(path, fill)
 
 
 def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequence[float] | None, orientation: str,
@@ -329,9 +327,8 @@ def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequen
 def _write_tif(path: Path, volume: np.ndarray) -> None:
     import tifffile
 
-    tmp = path.with_name(f".{path.name}.tmp.tif")
-    tifffile.imwrite(tmp, volume, photometric="minisblack")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, volume, photometric="minisblack")
 
 
 __all__ = ["POINTS_CSV", "PROGRESS_FILE", "REGIONS_CSV", "REGION_COLUMNS", "STEPS", "SUMMARY_JSON", "count_regions"]

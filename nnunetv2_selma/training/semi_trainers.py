@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import numpy as np
 import torch
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from nnunetv2_selma.checkpoint_io import unwrap_network
+from nnunetv2_selma.checkpoint_io import atomic_torch_save, unwrap_network
 from nnunetv2_selma.pretraining.data import sample_batch
 from nnunetv2_selma.store.reader import open_store
 from nnunetv2_selma.structures import STRUCTURES, SUBSETS
@@ -318,9 +317,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
         checkpoint[TEACHER_KEY] = self.teacher.state_dict()
         checkpoint[TEACHER_UPDATES_KEY] = self._teacher_updates
-        tmp = f"{filename}.tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         checkpoint = filename_or_checkpoint
