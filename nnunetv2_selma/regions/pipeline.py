@@ -172,156 +172,227 @@ def count_regions(objects_dir: str | Path, image: str | Path, voxel_size: Sequen
     from the objects' volume, or an output folder holding a run on other inputs; AtlasNotFoundError for an atlas
     neither on disk nor downloadable; AtlasExtraMissingError without the ``[atlas]`` extra.
     """
-    voxel_size = check_voxel_size(voxel_size)
-    orientation = check_orientation(orientation)
-    require_atlas_extra()
-    from tqdm import tqdm
-
-    from nnunetv2_selma.regions.atlas import atlas_version, open_atlas
-    from nnunetv2_selma.regions.registration import default_parameters
-    from nnunetv2_selma.volumes import open_volume
-
-    objects_dir, image, output_dir = Path(objects_dir).resolve(), Path(image).resolve(), Path(output_dir).resolve()
-    table, objects_shape = _objects_input(objects_dir)
-    if not image.exists():
-        raise FileNotFoundError(f"{image}: registration channel not found; expected the whole-brain image (TIFF "
-                                f"slices folder, 3D TIFF, NIfTI, OME-Zarr or .b2nd) the objects were found in")
-    source = open_volume(image)
-    shape = tuple(int(s) for s in source.shape)
-    if objects_shape is not None and objects_shape != shape:
-        raise ValueError(f"{objects_dir}: objects measured on a volume of shape {objects_shape} (its summary.json); "
-                         f"the image {image} has shape {shape}. Give the channel the objects were found in, or the "
-                         f"objects folder of this image.")
-    bg_atlas = open_atlas(atlas, brainglobe_dir)
-    resolution = tuple(float(r) for r in bg_atlas.resolution)
-    image_resolution = tuple(resolution[a] for a in atlas_axis_of(orientation))
-    maps = default_parameters(resolution[0], bspline_grid_voxels, affine_iterations, bspline_iterations)
-    signature = {"objects_sha256": _sha256(table), "objects_shape": None if objects_shape is None else list(shape),
-                 "image": str(image), "image_shape": list(shape), "image_files": _file_signature(source),
-                 "voxel_size_um": list(voxel_size), "orientation": orientation, "atlas": atlas,
-                 "atlas_version": atlas_version(bg_atlas), "registration": maps}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    progress_path = output_dir / PROGRESS_FILE
-    if progress_path.is_file():
-        state = json.loads(progress_path.read_text())
-        changed = sorted(k for k in set(signature) | set(state.get("signature", {}))
-                         if state.get("signature", {}).get(k) != signature.get(k))
-        if changed:
-            raise ValueError(f"{output_dir}: holds a regions run on other inputs (differs: {', '.join(changed)}); "
-                             f"nothing was overwritten. Remove that folder or choose another -o to count anew.")
-    else:
-        taken = [n for n in (REGIONS_CSV, POINTS_CSV, SUMMARY_JSON) if (output_dir / n).exists()]
-        if taken:
-            raise FileExistsError(f"{output_dir}: already holds {', '.join(taken)}, not from a regions run; nothing "
-                                  f"was overwritten. Choose another output folder.")
-        state = {"signature": signature, "done": [], "seconds": {}}
-        _write_json_atomic(progress_path, state)
-
-    handler = logging.FileHandler(output_dir / LOG_FILE)
+    run = _RegionsRun(objects_dir, image, voxel_size, orientation, output_dir, atlas, brainglobe_dir,
+                      (affine_iterations, bspline_iterations, bspline_grid_voxels))
+    run.open_record()
+    handler = logging.FileHandler(run.output_dir / LOG_FILE)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    registration_dir = output_dir / REGISTRATION_DIR
-    registration_dir.mkdir(exist_ok=True)
-    transforms = [registration_dir / n for n in ("transform_affine.txt", "transform_bspline.txt")]
     try:
-        bar = tqdm(total=len(STEPS), unit="step", desc="regions", disable=not progress)
-        bar.update(sum(s in state["done"] for s in STEPS))
-
-        def finish(step: str, t0: float) -> None:
-            state["done"].append(step)
-            state["seconds"][step] = round(time.perf_counter() - t0, 2)
-            _write_json_atomic(progress_path, state)
-            logger.info("%s: %s done in %.1f s", output_dir, step, state["seconds"][step])
-            bar.update(1)
-
-        if "downsample" not in state["done"]:
-            t0 = time.perf_counter()
-            logger.info("downsampling %s %s (%s um) to %s um", image, shape, voxel_size, image_resolution)
-            small = downsample_volume(source, voxel_size, image_resolution, slab_planes, progress)
-            np.save(registration_dir / DOWNSAMPLED_ASR, to_atlas_orientation(small, orientation))
-            state["downsampled_shape"] = list(small.shape)
-            _write_tif(output_dir / DOWNSAMPLED_TIF, small)
-            finish("downsample", t0)
-        brain_asr = np.load(registration_dir / DOWNSAMPLED_ASR)
-        template = np.asarray(bg_atlas.template, np.float32)
-
-        if "register" not in state["done"]:
-            from nnunetv2_selma.regions.registration import register
-
-            t0 = time.perf_counter()
-            logger.info("registering the atlas template %s onto the brain %s (itk-elastix)", template.shape,
-                        brain_asr.shape)
-            transforms = register(brain_asr, template, resolution, maps, registration_dir,
-                                  log_file=registration_dir / "elastix.log")
-            finish("register", t0)
-
-        if "points" not in state["done"]:
-            from nnunetv2_selma.regions.registration import transform_points
-
-            t0 = time.perf_counter()
-            ids, centroids = _read_centroids(table)
-            continuous = centroids_to_atlas_orientation(centroids, shape, state["downsampled_shape"], orientation)
-            atlas_um = transform_points((continuous - 0.5) * np.asarray(resolution), transforms, template, resolution)
-            atlas_voxel = atlas_um / np.asarray(resolution)
-            index = np.rint(atlas_voxel).astype(np.int64)
-            inside = np.all((index >= 0) & (index < np.asarray(bg_atlas.shape)), axis=1)
-            region = np.zeros(len(ids), np.int64)
-            side = np.zeros(len(ids), np.int64)
-            region[inside] = np.asarray(bg_atlas.annotation)[tuple(index[inside].T)]
-            side[inside] = np.asarray(bg_atlas.hemispheres)[tuple(index[inside].T)]
-            side[region == 0] = 0
-            acronyms = {k: v["acronym"] for k, v in _leaf_table(bg_atlas).items()}
-            _write_csv(output_dir / POINTS_CSV,
-                       ["id", "atlas_z", "atlas_y", "atlas_x", "atlas_z_um", "atlas_y_um", "atlas_x_um", "region_id",
-                        "acronym", "hemisphere"],
-                       ([i, *np.round(v, 3), *np.round(u, 2), r, acronyms.get(r, "") if r else "outside",
-                         HEMISPHERES.get(s, "")]
-                        for i, v, u, r, s in zip(ids.tolist(), atlas_voxel, atlas_um, region.tolist(), side.tolist())))
-            finish("points", t0)
-
-        if "outputs" not in state["done"]:
-            from nnunetv2_selma.regions.pictures import save_coronal_sections, save_densest_regions
-            from nnunetv2_selma.regions.registration import warp_to_sample
-
-            t0 = time.perf_counter()
-            import pandas as pd
-
-            points = pd.read_csv(output_dir / POINTS_CSV, usecols=["region_id", "hemisphere"], keep_default_na=False)
-            sides = points["hemisphere"].map({"left": 1, "right": 2}).fillna(0).to_numpy(np.int64)
-            rows = _region_rows(bg_atlas, points["region_id"].to_numpy(np.int64), sides)
-            _write_csv(output_dir / REGIONS_CSV, REGION_COLUMNS, ([r[c] for c in REGION_COLUMNS] for r in rows))
-            annotation_on_brain = warp_to_sample(np.asarray(bg_atlas.annotation), transforms, resolution, labels=True)
-            hemispheres_on_brain = warp_to_sample(np.asarray(bg_atlas.hemispheres), transforms, resolution,
-                                                  labels=True)
-            _write_tif(output_dir / REGISTERED_ATLAS_TIF,
-                       from_atlas_orientation(annotation_on_brain.astype(np.uint32), orientation))
-            _write_tif(output_dir / REGISTERED_HEMISPHERES_TIF,
-                       from_atlas_orientation(hemispheres_on_brain.astype(np.uint8), orientation))
-            save_coronal_sections(output_dir / CORONAL_PNG, brain_asr, annotation_on_brain,
-                                  title=f"{image.name} registered to {atlas}")
-            save_densest_regions(output_dir / DENSEST_PNG, rows)
-            outside = int((points["region_id"] == 0).sum())
-            state["seconds"]["outputs"] = round(time.perf_counter() - t0, 2)  # summary.json is this step's last file
-            _write_json_atomic(output_dir / SUMMARY_JSON, {
-                "atlas": atlas, "atlas_version": atlas_version(bg_atlas), "atlas_resolution_um": list(resolution),
-                "atlas_orientation": ATLAS_ORIENTATION, "brainglobe_dir": str(bg_atlas.root_dir.parent),
-                "image": str(image), "image_shape": list(shape), "voxel_size_um": list(voxel_size),
-                "orientation": orientation, "downsampled_shape": state["downsampled_shape"],
-                "objects": str(table), "objects_count": int(len(points)), "objects_outside_brain": outside,
-                "objects_in_regions": int(len(points)) - outside, "registration": {"engine": "itk-elastix",
-                                                                                  "parameter_maps": maps},
-                "files": {"regions": REGIONS_CSV, "points": POINTS_CSV, "downsampled": DOWNSAMPLED_TIF,
-                          "registered_atlas": REGISTERED_ATLAS_TIF,
-                          "registered_hemispheres": REGISTERED_HEMISPHERES_TIF,
-                          "coronal_picture": CORONAL_PNG, "densest_picture": DENSEST_PNG, "log": LOG_FILE},
-                "seconds": state["seconds"]})
-            finish("outputs", t0)
-        bar.close()
+        run.run_steps(slab_planes, progress)
     finally:
         logger.removeHandler(handler)
         handler.close()
-    return output_dir
+    return run.output_dir
+
+
+class _RegionsRun:
+    """One call of :func:`count_regions`: its checked inputs, its resume record and a method per step.
+
+    A step skipped on a rerun leaves its files behind; the steps after it read those files, never its variables.
+    """
+
+    def __init__(self, objects_dir: str | Path, image: str | Path, voxel_size: Sequence[float] | None,
+                 orientation: str, output_dir: str | Path, atlas: str, brainglobe_dir: str | Path | None,
+                 elastix: tuple[int, int, float]) -> None:
+        """The checks, cheapest first, so a wrong call fails before the atlas is opened."""
+        self.voxel_size = check_voxel_size(voxel_size)
+        self.orientation = check_orientation(orientation)
+        require_atlas_extra()
+        from nnunetv2_selma.regions.atlas import open_atlas
+        from nnunetv2_selma.regions.registration import default_parameters
+        from nnunetv2_selma.volumes import open_volume
+
+        self.objects_dir, self.image, self.output_dir = (Path(p).resolve() for p in (objects_dir, image, output_dir))
+        self.table, self.objects_shape = _objects_input(self.objects_dir)
+        if not self.image.exists():
+            raise FileNotFoundError(f"{self.image}: registration channel not found; expected the whole-brain image "
+                                    f"(TIFF slices folder, 3D TIFF, NIfTI, OME-Zarr or .b2nd) the objects were "
+                                    f"found in")
+        self.source = open_volume(self.image)
+        self.shape = tuple(int(s) for s in self.source.shape)
+        if self.objects_shape is not None and self.objects_shape != self.shape:
+            raise ValueError(f"{self.objects_dir}: objects measured on a volume of shape {self.objects_shape} (its "
+                             f"summary.json); the image {self.image} has shape {self.shape}. Give the channel the "
+                             f"objects were found in, or the objects folder of this image.")
+        self.atlas_name = atlas
+        self.atlas = open_atlas(atlas, brainglobe_dir)
+        self.resolution = tuple(float(r) for r in self.atlas.resolution)
+        self.image_resolution = tuple(self.resolution[a] for a in atlas_axis_of(self.orientation))
+        affine_iterations, bspline_iterations, bspline_grid_voxels = elastix
+        self.maps = default_parameters(self.resolution[0], bspline_grid_voxels, affine_iterations, bspline_iterations)
+        self.registration_dir = self.output_dir / REGISTRATION_DIR
+        self.progress_path = self.output_dir / PROGRESS_FILE
+        self.state: dict = {}
+        self.bar = None
+
+    def _signature(self) -> dict:
+        from nnunetv2_selma.regions.atlas import atlas_version
+
+        shape = list(self.shape)
+        return {"objects_sha256": _sha256(self.table), "objects_shape": None if self.objects_shape is None else shape,
+                "image": str(self.image), "image_shape": shape, "image_files": _file_signature(self.source),
+                "voxel_size_um": list(self.voxel_size), "orientation": self.orientation, "atlas": self.atlas_name,
+                "atlas_version": atlas_version(self.atlas), "registration": self.maps}
+
+    def open_record(self) -> None:
+        """The resume record: a new one, or the one a run of the same call left; other inputs are refused."""
+        signature = self._signature()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.progress_path.is_file():
+            state = json.loads(self.progress_path.read_text())
+            changed = sorted(k for k in set(signature) | set(state.get("signature", {}))
+                             if state.get("signature", {}).get(k) != signature.get(k))
+            if changed:
+                raise ValueError(f"{self.output_dir}: holds a regions run on other inputs (differs: "
+                                 f"{', '.join(changed)}); nothing was overwritten. Remove that folder or choose "
+                                 f"another -o to count anew.")
+        else:
+            taken = [n for n in (REGIONS_CSV, POINTS_CSV, SUMMARY_JSON) if (self.output_dir / n).exists()]
+            if taken:
+                raise FileExistsError(f"{self.output_dir}: already holds {', '.join(taken)}, not from a regions run; "
+                                      f"nothing was overwritten. Choose another output folder.")
+            state = {"signature": signature, "done": [], "seconds": {}}
+            _write_json_atomic(self.progress_path, state)
+        self.state = state
+
+    def run_steps(self, slab_planes: int | None, progress: bool) -> None:
+        """The steps not yet done, in order; the registration's transform files stand in for a skipped one."""
+        from tqdm import tqdm
+
+        self.registration_dir.mkdir(exist_ok=True)
+        transforms = [self.registration_dir / n for n in ("transform_affine.txt", "transform_bspline.txt")]
+        done = self.state["done"]
+        self.bar = tqdm(total=len(STEPS), unit="step", desc="regions", disable=not progress)
+        self.bar.update(sum(s in done for s in STEPS))
+        if "downsample" not in done:
+            self.downsample(slab_planes, progress)
+        brain_asr = np.load(self.registration_dir / DOWNSAMPLED_ASR)
+        template = np.asarray(self.atlas.template, np.float32)
+        if "register" not in done:
+            transforms = self.register(brain_asr, template)
+        if "points" not in done:
+            self.map_points(transforms, template)
+        if "outputs" not in done:
+            self.write_outputs(brain_asr, transforms)
+        self.bar.close()
+
+    def _finish(self, step: str, t0: float) -> None:
+        self.state["done"].append(step)
+        self.state["seconds"][step] = round(time.perf_counter() - t0, 2)
+        _write_json_atomic(self.progress_path, self.state)
+        logger.info("%s: %s done in %.1f s", self.output_dir, step, self.state["seconds"][step])
+        self.bar.update(1)
+
+    def downsample(self, slab_planes: int | None, progress: bool) -> None:
+        """The channel at the atlas resolution: kept in the atlas orientation for elastix, as a TIFF for the eye."""
+        t0 = time.perf_counter()
+        logger.info("downsampling %s %s (%s um) to %s um", self.image, self.shape, self.voxel_size,
+                    self.image_resolution)
+        small = downsample_volume(self.source, self.voxel_size, self.image_resolution, slab_planes, progress)
+        np.save(self.registration_dir / DOWNSAMPLED_ASR, to_atlas_orientation(small, self.orientation))
+        self.state["downsampled_shape"] = list(small.shape)
+        _write_tif(self.output_dir / DOWNSAMPLED_TIF, small)
+        self._finish("downsample", t0)
+
+    def register(self, brain_asr: np.ndarray, template: np.ndarray) -> list[Path]:
+        from nnunetv2_selma.regions.registration import register
+
+        t0 = time.perf_counter()
+        logger.info("registering the atlas template %s onto the brain %s (itk-elastix)", template.shape,
+                    brain_asr.shape)
+        transforms = register(brain_asr, template, self.resolution, self.maps, self.registration_dir,
+                              log_file=self.registration_dir / "elastix.log")
+        self._finish("register", t0)
+        return transforms
+
+    def map_points(self, transforms: Sequence[Path], template: np.ndarray) -> None:
+        """Every centroid into atlas space, with the region and hemisphere it lands in (``outside``: none)."""
+        from nnunetv2_selma.regions.registration import transform_points
+
+        t0 = time.perf_counter()
+        resolution = np.asarray(self.resolution)
+        ids, centroids = _read_centroids(self.table)
+        continuous = centroids_to_atlas_orientation(centroids, self.shape, self.state["downsampled_shape"],
+                                                    self.orientation)
+        atlas_um = transform_points((continuous - 0.5) * resolution, transforms, template, self.resolution)
+        atlas_voxel = atlas_um / resolution
+        index = np.rint(atlas_voxel).astype(np.int64)
+        inside = np.all((index >= 0) & (index < np.asarray(self.atlas.shape)), axis=1)
+        region = np.zeros(len(ids), np.int64)
+        side = np.zeros(len(ids), np.int64)
+        region[inside] = np.asarray(self.atlas.annotation)[tuple(index[inside].T)]
+        side[inside] = np.asarray(self.atlas.hemispheres)[tuple(index[inside].T)]
+        side[region == 0] = 0
+        acronyms = {k: v["acronym"] for k, v in _leaf_table(self.atlas).items()}
+        _write_csv(self.output_dir / POINTS_CSV,
+                   ["id", "atlas_z", "atlas_y", "atlas_x", "atlas_z_um", "atlas_y_um", "atlas_x_um", "region_id",
+                    "acronym", "hemisphere"],
+                   ([i, *np.round(v, 3), *np.round(u, 2), r, acronyms.get(r, "") if r else "outside",
+                     HEMISPHERES.get(s, "")]
+                    for i, v, u, r, s in zip(ids.tolist(), atlas_voxel, atlas_um, region.tolist(), side.tolist())))
+        self._finish("points", t0)
+
+    def write_outputs(self, brain_asr: np.ndarray, transforms: Sequence[Path]) -> None:
+        """Counts, the atlas on the brain, pictures, and last ``summary.json`` (its presence means all is there)."""
+        t0 = time.perf_counter()
+        points, rows = self._count()
+        annotation_on_brain = self._atlas_on_brain(transforms)
+        self._pictures(brain_asr, annotation_on_brain, rows)
+        self.state["seconds"]["outputs"] = round(time.perf_counter() - t0, 2)  # summary.json is this step's last file
+        _write_json_atomic(self.output_dir / SUMMARY_JSON, self._summary(points))
+        self._finish("outputs", t0)
+
+    def _count(self):
+        """``regions.csv`` from ``points_atlas_space.csv``; the points table and the rows for the pictures."""
+        import pandas as pd
+
+        points = pd.read_csv(self.output_dir / POINTS_CSV, usecols=["region_id", "hemisphere"],
+                             keep_default_na=False)
+        sides = points["hemisphere"].map({"left": 1, "right": 2}).fillna(0).to_numpy(np.int64)
+        rows = _region_rows(self.atlas, points["region_id"].to_numpy(np.int64), sides)
+        _write_csv(self.output_dir / REGIONS_CSV, REGION_COLUMNS, ([r[c] for c in REGION_COLUMNS] for r in rows))
+        return points, rows
+
+    def _atlas_on_brain(self, transforms: Sequence[Path]) -> np.ndarray:
+        """The annotation and hemispheres warped onto the brain, saved in the image orientation."""
+        from nnunetv2_selma.regions.registration import warp_to_sample
+
+        annotation_on_brain = warp_to_sample(np.asarray(self.atlas.annotation), transforms, self.resolution,
+                                             labels=True)
+        hemispheres_on_brain = warp_to_sample(np.asarray(self.atlas.hemispheres), transforms, self.resolution,
+                                              labels=True)
+        _write_tif(self.output_dir / REGISTERED_ATLAS_TIF,
+                   from_atlas_orientation(annotation_on_brain.astype(np.uint32), self.orientation))
+        _write_tif(self.output_dir / REGISTERED_HEMISPHERES_TIF,
+                   from_atlas_orientation(hemispheres_on_brain.astype(np.uint8), self.orientation))
+        return annotation_on_brain
+
+    def _pictures(self, brain_asr: np.ndarray, annotation_on_brain: np.ndarray, rows: list[dict]) -> None:
+        from nnunetv2_selma.regions.pictures import save_coronal_sections, save_densest_regions
+
+        save_coronal_sections(self.output_dir / CORONAL_PNG, brain_asr, annotation_on_brain,
+                              title=f"{self.image.name} registered to {self.atlas_name}")
+        save_densest_regions(self.output_dir / DENSEST_PNG, rows)
+
+    def _summary(self, points) -> dict:
+        from nnunetv2_selma.regions.atlas import atlas_version
+
+        outside = int((points["region_id"] == 0).sum())
+        return {
+            "atlas": self.atlas_name, "atlas_version": atlas_version(self.atlas),
+            "atlas_resolution_um": list(self.resolution), "atlas_orientation": ATLAS_ORIENTATION,
+            "brainglobe_dir": str(self.atlas.root_dir.parent), "image": str(self.image),
+            "image_shape": list(self.shape), "voxel_size_um": list(self.voxel_size), "orientation": self.orientation,
+            "downsampled_shape": self.state["downsampled_shape"], "objects": str(self.table),
+            "objects_count": int(len(points)), "objects_outside_brain": outside,
+            "objects_in_regions": int(len(points)) - outside,
+            "registration": {"engine": "itk-elastix", "parameter_maps": self.maps},
+            "files": {"regions": REGIONS_CSV, "points": POINTS_CSV, "downsampled": DOWNSAMPLED_TIF,
+                      "registered_atlas": REGISTERED_ATLAS_TIF, "registered_hemispheres": REGISTERED_HEMISPHERES_TIF,
+                      "coronal_picture": CORONAL_PNG, "densest_picture": DENSEST_PNG, "log": LOG_FILE},
+            "seconds": self.state["seconds"]}
 
 
 def _write_tif(path: Path, volume: np.ndarray) -> None:
