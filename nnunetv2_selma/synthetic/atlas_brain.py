@@ -177,64 +177,63 @@ def _axis_permutation(orientation: str) -> list[int]:
     return [next(k for k, p in enumerate(pairs) if letter in p) for letter in orientation]
 
 
-def write_test_brain(folder: str | Path, brainglobe_dir: str | Path, atlas_name: str = f"{TOY_ATLAS_NAME}_50um",
-                     voxel_size: Sequence[float] = TEST_VOXEL_SIZE, orientation: str = TEST_ORIENTATION,
-                     cells: dict[int, tuple[int, int]] | None = None, scale_up: int = 1, as_slices: bool = False,
-                     seed: int = 1, with_objects: bool = True) -> dict:
-    """The toy atlas's template warped onto a brain of ``voxel_size`` (um, image axes) and ``orientation``.
+class _SampleGeometry:
+    """The test brain's grid in the atlas orientation (asr) and the known map from its voxels to atlas voxels."""
 
-    Writes in ``folder``: ``brain.tif`` (uint16; or ``brain/`` TIFF slices when ``as_slices``), ``mask.tif``
-    (one voxel per cell), ``objects/`` (``measure_objects`` on the mask), ``cells.csv`` (per cell: the sample
-    voxel, its atlas voxel under the known map, region and hemisphere) and ``truth.json`` (counts per leaf and
-    hemisphere, the arguments). ``scale_up`` divides the voxel size (a brain ``scale_up**3`` times larger).
-    Returns ``truth.json``'s content.
-    """
-    from brainglobe_atlasapi import BrainGlobeAtlas
-    from brainglobe_space import AnatomicalSpace
+    def __init__(self, atlas_shape: Sequence[int], atlas_resolution: Sequence[float], voxel_size: np.ndarray,
+                 orientation: str) -> None:
+        self.res = np.asarray(atlas_resolution, float)
+        self.asr_voxel = np.empty(3)
+        self.asr_voxel[_axis_permutation(orientation)] = voxel_size  # the sample's voxel size along the asr axes
+        self.atlas_extent = np.asarray(atlas_shape) * self.res
+        self.asr_shape = tuple(int(round(1.15 * e / v)) for e, v in zip(self.atlas_extent, self.asr_voxel))
+        self.centre = np.asarray(self.asr_shape) * self.asr_voxel / 2
+
+    def atlas_voxel_of(self, asr_index: np.ndarray) -> np.ndarray:
+        """Continuous atlas voxel coordinates (centre of voxel i at i) of sample voxels (asr indices)."""
+        return _warp((asr_index + 0.5) * self.asr_voxel, self.centre, self.atlas_extent / 2) / self.res - 0.5
+
+
+def _render_image(template: np.ndarray, geometry: _SampleGeometry, rng: np.random.Generator) -> np.ndarray:
+    """The warped template with noise, plane by plane along asr axis 0 (bounded memory for the large benchmark
+    brain)."""
     from scipy import ndimage
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cells = TEST_CELLS if cells is None else cells
-    atlas = BrainGlobeAtlas(atlas_name, brainglobe_dir=brainglobe_dir, check_latest=False)
-    annotation, hemispheres = np.asarray(atlas.annotation), np.asarray(atlas.hemispheres)
-    template = np.asarray(atlas.template).astype(np.float32)
-    res = np.asarray(atlas.resolution, float)
-    perm = _axis_permutation(orientation)
-    voxel_size = np.asarray(voxel_size, float) / scale_up
-    asr_voxel = np.empty(3)
-    asr_voxel[perm] = voxel_size  # the sample's voxel size along the asr axes
-    atlas_extent = np.asarray(annotation.shape) * res
-    asr_shape = tuple(int(round(1.15 * e / v)) for e, v in zip(atlas_extent, asr_voxel))
-    centre = np.asarray(asr_shape) * asr_voxel / 2
-    rng = np.random.default_rng(seed)
-
-    def atlas_voxel_of(asr_index: np.ndarray) -> np.ndarray:
-        """Continuous atlas voxel coordinates (centre of voxel i at i) of sample voxels (asr indices)."""
-        return _warp((asr_index + 0.5) * asr_voxel, centre, atlas_extent / 2) / res - 0.5
-
-    # the image, plane by plane along asr axis 0 (bounded memory for the large benchmark brain)
-    space = AnatomicalSpace("asr", shape=asr_shape)
-    image_asr = np.zeros(asr_shape, np.uint16)
-    yy, xx = np.meshgrid(np.arange(asr_shape[1]), np.arange(asr_shape[2]), indexing="ij")
-    for z in range(asr_shape[0]):
+    shape = geometry.asr_shape
+    image_asr = np.zeros(shape, np.uint16)
+    yy, xx = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    for z in range(shape[0]):
         index = np.stack([np.full(yy.size, z), yy.ravel(), xx.ravel()], axis=1).astype(float)
-        coords = atlas_voxel_of(index).T
+        coords = geometry.atlas_voxel_of(index).T
         values = ndimage.map_coordinates(template, coords, order=1, cval=0.0)
         values = 0.8 * values + 150 + rng.normal(0, 25, values.shape)
         image_asr[z] = np.clip(values, 0, 65535).reshape(yy.shape).astype(np.uint16)
+    return image_asr
 
-    # cells: sample voxels whose atlas voxel lies in a region's core (>= 2 atlas voxels inside it); candidates
-    # drawn at random (not every voxel: the large benchmark brain has 10^8 and more)
+
+def _region_cores(annotation: np.ndarray, hemispheres: np.ndarray, leaves) -> np.ndarray:
+    """Atlas voxels at least 2 voxels inside a leaf, labelled ``leaf * 10 + hemisphere``; 0 elsewhere."""
+    from scipy import ndimage
+
     core = np.zeros_like(annotation)
-    for leaf in cells:
+    for leaf in leaves:
         for hemisphere in (1, 2):
             region = (annotation == leaf) & (hemispheres == hemisphere)
             core[ndimage.binary_erosion(region, iterations=2)] = leaf * 10 + hemisphere
-    candidates = np.stack([rng.integers(0, n, 400_000) for n in asr_shape], axis=1)
+    return core
+
+
+def _place_cells(image_asr: np.ndarray, core: np.ndarray, cells: dict[int, tuple[int, int]],
+                 geometry: _SampleGeometry, rng: np.random.Generator) -> tuple[list[tuple], np.ndarray]:
+    """Sample voxels whose atlas voxel lies in a region's core, as many per leaf and hemisphere as ``cells`` asks.
+
+    Candidates are drawn at random, not every voxel tried: the large benchmark brain has 10^8 and more.
+    Returns a row per cell (sample voxel, atlas voxel, leaf, hemisphere) and the cells' voxels.
+    """
+    candidates = np.stack([rng.integers(0, n, 400_000) for n in geometry.asr_shape], axis=1)
     candidates = candidates[image_asr[tuple(candidates.T)] > 0]
-    atlas_points = atlas_voxel_of(candidates.astype(float))
-    inside = np.all((atlas_points >= 0) & (atlas_points <= np.asarray(annotation.shape) - 1), axis=1)
+    atlas_points = geometry.atlas_voxel_of(candidates.astype(float))
+    inside = np.all((atlas_points >= 0) & (atlas_points <= np.asarray(core.shape) - 1), axis=1)
     keys = np.zeros(len(candidates), np.int64)
     keys[inside] = core[tuple(np.rint(atlas_points[inside]).astype(int).T)]
     rows: list[tuple] = []
@@ -253,20 +252,53 @@ def write_test_brain(folder: str | Path, brainglobe_dir: str | Path, atlas_name:
                 placed += 1
             if placed < wanted:
                 raise RuntimeError(f"region {leaf} hemisphere {hemisphere}: room for {placed} cells, asked {wanted}")
-    taken = np.zeros(asr_shape, np.uint8)
-    taken[tuple(placed_voxels.T)] = 1
+    return rows, placed_voxels
 
-    image = space.map_stack_to(orientation, image_asr)
-    mask = space.map_stack_to(orientation, taken)
-    sample_points = space.map_points_to(orientation, np.array([r[0] for r in rows], float) + 0.5) - 0.5
-    _write_volume(folder / ("brain" if as_slices else "brain.tif"), np.ascontiguousarray(image), as_slices)
-    _write_volume(folder / "mask.tif", np.ascontiguousarray(mask), False)
-    with open(folder / "cells.csv", "w", newline="") as f:
+
+def _write_cells_csv(path: Path, sample_points: np.ndarray, rows: list[tuple]) -> None:
+    with open(path, "w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(["sample_z", "sample_y", "sample_x", "atlas_z", "atlas_y", "atlas_x", "region_id", "hemisphere"])
         for point, (_, atlas_point, leaf, hemisphere) in zip(sample_points, rows):
             out.writerow([*np.rint(point).astype(int), *np.round(atlas_point, 3), leaf,
                           "left" if hemisphere == 1 else "right"])
+
+
+def write_test_brain(folder: str | Path, brainglobe_dir: str | Path, atlas_name: str = f"{TOY_ATLAS_NAME}_50um",
+                     voxel_size: Sequence[float] = TEST_VOXEL_SIZE, orientation: str = TEST_ORIENTATION,
+                     cells: dict[int, tuple[int, int]] | None = None, scale_up: int = 1, as_slices: bool = False,
+                     seed: int = 1, with_objects: bool = True) -> dict:
+    """The toy atlas's template warped onto a brain of ``voxel_size`` (um, image axes) and ``orientation``.
+
+    Writes in ``folder``: ``brain.tif`` (uint16; or ``brain/`` TIFF slices when ``as_slices``), ``mask.tif``
+    (one voxel per cell), ``objects/`` (``measure_objects`` on the mask), ``cells.csv`` (per cell: the sample
+    voxel, its atlas voxel under the known map, region and hemisphere) and ``truth.json`` (counts per leaf and
+    hemisphere, the arguments). ``scale_up`` divides the voxel size (a brain ``scale_up**3`` times larger).
+    Returns ``truth.json``'s content.
+    """
+    from brainglobe_atlasapi import BrainGlobeAtlas
+    from brainglobe_space import AnatomicalSpace
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = TEST_CELLS if cells is None else cells
+    atlas = BrainGlobeAtlas(atlas_name, brainglobe_dir=brainglobe_dir, check_latest=False)
+    annotation, hemispheres = np.asarray(atlas.annotation), np.asarray(atlas.hemispheres)
+    voxel_size = np.asarray(voxel_size, float) / scale_up
+    geometry = _SampleGeometry(annotation.shape, atlas.resolution, voxel_size, orientation)
+    rng = np.random.default_rng(seed)  # one generator, the image's noise drawn before the cells
+    image_asr = _render_image(np.asarray(atlas.template).astype(np.float32), geometry, rng)
+    rows, placed_voxels = _place_cells(image_asr, _region_cores(annotation, hemispheres, cells), cells, geometry, rng)
+    taken = np.zeros(geometry.asr_shape, np.uint8)
+    taken[tuple(placed_voxels.T)] = 1
+
+    space = AnatomicalSpace("asr", shape=geometry.asr_shape)
+    image = space.map_stack_to(orientation, image_asr)
+    mask = space.map_stack_to(orientation, taken)
+    sample_points = space.map_points_to(orientation, np.array([r[0] for r in rows], float) + 0.5) - 0.5
+    _write_volume(folder / ("brain" if as_slices else "brain.tif"), np.ascontiguousarray(image), as_slices)
+    _write_volume(folder / "mask.tif", np.ascontiguousarray(mask), False)
+    _write_cells_csv(folder / "cells.csv", sample_points, rows)
     counts = {f"{leaf}_{side}": n for leaf, pair in cells.items() for side, n in zip(("left", "right"), pair)}
     truth = {"atlas": atlas_name, "voxel_size": [float(v) for v in voxel_size], "orientation": orientation,
              "shape": [int(s) for s in image.shape], "counts": counts, "cells": len(rows)}
