@@ -405,6 +405,66 @@ def _check_store_apart_from_input(input_root: Path, store: Path) -> None:
                          "not contain the download")
 
 
+def _volumes_to_write(store: Path, sources: list[UnannotatedVolume], params: dict,
+                      report: IngestReport) -> tuple[dict, list[UnannotatedVolume]]:
+    """The manifest's volumes worth keeping and the sources still to write.
+
+    A manifest of other parameters keeps nothing; a listed volume is kept (and named in ``report.kept``) only when
+    its source is the same file and :func:`verify_volume` finds it intact.
+    """
+    try:
+        old = load_manifest(store)
+        volumes = old["volumes"] if old.get("params") == params else {}
+    except FileNotFoundError:
+        volumes = {}
+    wanted = {s.name for s in sources}
+    volumes = {k: v for k, v in volumes.items() if k in wanted}
+    todo = []
+    for s in sources:
+        entry = volumes.get(s.name)
+        if entry is not None and entry["source"] == s.path:
+            reason = verify_volume(store, entry)
+            if reason is None:
+                report.kept.append(s.name)
+                logger.info("kept %s (verified)", s.name)
+                continue
+            logger.warning("redoing %s: %s", s.name, reason)
+        volumes.pop(s.name, None)
+        todo.append(s)
+    return volumes, todo
+
+
+class _Recorder:
+    """Takes each finished volume (or its failure) into the report and, now and then, the manifest.
+
+    Rewriting the whole manifest after each of ~35,000 small 2026 patches is quadratic: it is written at most
+    every MANIFEST_INTERVAL_S and once at the end. A kill loses at most that much work: unlisted volumes are
+    redone on the rerun, so the store stays valid.
+    """
+
+    def __init__(self, store: Path, volumes: dict, report: IngestReport, params: dict, bar) -> None:
+        self.store, self.volumes, self.report, self.params, self.bar = store, volumes, report, params, bar
+        self.last_write = time.monotonic()
+
+    def __call__(self, source: UnannotatedVolume, entry: dict | None, reason: str | None) -> None:
+        if reason is None:
+            self.volumes[source.name] = entry
+            self.report.written.append(source.name)
+            logger.info("wrote %s %s %s in %.1f s, tissue %.1f%% (%s)", source.name, entry["shape"], entry["dtype"],
+                        entry["seconds"], 100 * entry["stats"]["tissue_fraction"],
+                        entry["stats"]["tissue_rule"]["reason"])
+        else:
+            self.report.failed.append({"name": source.name, "source": source.path, "reason": reason})
+            logger.error("FAILED %s: %s", source.name, reason)
+        if time.monotonic() - self.last_write >= MANIFEST_INTERVAL_S:
+            self.write()
+        self.bar.update(1)
+
+    def write(self) -> None:
+        write_manifest(self.store, self.volumes, self.report.failed, self.params)
+        self.last_write = time.monotonic()
+
+
 def ingest_store(input_root: str | Path, store: str | Path, num_processes: int = 1,
                  chunks: tuple[int, int, int] = DEFAULT_CHUNKS, blocks: tuple[int, int, int] = DEFAULT_BLOCKS,
                  codec: str = DEFAULT_CODEC, clevel: int = DEFAULT_CLEVEL, progress: bool = True) -> IngestReport:
@@ -438,26 +498,8 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
     logger.setLevel(logging.INFO)
     try:
         params = {"chunks": list(chunks), "blocks": list(blocks), "codec": codec, "clevel": clevel}
-        try:
-            old = load_manifest(store)
-            volumes = old["volumes"] if old.get("params") == params else {}
-        except FileNotFoundError:
-            volumes = {}
         report = IngestReport(str(store))
-        wanted = {s.name for s in sources}
-        volumes = {k: v for k, v in volumes.items() if k in wanted}
-        todo = []
-        for s in sources:
-            entry = volumes.get(s.name)
-            if entry is not None and entry["source"] == s.path:
-                reason = verify_volume(store, entry)
-                if reason is None:
-                    report.kept.append(s.name)
-                    logger.info("kept %s (verified)", s.name)
-                    continue
-                logger.warning("redoing %s: %s", s.name, reason)
-            volumes.pop(s.name, None)
-            todo.append(s)
+        volumes, todo = _volumes_to_write(store, sources, params, report)
         logger.info("ingest %s -> %s: %d volumes, %d kept, %d to write with %d process(es)",
                     input_root, store, len(sources), len(report.kept), len(todo), num_processes)
         write_manifest(store, volumes, [], params)
@@ -466,26 +508,7 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
         kwargs = dict(chunks=tuple(chunks), blocks=tuple(blocks), codec=codec, clevel=clevel,
                       nthreads=max(1, (os.cpu_count() or 1) // max(num_processes, 1) - 1))
         bar = tqdm(total=len(todo), desc="ingest", unit="volume", disable=not progress)
-        # Rewriting the whole manifest after each of ~35,000 small 2026 patches is quadratic: write
-        # it at most every MANIFEST_INTERVAL_S and once at the end. A kill loses at most that much
-        # work: unlisted volumes are redone on the rerun, so the store stays valid.
-        last_write = [time.monotonic()]
-
-        def record(source, entry, reason):
-            if reason is None:
-                volumes[source.name] = entry
-                report.written.append(source.name)
-                logger.info("wrote %s %s %s in %.1f s, tissue %.1f%% (%s)", source.name, entry["shape"], entry["dtype"],
-                            entry["seconds"], 100 * entry["stats"]["tissue_fraction"],
-                            entry["stats"]["tissue_rule"]["reason"])
-            else:
-                report.failed.append({"name": source.name, "source": source.path, "reason": reason})
-                logger.error("FAILED %s: %s", source.name, reason)
-            if time.monotonic() - last_write[0] >= MANIFEST_INTERVAL_S:
-                write_manifest(store, volumes, report.failed, params)
-                last_write[0] = time.monotonic()
-            bar.update(1)
-
+        record = _Recorder(store, volumes, report, params, bar)
         if num_processes <= 1:
             for s in todo:
                 record(*_safe_ingest(s, str(store), kwargs))
@@ -494,7 +517,7 @@ def ingest_store(input_root: str | Path, store: str | Path, num_processes: int =
                 futures = [pool.submit(_safe_ingest, s, str(store), kwargs) for s in todo]
                 for fut in as_completed(futures):
                     record(*fut.result())
-        write_manifest(store, volumes, report.failed, params)
+        record.write()
         bar.close()
         return report
     finally:
