@@ -358,6 +358,60 @@ def write_test_inputs(out_dir: str | Path, structures=("cfos", "microglia"), cas
     return written
 
 
+def _check_download_root(root: Path, layout: str, overwrite: bool) -> None:
+    """Refuse an unknown layout, a file, or a non-empty folder without ``overwrite``: before anything is written."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: found a file; expected a folder for the download (absent or empty). "
+                         f"Choose a folder path")
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{root}: exists and is not empty; nothing was written. Choose another folder, or "
+                              f"pass --overwrite (overwrite=True in Python) to replace it")
+
+
+def _write_unannotated_volumes(root: Path, per_structure: int, shape: tuple[int, int, int], dtype: str, seed: int,
+                               slab: int, contrast: float) -> dict[str, list[Path]]:
+    """``per_structure`` whole-volume samples (TIFF slice folders) of each unannotated structure."""
+    unannotated: dict[str, list[Path]] = {}
+    for s_index, structure in enumerate(UNANNOTATED_STRUCTURES):
+        samples = []
+        for k in range(per_structure):
+            sample = root / f"unannotated_{structure}" / f"sample_{k + 1}"
+            write_unannotated_volume(sample, shape, structure, dtype=dtype, seed=_seed(seed, 40, s_index, k),
+                                     slab=slab, zero_pad=bool((s_index + k) % 2), contrast=contrast)
+            samples.append(sample)
+        unannotated[structure] = samples
+    return unannotated
+
+
+def _download_summary(root: Path, tmp: Path, layout: str, contrast: float, cases_per_subset: int,
+                      written: tuple[dict, dict, list], start: float) -> dict:
+    """What :func:`write_download` returns, with the paths written under ``tmp`` moved to ``root``."""
+    annotated, unannotated, tests = written
+
+    def moved(p: Path) -> Path:
+        return root / p.relative_to(tmp)
+
+    return {
+        "root": root,
+        "layout": layout,
+        "contrast": contrast,
+        "annotated": {k: [moved(p) for p in v] for k, v in annotated.items()},
+        "unannotated": {k: [moved(p) for p in v] for k, v in unannotated.items()},
+        "test_inputs": [moved(p) for p in tests],
+        # nnUNetv2_selma_convert reads this and never takes the test set for training data
+        "test_set": TEST_SET_FOLDER if tests else None,
+        "pictures": sorted(root.rglob("preview*.png")),
+        "counts": {
+            "annotated_cases": {k: cases_per_subset for k in annotated},
+            "unannotated_volumes": {k: len(v) for k, v in unannotated.items()},
+            "test_inputs": len(tests),
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
 def write_download(root: str | Path, layout: str = "challenge", cases_per_subset: int = DEFAULT_CASES_PER_SUBSET,
                    patch_scale: float = 0.25,
                    unannotated_shape: tuple[int, int, int] = (64, 128, 128), unannotated_per_structure: int = 1,
@@ -392,18 +446,10 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
     ``<root>/synthetic_summary.json``.
     """
     root = Path(root)
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: found a file; expected a folder for the download (absent or empty). "
-                         f"Choose a folder path")
-    if root.exists() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{root}: exists and is not empty; nothing was written. Choose another folder, or "
-                              f"pass --overwrite (overwrite=True in Python) to replace it")
+    _check_download_root(root, layout, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with atomic_path(root, directory=True, unique=True) as tmp:
-        unannotated: dict[str, list[Path]] = {}
         if layout == "2026":
             annotated = write_annotated_patches_2026(tmp, cases_per_subset, patch_scale, seed, contrast)
             unannotated = write_unannotated_patches_2026(tmp, unannotated_per_structure, patch_scale, seed, contrast)
@@ -411,39 +457,12 @@ def write_download(root: str | Path, layout: str = "challenge", cases_per_subset
             annotated = write_annotated_patches(tmp, layout, cases_per_subset=cases_per_subset,
                                                 patch_scale=patch_scale, seed=seed, file_format=file_format,
                                                 contrast=contrast)
-        for s_index, structure in enumerate(UNANNOTATED_STRUCTURES if layout != "2026" else ()):
-            samples = []
-            for k in range(unannotated_per_structure):
-                sample = tmp / f"unannotated_{structure}" / f"sample_{k + 1}"
-                write_unannotated_volume(sample, unannotated_shape, structure, dtype=unannotated_dtype,
-                                         seed=_seed(seed, 40, s_index, k), slab=slab,
-                                         zero_pad=bool((s_index + k) % 2), contrast=contrast)
-                samples.append(sample)
-            unannotated[structure] = samples
+            unannotated = _write_unannotated_volumes(tmp, unannotated_per_structure, unannotated_shape,
+                                                     unannotated_dtype, seed, slab, contrast)
         tests = write_test_inputs(tmp / TEST_SET_FOLDER, seed=seed) if test_inputs else []
         if root.exists():
             shutil.rmtree(root)  # --overwrite: the old download goes only once the new one is complete
-
-    def moved(p: Path) -> Path:
-        return root / p.relative_to(tmp)
-
-    summary = {
-        "root": root,
-        "layout": layout,
-        "contrast": contrast,
-        "annotated": {k: [moved(p) for p in v] for k, v in annotated.items()},
-        "unannotated": {k: [moved(p) for p in v] for k, v in unannotated.items()},
-        "test_inputs": [moved(p) for p in tests],
-        # nnUNetv2_selma_convert reads this and never takes the test set for training data
-        "test_set": TEST_SET_FOLDER if tests else None,
-        "pictures": sorted(root.rglob("preview*.png")),
-        "counts": {
-            "annotated_cases": {k: cases_per_subset for k in annotated},
-            "unannotated_volumes": {k: len(v) for k, v in unannotated.items()},
-            "test_inputs": len(tests),
-        },
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    summary = _download_summary(root, tmp, layout, contrast, cases_per_subset, (annotated, unannotated, tests), start)
     (root / DOWNLOAD_RECORD).write_text(json.dumps(summary, indent=1, default=str))
     log.info("synthetic download written to %s in %.1f s", root, summary["seconds"])
     return summary
