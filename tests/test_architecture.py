@@ -3,6 +3,8 @@
 A module imports from its own floor only along an arrow (or inside its own package), and from the
 floors below it freely; nothing imports upwards, no pair in FORBIDDEN imports the other, and no set
 of modules imports itself round in a cycle. The tables below are the drawing of ARCHITECTURE.md.
+
+No function is longer than MAX_FUNCTION_LINES unless its docstring says why ("long because ...").
 """
 
 from __future__ import annotations
@@ -238,3 +240,49 @@ def test_a_cycle_in_a_fake_graph_is_found():
     assert violations({"nnssl_format": {"checkpoints"}}) == [
         "nnunetv2_selma.nnssl_format imports nnunetv2_selma.checkpoints: forbidden (nnssl_format never imports "
         "checkpoints)"]
+
+
+# ---------------------------------------------------------------------------------------------- long functions
+#: a function (method, nested function) longer than this reads as several steps: name them, or say why not
+MAX_FUNCTION_LINES = 80
+#: the words a longer function's docstring must hold (any case, any line breaks between them)
+LONG_BECAUSE = "long because"
+
+
+def long_functions(root: Path) -> list[str]:
+    """Functions under ``root`` over MAX_FUNCTION_LINES lines (decorators aside) whose docstring does not say why."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            docstring = " ".join((ast.get_docstring(node) or "").lower().split())
+            if lines > MAX_FUNCTION_LINES and LONG_BECAUSE not in docstring:
+                found.append(f"{path.relative_to(root.parent).as_posix()}:{node.lineno} {node.name}: {lines} lines, "
+                             f"and its docstring does not say why ('{LONG_BECAUSE} ...')")
+    return found
+
+
+def test_no_long_function_without_a_reason():
+    assert long_functions(Path(nnunetv2_selma.__file__).parent) == []
+
+
+def _function(name: str, lines: int, docstring: str | None = None, indent: str = "") -> str:
+    """Source of a function ``lines`` lines long (its ``def`` line and docstring included)."""
+    head = [f"{indent}def {name}():"] + (f'{indent}    """{docstring}"""'.split("\n") if docstring else [])
+    return "\n".join(head + [f"{indent}    x = {k}" for k in range(lines - len(head))]) + "\n"
+
+
+def test_a_planted_long_function_fails(tmp_path):
+    n = MAX_FUNCTION_LINES
+    root = tmp_path / PACKAGE
+    (root / "inference").mkdir(parents=True)
+    (root / "inference" / "blocks.py").write_text(
+        _function("too_long", n + 1, "Plan the blocks.")
+        + _function("just_short_enough", n)
+        + _function("explained", n + 20, "Plan the blocks.\n\n    Long\n    Because its table is written out.")
+        + "class Planner:\n" + _function("method", n + 1, indent="    "))
+    why = "and its docstring does not say why ('long because ...')"
+    assert long_functions(root) == [f"{PACKAGE}/inference/blocks.py:1 too_long: {n + 1} lines, {why}",
+                                    f"{PACKAGE}/inference/blocks.py:{3 * n + 23} method: {n + 1} lines, {why}"]

@@ -509,6 +509,9 @@ def pretrain(
 ) -> Path:
     """Pretrain the plans' network self-supervised on the store; return ``checkpoint_final.pth``.
 
+    Long because of its thirteen parameters, one a line, and their descriptions here; the body is two steps:
+    check everything checkable before the output folder is created, then run the loop in one process or several.
+
     Parameters
     ----------
     store : PretrainingStore or path of a store

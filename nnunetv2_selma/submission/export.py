@@ -177,8 +177,8 @@ def export_submission(model_folders: Sequence[str | Path | tuple[str | None, str
                       build_wheels: bool = True, overwrite: bool = False) -> Path:
     """Write a complete Docker build context for a SELMA3D submission and return its path.
 
-    Over 80 lines for its parameter list only; the body is four steps: refuse a build folder it did not
-    write, check and name the models, write the context into a staging folder, move it into place.
+    Long because of its parameter list and their descriptions only; the body is four steps: refuse a build folder
+    it did not write, check and name the models, write the context into a staging folder, move it into place.
 
     Parameters
     ----------
