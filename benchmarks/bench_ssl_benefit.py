@@ -338,8 +338,9 @@ class Study:
                 "model_folder": str(model)}
 
     def run_order(self) -> list:
-        """Label counts in the order runs are made: the two ends the target names (the fewest labels,
-        then every label) before the middle, so a study stopped early holds both."""
+        """Label counts in the order runs are made: the first two listed (the few-label end the targets name,
+        k = 1 and 2 in the profiles), then every label, then the rest, so a study stopped early holds the
+        smallest k first."""
         ks = list(self.prof.ks)
         ends = [k for k in ks[:2] if k != "all"] + [k for k in ks if k == "all"]
         return ends + [k for k in ks if k not in ends]
