@@ -344,7 +344,8 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "with few labels, so use scratch (`nnUNetTrainerSelma`). Pretraining alone was level with scratch "
               "across the label-efficiency study; on the acquisition-domain benchmark "
               "(`benchmarks/bench_unannotated_benefit.py`, 3 seeds, one or two labelled patches) the semi-supervised "
-              "trainers moved Dice on unseen imaging domains by -0.02 to +0.07 with every 95% CI spanning 0 "
+              "trainers moved Dice on unseen imaging domains by -0.02 to +0.05, no gain established on two "
+              "structures "
               "(benchmarks/RESULTS.md). This comparison shows the pretrained arm because it is the one the demo's "
               "data can run in minutes; read its difference with that in mind.",
               "", "The whole-volume run uses `--tissue-mask auto` (the default): where the volume has a clearly dark "
