@@ -291,7 +291,7 @@ def reuse_rows(study: DomainStudy, earlier: dict, source: str, arms: tuple[str, 
         k, s = ssl.k_label(r["k"]), r["structure"]
         if r["arm"] not in arms or s not in study.prof.structures or k not in new_ks:
             continue
-        tested_on = "cfos" if r["test"] == "unseen_structure" else s
+        tested_on = ssl.UNSEEN[s] if r["test"] == "unseen_structure" else s
         runs.setdefault((s, k, r["arm"], r["seed"]), []).append({
             "structure": s if tested_on == s else f"{s}->{tested_on}", "trained_on": s, "tested_on": tested_on,
             "test": r["test"], "k": r["k"], "n_train": len(study.cases[s]["pool"]) if k == "all" else int(k),
