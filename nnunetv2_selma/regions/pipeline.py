@@ -55,10 +55,6 @@ REGION_COLUMNS = ("region_id", "acronym", "name", "hemisphere", "count", "volume
 HEMISPHERES = {1: "left", 2: "right"}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    write_json_atomic(path, data, indent=2)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -254,7 +250,7 @@ class _RegionsRun:
                 raise FileExistsError(f"{self.output_dir}: already holds {', '.join(taken)}, not from a regions run; "
                                       f"nothing was overwritten. Choose another output folder.")
             state = {"signature": signature, "done": [], "seconds": {}}
-            _write_json_atomic(self.progress_path, state)
+            write_json_atomic(self.progress_path, state, indent=2)
         self.state = state
 
     def run_steps(self, slab_planes: int | None, progress: bool) -> None:
@@ -281,7 +277,7 @@ class _RegionsRun:
     def _finish(self, step: str, t0: float) -> None:
         self.state["done"].append(step)
         self.state["seconds"][step] = round(time.perf_counter() - t0, 2)
-        _write_json_atomic(self.progress_path, self.state)
+        write_json_atomic(self.progress_path, self.state, indent=2)
         logger.info("%s: %s done in %.1f s", self.output_dir, step, self.state["seconds"][step])
         self.bar.update(1)
 
@@ -341,7 +337,7 @@ class _RegionsRun:
         annotation_on_brain = self._atlas_on_brain(transforms)
         self._pictures(brain_asr, annotation_on_brain, rows)
         self.state["seconds"]["outputs"] = round(time.perf_counter() - t0, 2)  # summary.json is this step's last file
-        _write_json_atomic(self.output_dir / SUMMARY_JSON, self._summary(points))
+        write_json_atomic(self.output_dir / SUMMARY_JSON, self._summary(points), indent=2)
         self._finish("outputs", t0)
 
     def _count(self):
