@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_unannotated_benefit.py --profile smoke|cpu|gpu [--work DIR]
         [--arms scratch ...] [--ks 1 all] [--seeds N] [--structures ...] [-o results.json] [--collect]
+        [--run-ks 2] [--reuse RESULTS_JSON ARMS]
 
 The label-efficiency study (``bench_ssl_benefit.py``) drew every patch under one imaging condition, so
 eight times the labels gave scratch only +0.03 Dice: no room for any use of unannotated data to show.
@@ -70,6 +71,7 @@ ARMS = {a.name: a for a in (
     Arm("scratch"),
     Arm("semi", trainer="nnUNetTrainerSelmaSemi"),
     Arm("semi_pl", trainer="nnUNetTrainerSelmaSemiPL"),
+    Arm("semi_pl_bright", trainer="nnUNetTrainerSelmaSemiPLBright"),
     Arm("mae", pretraining=("--method", "mae")),
     Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}
@@ -129,6 +131,12 @@ class DomainStudy(ssl.Study):
         super().__init__(base, work, arms, seeds, jobs=1)
         self.domain_prof = prof
         self.roles = case_domains(prof)
+        self.run_ks: set[str] | None = None  # label counts to run now (None: all); the others keep their place
+
+    def run_order(self) -> list:
+        """The label-efficiency study's order, restricted to ``run_ks`` (``--run-ks``): every k of the profile
+        keeps its place in ``ks`` (and so its labelled subsets), only fewer are run now."""
+        return [k for k in super().run_order() if self.run_ks is None or ssl.k_label(k) in self.run_ks]
 
     # -- data --------------------------------------------------------------------------------------
     def write_data(self, download: Path) -> None:
@@ -318,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structures", nargs="+", default=None, choices=sorted(STRUCTURES))
     parser.add_argument("--ks", nargs="+", default=None, help="label counts (ints and 'all')")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--run-ks", nargs="+", default=None,
+                        help="run only these label counts now (each k of --ks keeps its labelled subsets; "
+                             "--collect still gathers every k)")
     parser.add_argument("--collect", action="store_true", help="no new run: results from the runs finished so far")
     parser.add_argument("--reuse", nargs=2, metavar=("RESULTS_JSON", "ARMS"), default=None,
                         help="count the finished runs of ARMS (comma-separated) in an earlier results file of the "
@@ -338,17 +349,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     earlier = check_reusable(prof, Path(args.reuse[0])) if args.reuse else None
     study = DomainStudy(prof, work, arms, seeds)
+    if args.run_ks:
+        unknown = set(args.run_ks) - {ssl.k_label(k) for k in prof.ks}
+        if unknown:
+            parser.error(f"--run-ks {sorted(unknown)} not among the label counts {list(prof.ks)}")
+        study.run_ks = set(args.run_ks)
     study.prepare()
     if earlier is not None:
         reuse_rows(study, earlier, Path(args.reuse[0]).name, tuple(args.reuse[1].split(",")))
-    if args.collect:
-        rows, total = study.collect()
-    else:
-        rows, total = study.execute(), None
+    if not args.collect:
+        study.execute()
+    rows, total = study.collect()  # every finished run, those of label counts --run-ks left out included
     runs_done = len({(r["trained_on"], ssl.k_label(r["k"]), r["arm"], r["seed"]) for r in rows})
     shown = keyed(rows)
     results = {"profile": {**asdict(prof), "arms": list(arms), "seeds": seeds},
-               "complete": total is None or runs_done == total, "runs_done": runs_done,
+               "complete": runs_done == total, "runs_done": runs_done,
                "rows": [{"structure": r["trained_on"], "test": r["test"], "k": r["k"], "arm": r["arm"],
                          "seed": r["seed"], "dice": r["dice"], "per_case_dice": r["per_case_dice"],
                          "finetune_seconds": r["finetune_seconds"]} for r in rows],

@@ -49,6 +49,7 @@ __all__ = [
     "structure_folders",
     "mean_teacher_loss",
     "pseudo_label_loss",
+    "brightest_patches",
     "ema_update",
 ]
 #: checkpoint entry counting the teacher's updates (one per training iteration)
@@ -118,6 +119,23 @@ def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return ce + (1 - dice.mean()), float(mask.mean())
 
 
+def brightest_patches(patches: np.ndarray, keep: int, quantile: float = 99.5) -> np.ndarray:
+    """The ``keep`` patches of ``patches`` (N, C, z, y, x; each z-scored on its own) whose ``quantile``-th
+    percentile is highest, in their drawn order: a patch holding bright objects has a long upper tail, a
+    patch of plain tissue or background does not. All patches when ``keep >= N``.
+
+    Why: a tissue-aware store patch is nearly all background for sparse structures (c-Fos cells, nuclei at
+    low density), so the teacher's confident labels on it say "background" on 99.8% of the voxels and teach
+    little about the objects of a new imaging domain; drawing several candidates and keeping the brightest
+    puts objects (and their bright look-alikes) into every unannotated batch without looking at any label.
+    """
+    if keep >= len(patches):
+        return patches
+    scores = np.percentile(patches.reshape(len(patches), -1), quantile, axis=1)
+    chosen = np.sort(np.argsort(-scores, kind="stable")[:keep])
+    return patches[chosen]
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
     """teacher = decay * teacher + (1 - decay) * student, tensor by tensor (integer buffers are copied)."""
@@ -179,6 +197,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_confidence : a voxel counts when the teacher's largest probability reaches it
     semi_loss : ``consistency`` (:func:`mean_teacher_loss`) or ``pseudo_labels`` (:func:`pseudo_label_loss`)
     semi_batch_size : unannotated patches per iteration (None: the plans' batch size)
+    semi_candidates : store patches drawn per unannotated patch kept; above 1 the brightest are kept
+        (:func:`brightest_patches`), so the batch holds objects and not only background
     semi_seed : seed of the unannotated stream
     """
 
@@ -188,6 +208,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_confidence: float = 0.8
     semi_loss: str = "consistency"
     semi_batch_size: int | None = None
+    semi_candidates: int = 1
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -231,11 +252,16 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             p.requires_grad_(False)
         self.print_to_log_file(
             f"semi-supervised: store {store_path}, structures {self._semi_structures or 'all'}, "
-            f"{self._semi_batch()} unannotated patches per iteration, weight {self.semi_weight} ramped over "
+            f"{self._semi_batch()} unannotated patches per iteration{self._candidates_note()}, "
+            f"weight {self.semi_weight} ramped over "
             f"{self._rampup_steps()} iterations, teacher EMA {self.semi_ema}, confidence {self.semi_confidence}")
 
     def _semi_batch(self) -> int:
         return self.semi_batch_size or self.configuration_manager.batch_size
+
+    def _candidates_note(self) -> str:
+        drawn = self._semi_batch() * self.semi_candidates
+        return f" (the brightest of {drawn} drawn)" if self.semi_candidates > 1 else ""
 
     def _rampup_steps(self) -> int:
         return int(round(self.semi_rampup * self.num_epochs * self.num_iterations_per_epoch))
@@ -252,8 +278,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     # -- one iteration --------------------------------------------------------------------------
     def _unannotated(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list]:
         rng = np.random.default_rng([self.semi_seed, self.local_rank, step])
-        patches = sample_batch(self._semi_store, self.configuration_manager.patch_size, self._semi_batch(), rng,
-                               self._semi_structures, augment=False)
+        patches = sample_batch(self._semi_store, self.configuration_manager.patch_size,
+                               self._semi_batch() * max(1, self.semi_candidates), rng, self._semi_structures,
+                               augment=False)
+        patches = brightest_patches(patches, self._semi_batch())
         weak = torch.from_numpy(patches).to(self.device, non_blocking=True)
         strong, flips = strong_view(weak, rng)
         return weak, strong, flips

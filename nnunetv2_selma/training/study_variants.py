@@ -24,6 +24,9 @@ __all__ = [
     "nnUNetTrainerSelmaSemi_8epochs_25it",
     "nnUNetTrainerSelmaSemiPL",
     "nnUNetTrainerSelmaSemiPL_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLBright",
+    "nnUNetTrainerSelmaSemiPLBright_1epoch_2it",
+    "nnUNetTrainerSelmaSemiPLBright_12epochs_25it_noTTA",
 ]
 
 
@@ -77,3 +80,21 @@ class nnUNetTrainerSelmaSemiPL(nnUNetTrainerSelmaSemi):
 
 class nnUNetTrainerSelmaSemiPL_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPL, nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with pseudo-labels on the store patches."""
+
+
+class nnUNetTrainerSelmaSemiPLBright(nnUNetTrainerSelmaSemiPL):
+    """Pseudo-labels on the brightest of four store patches drawn per kept patch (``semi_candidates``): the
+    study's lever against unannotated batches that are nearly all background."""
+
+    semi_candidates = 4
+
+
+class nnUNetTrainerSelmaSemiPLBright_1epoch_2it(nnUNetTrainerSelmaSemiPLBright, nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaSemiPLBright`."""
+
+    semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemiPLBright_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLBright,
+                                                         nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with pseudo-labels on the brightest store patches."""

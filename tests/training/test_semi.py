@@ -18,6 +18,7 @@ import torch
 from nnunetv2_selma.training.semi_trainers import (
     TEACHER_KEY,
     TEACHER_UPDATES_KEY,
+    brightest_patches,
     ema_update,
     flip_each,
     mean_teacher_loss,
@@ -80,6 +81,16 @@ def test_pseudo_label_loss_trains_towards_confident_labels_only():
     assert pseudo_label_loss(student, teacher, 0.9999)[0].item() == 0.0
 
 
+def test_brightest_patches_keeps_the_patches_with_objects_in_drawn_order():
+    rng = np.random.default_rng(0)
+    patches = rng.normal(0, 1, (6, 1, 8, 8, 8)).astype(np.float32)
+    for b in (1, 4):  # a few bright voxels (an object) in patches 1 and 4
+        patches[b, 0, 2:4, 2:4, 2:4] = 12.0
+    kept = brightest_patches(patches, 2)
+    assert np.array_equal(kept, patches[[1, 4]])
+    assert brightest_patches(patches, 6) is patches
+
+
 def test_rampup_and_ema():
     assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
     assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(2, 10) < sigmoid_rampup(6, 10)
@@ -134,14 +145,16 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
     return results / DATASET_NAME / f"{trainer}__{PLANS_ID}__3d_fullres" / f"fold_{fold}"
 
 
-def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path):
-    trainer = "nnUNetTrainerSelmaSemi_1epoch_2it"
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerSelmaSemi_1epoch_2it", "nnUNetTrainerSelmaSemiPLBright_1epoch_2it"])
+def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
+                                                                           trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
                           "-p", PLANS_ID, "-device", "cpu"], env=_env(tiny_store, nnUNet_results=str(tmp_path)),
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "semi-supervised: store" in res.stdout and "structures ['nucleus']" in res.stdout
     assert "consistency" in res.stdout
+    assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     ckpt = torch.load(_model(tmp_path, trainer, 0) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     teacher, student = ckpt[TEACHER_KEY], ckpt["network_weights"]
     assert ckpt[TEACHER_UPDATES_KEY] == 2 and teacher.keys() == student.keys()
