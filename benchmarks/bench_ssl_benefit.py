@@ -345,6 +345,10 @@ class Study:
         ends = [k for k in ks[:2] if k != "all"] + [k for k in ks if k == "all"]
         return ends + [k for k in ks if k not in ends]
 
+    def seeds_now(self) -> list[int]:
+        """The seeds whose fine-tuning runs this invocation makes (all of them here)."""
+        return list(range(self.seeds))
+
     def collect(self) -> tuple[list[dict], int]:
         """Rows of the runs finished so far (no new run) and the number of runs the study has in all."""
         rows, total = [], 0
@@ -369,7 +373,7 @@ class Study:
             # (it resumes) holds complete pairs at the smallest k first (then k = all, see run_order)
             checkpoints = {(a, s): pool.submit(self.pretrain, a, s) for s in range(self.seeds) for a in pretrained_arms}
             for k in self.run_order():
-                for s in range(self.seeds):
+                for s in self.seeds_now():
                     for structure in self.prof.structures:
                         for arm in self.arms:
                             tasks.append(pool.submit(self.finetune, structure, k, s, arm, checkpoints.get((arm, s))))

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_unannotated_benefit.py --profile smoke|cpu|gpu [--work DIR]
         [--arms scratch ...] [--ks 1 all] [--seeds N] [--structures ...] [-o results.json] [--collect]
-        [--run-ks 2] [--reuse RESULTS_JSON ARMS]
+        [--run-ks 2] [--run-seeds 0 1 2] [--reuse RESULTS_JSON ARMS]
 
 The label-efficiency study (``bench_ssl_benefit.py``) drew every patch under one imaging condition, so
 eight times the labels gave scratch only +0.03 Dice: no room for any use of unannotated data to show.
@@ -72,6 +72,7 @@ ARMS = {a.name: a for a in (
     Arm("semi", trainer="nnUNetTrainerSelmaSemi"),
     Arm("semi_pl", trainer="nnUNetTrainerSelmaSemiPL"),
     Arm("semi_pl_bright", trainer="nnUNetTrainerSelmaSemiPLBright"),
+    Arm("semi_pl_style", trainer="nnUNetTrainerSelmaSemiPLStyle"),
     Arm("mae", pretraining=("--method", "mae")),
     Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}
@@ -132,6 +133,10 @@ class DomainStudy(ssl.Study):
         self.domain_prof = prof
         self.roles = case_domains(prof)
         self.run_ks: set[str] | None = None  # label counts to run now (None: all); the others keep their place
+        self.run_seeds: list[int] | None = None  # seeds to run now (None: all); the folds stay those of ``seeds``
+
+    def seeds_now(self) -> list[int]:
+        return super().seeds_now() if self.run_seeds is None else self.run_seeds
 
     def run_order(self) -> list:
         """The label-efficiency study's order, restricted to ``run_ks`` (``--run-ks``): every k of the profile
@@ -329,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-ks", nargs="+", default=None,
                         help="run only these label counts now (each k of --ks keeps its labelled subsets; "
                              "--collect still gathers every k)")
+    parser.add_argument("--run-seeds", nargs="+", type=int, default=None,
+                        help="run only these seeds now (the folds stay those of --seeds)")
     parser.add_argument("--collect", action="store_true", help="no new run: results from the runs finished so far")
     parser.add_argument("--reuse", nargs=2, metavar=("RESULTS_JSON", "ARMS"), default=None,
                         help="count the finished runs of ARMS (comma-separated) in an earlier results file of the "
@@ -354,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--run-ks {sorted(unknown)} not among the label counts {list(prof.ks)}")
         study.run_ks = set(args.run_ks)
+    if args.run_seeds:
+        if not set(args.run_seeds) <= set(range(seeds)):
+            parser.error(f"--run-seeds {args.run_seeds}: seeds are 0 to {seeds - 1} (--seeds {seeds})")
+        study.run_seeds = sorted(set(args.run_seeds))
     study.prepare()
     if earlier is not None:
         reuse_rows(study, earlier, Path(args.reuse[0]).name, tuple(args.reuse[1].split(",")))

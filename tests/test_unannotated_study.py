@@ -45,8 +45,8 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
 
     # --run-ks: every k keeps its place (and subsets), only k = 1 runs now: all reused, k = all left for later
     res = subprocess.run([sys.executable, str(SCRIPT), "--profile", "smoke", "--arms", "scratch", "--ks", "1", "all",
-                          "--run-ks", "1", "--work", str(tmp_path / "work2"), "-o", str(again), "--reuse", str(out),
-                          "scratch"], capture_output=True, text=True, timeout=600)
+                          "--run-ks", "1", "--run-seeds", "0", "--work", str(tmp_path / "work2"), "-o", str(again),
+                          "--reuse", str(out), "scratch"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     partial = json.loads(again.read_text())
     assert not partial["complete"] and partial["runs_done"] == 1

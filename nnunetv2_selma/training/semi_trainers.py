@@ -50,6 +50,7 @@ __all__ = [
     "mean_teacher_loss",
     "pseudo_label_loss",
     "brightest_patches",
+    "amplitude_mix",
     "ema_update",
 ]
 #: checkpoint entry counting the teacher's updates (one per training iteration)
@@ -136,6 +137,24 @@ def brightest_patches(patches: np.ndarray, keep: int, quantile: float = 99.5) ->
     return patches[chosen]
 
 
+def amplitude_mix(images: torch.Tensor, styles: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Patches with the phase of ``images`` and the amplitude spectrum ``(1 - w) |F(image)| + w |F(style)|``
+    (amplitude mixing, as in Fourier domain adaptation); ``images`` and ``styles`` (B, C, z, y, x), ``weights``
+    (B,) in [0, 1]; weight 0 returns the image.
+
+    Why: blur, noise floor, autofluorescence texture and stripes of an imaging domain live mostly in the
+    amplitude spectrum, where the objects are lives mostly in the phase; so a labelled patch restyled towards a
+    store patch of a never-labelled domain keeps its labels and shows the network that domain's conditions.
+    """
+    dims = tuple(range(2, images.ndim))
+    f_image = torch.fft.fftn(images.float(), dim=dims)
+    f_style = torch.fft.fftn(styles.float(), dim=dims)
+    w = weights.float().view(-1, *([1] * (images.ndim - 1)))
+    amplitude = (1 - w) * f_image.abs() + w * f_style.abs()
+    mixed = torch.fft.ifftn(torch.polar(amplitude, f_image.angle()), dim=dims).real
+    return mixed.to(images.dtype)
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
     """teacher = decay * teacher + (1 - decay) * student, tensor by tensor (integer buffers are copied)."""
@@ -199,6 +218,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_batch_size : unannotated patches per iteration (None: the plans' batch size)
     semi_candidates : store patches drawn per unannotated patch kept; above 1 the brightest are kept
         (:func:`brightest_patches`), so the batch holds objects and not only background
+    semi_style_mix : probability that a labelled patch is restyled towards a store patch of the same iteration
+        (:func:`amplitude_mix`, a random share of its amplitude spectrum); 0 leaves nnU-Net's batch as it is
     semi_seed : seed of the unannotated stream
     """
 
@@ -209,6 +230,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_loss: str = "consistency"
     semi_batch_size: int | None = None
     semi_candidates: int = 1
+    semi_style_mix: float = 0.0
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -221,6 +243,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _teacher_updates: int = 0
     _teacher_updates_to_load: int | None = None
     _semi_log: list[tuple[float, float]] = []  # replaced per epoch by on_train_epoch_start, never appended to here
+    _restyled: tuple[int, int] = (0, 0)  # (restyled, all) labelled patches of the epoch
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
@@ -274,6 +297,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         super().on_train_epoch_start()
         self._iteration_in_epoch = 0
         self._semi_log = []
+        self._restyled = (0, 0)
 
     # -- one iteration --------------------------------------------------------------------------
     def _unannotated(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -286,6 +310,18 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         strong, flips = strong_view(weak, rng)
         return weak, strong, flips
 
+    def _restyle(self, data: torch.Tensor, styles: torch.Tensor, step: int) -> torch.Tensor:
+        """Each labelled patch, with probability ``semi_style_mix``, takes a random share of a store patch's
+        amplitude spectrum (:func:`amplitude_mix`); its labels stay valid because its phase is kept."""
+        rng = np.random.default_rng([self.semi_seed, self.local_rank, step, 1])
+        n = data.shape[0]
+        weights = rng.uniform(0.0, 1.0, n) * (rng.random(n) < self.semi_style_mix)
+        self._restyled = (self._restyled[0] + int((weights > 0).sum()), self._restyled[1] + n)
+        if not weights.any():
+            return data
+        order = torch.as_tensor(np.arange(n) % styles.shape[0], device=styles.device)
+        return amplitude_mix(data, styles[order], torch.as_tensor(weights, dtype=torch.float32, device=data.device))
+
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
@@ -293,6 +329,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             else target.to(self.device, non_blocking=True)
         step = self._step()
         weak, strong, flips = self._unannotated(step)
+        if self.semi_style_mix > 0:
+            data = self._restyle(data, weak, step)
         n = data.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
@@ -334,8 +372,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self._semi_log:
             c, f = np.mean(self._semi_log, axis=0)
             step = self._step()
+            restyled = f", {self._restyled[0]} of {self._restyled[1]} labelled patches restyled" \
+                if self.semi_style_mix > 0 else ""
             self.print_to_log_file(f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight "
-                                   f"{self.semi_weight * sigmoid_rampup(step, self._rampup_steps()):.3f}")
+                                   f"{self.semi_weight * sigmoid_rampup(step, self._rampup_steps()):.3f}{restyled}")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:

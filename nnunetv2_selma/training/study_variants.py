@@ -27,6 +27,9 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLBright",
     "nnUNetTrainerSelmaSemiPLBright_1epoch_2it",
     "nnUNetTrainerSelmaSemiPLBright_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLStyle",
+    "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it",
+    "nnUNetTrainerSelmaSemiPLStyle_12epochs_25it_noTTA",
 ]
 
 
@@ -98,3 +101,22 @@ class nnUNetTrainerSelmaSemiPLBright_1epoch_2it(nnUNetTrainerSelmaSemiPLBright, 
 class nnUNetTrainerSelmaSemiPLBright_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLBright,
                                                          nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with pseudo-labels on the brightest store patches."""
+
+
+class nnUNetTrainerSelmaSemiPLStyle(nnUNetTrainerSelmaSemiPL):
+    """Pseudo-labels on the store patches, and half of the labelled patches restyled towards them
+    (``semi_style_mix``: amplitude mixing): the study's lever that gives the unseen domains' imaging conditions
+    true labels instead of the teacher's."""
+
+    semi_style_mix = 0.5
+
+
+class nnUNetTrainerSelmaSemiPLStyle_1epoch_2it(nnUNetTrainerSelmaSemiPLStyle, nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaSemiPLStyle`."""
+
+    semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemiPLStyle_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyle,
+                                                        nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with pseudo-labels and restyled labelled patches."""

@@ -18,6 +18,7 @@ import torch
 from nnunetv2_selma.training.semi_trainers import (
     TEACHER_KEY,
     TEACHER_UPDATES_KEY,
+    amplitude_mix,
     brightest_patches,
     ema_update,
     flip_each,
@@ -91,6 +92,21 @@ def test_brightest_patches_keeps_the_patches_with_objects_in_drawn_order():
     assert brightest_patches(patches, 6) is patches
 
 
+def test_amplitude_mix_keeps_the_phase_and_takes_the_style_amplitude():
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.normal(0, 1, (2, 1, 6, 8, 8)).astype(np.float32))
+    styles = torch.from_numpy(rng.normal(0, 3, (2, 1, 6, 8, 8)).astype(np.float32))
+    same = amplitude_mix(images, styles, torch.tensor([0.0, 0.0]))
+    assert torch.allclose(same, images, atol=1e-5)
+    mixed = amplitude_mix(images, styles, torch.tensor([1.0, 0.5]))
+    f_mixed, f_image, f_style = (torch.fft.fftn(x, dim=(2, 3, 4)) for x in (mixed, images, styles))
+    # weight 1: the style's amplitude with the image's phase (where the amplitude is not ~0)
+    assert torch.allclose(f_mixed[0].abs(), f_style[0].abs(), rtol=1e-3, atol=1e-3)
+    keep = f_image[0].abs() > 1e-2
+    assert torch.allclose(torch.cos(f_mixed[0].angle() - f_image[0].angle())[keep], torch.ones(()), atol=1e-3)
+    assert torch.allclose(f_mixed[1].abs(), 0.5 * (f_image[1].abs() + f_style[1].abs()), rtol=1e-3, atol=1e-3)
+
+
 def test_rampup_and_ema():
     assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
     assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(2, 10) < sigmoid_rampup(6, 10)
@@ -145,7 +161,8 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
     return results / DATASET_NAME / f"{trainer}__{PLANS_ID}__3d_fullres" / f"fold_{fold}"
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerSelmaSemi_1epoch_2it", "nnUNetTrainerSelmaSemiPLBright_1epoch_2it"])
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerSelmaSemi_1epoch_2it", "nnUNetTrainerSelmaSemiPLBright_1epoch_2it",
+                                     "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
@@ -155,6 +172,7 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert "semi-supervised: store" in res.stdout and "structures ['nucleus']" in res.stdout
     assert "consistency" in res.stdout
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
+    assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     ckpt = torch.load(_model(tmp_path, trainer, 0) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     teacher, student = ckpt[TEACHER_KEY], ckpt["network_weights"]
     assert ckpt[TEACHER_UPDATES_KEY] == 2 and teacher.keys() == student.keys()
