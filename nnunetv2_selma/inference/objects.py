@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import atomic_path
+from nnunetv2_selma.atomic import atomic_path, discard_path
 from nnunetv2_selma.inference.block_jobs import block_file, load_block, save_block, worker_cached
 from nnunetv2_selma.inference.blocks import row_regions
 from nnunetv2_selma.inference.dask_executor import run_blocks
@@ -54,7 +54,7 @@ from nnunetv2_selma.inference.object_outputs import (
     write_density,
     write_labels,
 )
-from nnunetv2_selma.inference.resume import ResumableRun, input_content_signature
+from nnunetv2_selma.inference.resume import ResumableRun, describe_existing, input_content_signature
 from nnunetv2_selma.volumes import VolumeSource, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path
 
@@ -372,8 +372,9 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         existing scheduler (serial in this process when neither is given).
     progress : show a progress bar.
     overwrite : replace files of the names this run writes (``objects.csv``, the density map, its picture)
-        that ``output_dir`` already holds, and the results of another objects run there; without it they
-        are refused before any work.
+        that ``output_dir`` already holds, the results of another objects run there, and what ``labels``
+        already holds (replaced when the new labels are written); without it they are refused before any
+        work.
 
     Returns
     -------
@@ -385,7 +386,7 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     FileNotFoundError for a missing input; ValueError naming the file for an image whose shape differs from
     the mask's, a mask holding NaN or infinite voxels, a bad argument, an unsupported labels path or an
     ``output_dir`` that is a file; FileExistsError when ``output_dir`` holds the results of another run or
-    files of the output names (unless ``overwrite``), a partial run of other arguments, or ``labels`` exists
+    files of the output names or ``labels`` exists (unless ``overwrite``), or a partial run of other arguments
     (nothing is overwritten).
     """
     setup = _prepare(mask, output_dir, images, block_size, connectivity, min_voxels, labels, density_voxels,
@@ -402,7 +403,7 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
     result = merge_block_tables(job, setup.blocks, min_voxels)
     run_info["seconds"]["merge"] = time.perf_counter() - t0
     if setup.labels is not None:
-        _write_label_volume(setup, run, passes, result, labels_done)
+        _write_label_volume(setup, run, passes, result, labels_done, overwrite)
     _write_results(setup, run, job, result)
     return setup.output_dir
 
@@ -497,8 +498,11 @@ def _resume_or_start(setup: _ObjectSetup, run: ResumableRun, overwrite: bool) ->
     # a run stopped after its labels were committed (the writer moves them into place whole) resumes
     # past them; any other labels at that path are someone's file
     labels_done = labels is not None and previous is not None and previous.get("labels_written") == str(labels)
-    if labels is not None and not labels_done and labels.exists() and (not labels.is_dir() or any(labels.iterdir())):
-        raise FileExistsError(f"{labels}: already exists; nothing was overwritten. Choose another labels path.")
+    if labels is not None and not labels_done and not overwrite and labels.exists() \
+            and (not labels.is_dir() or any(labels.iterdir())):
+        raise FileExistsError(f"{labels}: already holds {describe_existing(labels)}, not written by this objects "
+                              f"run; nothing was overwritten. Choose another labels path, remove it, or pass "
+                              f"--overwrite to replace it.")
     job = ObjectJob(str(setup.mask), tuple(map(str, setup.images)), setup.shape, setup.connectivity,
                     str(run.work_dir), json.dumps(setup.signature["input_content"]))
 
@@ -541,15 +545,18 @@ class _BlockPasses:
 
 
 def _write_label_volume(setup: _ObjectSetup, run: ResumableRun, passes: _BlockPasses, result: dict,
-                        labels_done: bool) -> None:
+                        labels_done: bool, overwrite: bool) -> None:
     """Relabel the blocks with the global ids and write the instance-label volume (once: a rerun after it
-    was committed skips the writing)."""
+    was committed skips the writing); with ``overwrite`` what the labels path held goes first (a folder
+    cannot be renamed over)."""
     job, blocks = passes.job, setup.blocks
     np.save(run.work_dir / "node_ids.npy", result["node_ids"])
     np.save(run.work_dir / "offsets.npy", result["offsets"])
     passes.run(relabel_block, [b for b in blocks if not block_file(job.labels_dir, b.index).is_file()],
                "relabelled", "labels")
     if not labels_done:
+        if overwrite:
+            discard_path(setup.labels)
         write_labels(setup.labels, setup.shape, [b.region for b in blocks],
                      lambda i: load_block(job.labels_dir, blocks[i].index), setup.sources[0].geometry,
                      setup.sources[0].slice_names())

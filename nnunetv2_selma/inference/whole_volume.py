@@ -64,7 +64,7 @@ from nnunetv2_selma.inference.resume import (
 )
 from nnunetv2_selma.inference.volume_statistics import gather_volume_statistics
 from nnunetv2_selma.model_folder import read_model_folder
-from nnunetv2_selma.volumes import VolumeSource, create_mask_writer, open_volume
+from nnunetv2_selma.volumes import MultiChannelVolumeError, VolumeSource, create_mask_writer, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path, write_blocks
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ def predict_large(input: str | Path | Sequence[str | Path], output: str | Path, 
     ------
     FileExistsError when ``output`` holds something else (nothing is overwritten) or a partial run of
     other arguments sits in ``<output>.partial``; ValueError naming the file for unreadable or
-    inconsistent input (bad slice, slices of different sizes, channel shapes differ) or a model this
+    inconsistent input (bad slice, slices of different sizes, channel shapes differ, an OME-Zarr of several
+    channels: how many, and that each is one input) or a model this
     path cannot reproduce (normalisation other than z-score, resampling needed).
     """
     setup = _prepare(input, output, model_folder, folds, block_size, tile_step_size, use_mirroring, workers,
@@ -188,7 +189,12 @@ def _prepare(input, output, model_folder, folds, block_size, tile_step_size, use
         raise ValueError("give either workers (a local dask cluster) or scheduler (an existing one), not both")
     _check_run_numbers(block_size, tile_step_size, workers, intensity_stats)
 
-    sources = [open_volume(p) for p in inputs]
+    try:
+        sources = [open_volume(p) for p in inputs]
+    except MultiChannelVolumeError as e:
+        raise ValueError(f"{e}, and give them all, one per channel in the model's channel order (_0000, _0001, "
+                         f"...), as the inputs (-i C0.ome.zarr C1.ome.zarr ...); there is no option to pick one "
+                         f"channel of a volume") from e
     for p, s in zip(inputs[1:], sources[1:]):
         if s.shape != sources[0].shape:
             raise ValueError(f"{p}: channel of shape {s.shape}; expected {sources[0].shape} like {inputs[0]}")

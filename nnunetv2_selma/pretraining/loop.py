@@ -531,7 +531,8 @@ def pretrain(
         decoder and reconstruction head included; the first convolution is adapted to the input
         channels. Recorded (with a content fingerprint) in the metadata and in ``checkpoint_latest.pth``.
     overwrite : start afresh even though ``output_dir`` holds a ``checkpoint_final.pth`` (replaced at the
-        end); without it, and without ``continue_training``, such a folder is refused before any work.
+        end) or the ``checkpoint_latest.pth`` of a run that did not finish (replaced at the first checkpoint);
+        without it, and without ``continue_training``, such a folder is refused before any work.
 
     Returns
     -------
@@ -564,6 +565,11 @@ def pretrain(
         raise FileExistsError(f"{out / FINAL}: exists, the result of an earlier pretraining run; nothing was "
                               f"overwritten. Choose another -o, pass --c to continue that run, or --overwrite to "
                               f"start afresh and replace it.")
+    if (out / LATEST).is_file() and not (continue_training or overwrite):
+        # a stopped run's only record: starting afresh would replace it at the first checkpoint
+        raise FileExistsError(f"{out / LATEST}: exists, the checkpoint of an earlier pretraining run that did not "
+                              f"finish; nothing was overwritten. Pass --c to continue that run, --overwrite to "
+                              f"start afresh and replace it, or choose another -o.")
     if continue_training and not (out / LATEST).is_file():
         # nnU-Net's --c does the same (start afresh), but the user must see it, not only the log
         print(f"WARNING: --continue given but {out / LATEST} does not exist: starting from iteration 0",

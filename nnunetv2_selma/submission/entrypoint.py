@@ -27,8 +27,9 @@ Environment variables (all optional; the container on Grand Challenge needs none
   SELMA_TILE_STEP_SIZE   sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)
 
 Every failure a user can act on (no input, two inputs, an unreadable file, a wrong channel
-count, a broken ``models.json``, an output folder that is not writable) ends with a
-one-paragraph message on stderr and exit status 1.
+count, a broken ``models.json``, an output folder that is not writable, an output that cannot be
+replaced) ends with one ``nnunetv2_selma.submission: error: <message>`` paragraph on stderr (the
+invoke server's says ``nnunetv2_selma.submission.server``) and exit status 1, no traceback.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_selma.atomic import atomic_path
 from nnunetv2_selma.model_folder import UNREADABLE_CHECKPOINT, check_model_folder, unreadable_checkpoint
 from nnunetv2_selma.nnunet_ext import ENV_VAR, shim_folder
 from nnunetv2_selma.submission.interface import (
@@ -62,6 +64,9 @@ from nnunetv2_selma.submission.models import (
 from nnunetv2_selma.volumes.images import image_suffix, read_image, write_image
 
 log = logging.getLogger("nnunetv2_selma.submission")
+
+#: the program name that starts each error line of ``python -m nnunetv2_selma.submission``
+PROGRAM = "nnunetv2_selma.submission"
 
 
 class SubmissionError(RuntimeError):
@@ -257,23 +262,36 @@ def run_submission(settings: SubmissionSettings, predictors: dict[str, object] |
     if mask.shape != image.shape:  # nnU-Net returns the input's shape; this guards the contract
         raise RuntimeError(f"prediction shape {mask.shape} differs from input shape {image.shape}")
 
-    tmp = output_file.with_name(f".{output_file.stem}.partial.mha")
-    write_image(tmp, mask.astype(edition.output_dtype), geometry)
-    tmp.replace(output_file)
+    try:
+        with atomic_path(output_file) as tmp:
+            write_image(tmp, mask.astype(edition.output_dtype), geometry)
+    except OSError as e:  # e.g. output.mha is a folder: os.replace named only the temporary and the target
+        raise SubmissionError(f"cannot write the output {output_file}: {e.strerror or e}; expected a file "
+                              f"there that can be written or replaced") from e
     log.info("wrote %s", output_file)
     return output_file
+
+
+def report_error(program: str, error: BaseException) -> int:
+    """Print ``<program>: error: <message>`` on stderr, the one form of the container programs' errors
+    (lower-case ``error:`` as every console command says it); return the exit status 1."""
+    print(f"{program}: error: {str(error).strip() or type(error).__name__}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the submission with settings from the environment; 0 on success, 1 on a user error."""
     if argv:
         print(__doc__, file=sys.stderr)
-        return 0 if argv[0] in ("-h", "--help") else 2
+        if argv[0] in ("-h", "--help"):
+            return 0
+        print(f"{PROGRAM}: error: found arguments {' '.join(argv)!r}; expected none (the settings are the "
+              f"SELMA_* environment variables above)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     try:
         run_submission(SubmissionSettings.from_environment())
-    except (SubmissionError, ValueError) as e:
-        print(f"nnunetv2_selma.submission: ERROR: {e}", file=sys.stderr)
-        return 1
+    except (SubmissionError, ValueError, OSError) as e:  # OSErrors of the file system name their file
+        return report_error(PROGRAM, e)
     return 0

@@ -38,11 +38,15 @@ from nnunetv2_selma.submission.entrypoint import (
     SubmissionError,
     SubmissionSettings,
     load_predictors,
+    report_error,
     run_submission,
 )
 from nnunetv2_selma.submission.interface import INVOKE_PORT
 
 log = logging.getLogger("nnunetv2_selma.submission.server")
+
+#: the program name that starts each error line of ``python -m nnunetv2_selma.submission.server``
+PROGRAM = "nnunetv2_selma.submission.server"
 
 INPUTS_JSON = "inputs.json"
 
@@ -193,9 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = SubmissionSettings.from_environment()
         serve(settings, args.host, args.port)
-    except (SubmissionError, ValueError) as e:
-        print(f"nnunetv2_selma.submission.server: ERROR: {e}", file=sys.stderr)
-        return 1
+    except (SubmissionError, ValueError, OSError) as e:  # OSError: the port is taken, a file is unreadable
+        return report_error(PROGRAM, e)
     except KeyboardInterrupt:
         return 0
     return 0

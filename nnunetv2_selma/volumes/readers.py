@@ -115,7 +115,14 @@ def _read_slice(path: Path) -> np.ndarray:
 
 
 class MultiChannelVolumeError(ValueError):
-    """A volume holding several channels (or time points) where one 3D channel is read."""
+    """A volume holding several channels (or time points) where one 3D channel is read.
+
+    ``channels``: the length of its channel axis when the metadata names one, else None.
+    """
+
+    def __init__(self, message: str, channels: int | None = None) -> None:
+        super().__init__(message)
+        self.channels = channels
 
 class VolumeSource:
     """A lazy 3D volume ``(z, y, x)``: ``shape``, ``dtype``, ``geometry``, ``read(region)``, ``read_planes(z0, z1)``.
@@ -340,19 +347,19 @@ class _ZarrSource(VolumeSource):
         group = zarr.open(str(path), mode="r")
         array = group
         geometry = dict(IDENTITY_GEOMETRY)
+        axes: list = []
         if not hasattr(group, "shape"):  # an OME-Zarr group: level 0 of the first multiscale
             multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
             if not multiscales:
                 raise ValueError(f"{path}: a zarr group without OME 'multiscales' metadata; expected OME-Zarr")
             array = group[multiscales[0]["datasets"][0]["path"]]
             geometry = _ngff_geometry(multiscales[0])
+            axes = multiscales[0].get("axes") or []
         shape = tuple(int(s) for s in array.shape)
         lead = len(shape) - 3
         if lead < 0 or any(s != 1 for s in shape[:lead]):
             # each command says how to give channels (predict_large: several -i; ingest: a file per channel)
-            raise MultiChannelVolumeError(f"{path}: found an array of shape {shape}; expected one 3D volume "
-                                          f"(z, y, x) with only singleton t/c axes before them: write each "
-                                          f"channel as its own single-channel OME-Zarr")
+            raise _multichannel_error(path, shape, axes)
         self._array, self._lead = array, (0,) * lead
         self.shape = shape[lead:]
         self.dtype = np.dtype(array.dtype)
@@ -366,6 +373,21 @@ class _ZarrSource(VolumeSource):
         names = (".zarray", ".zattrs", ".zgroup", "zarr.json")
         folders = [self.path, *sorted(p for p in self.path.iterdir() if p.is_dir())]
         return [f / n for f in folders for n in names if (f / n).is_file()]
+
+
+def _multichannel_error(path: Path, shape: tuple[int, ...], axes: list) -> MultiChannelVolumeError:
+    """The refusal of an OME-Zarr array that is not one 3D channel, saying how many channels it holds when its
+    NGFF ``axes`` (dicts of NGFF 0.4+, or names of 0.3) name a channel axis."""
+    names = [a.get("name", "?") if isinstance(a, dict) else str(a) for a in axes]
+    kinds = [a.get("type") if isinstance(a, dict) else None for a in axes]
+    channel = next((i for i, (n, k) in enumerate(zip(names, kinds)) if k == "channel" or n == "c"), None)
+    described = f"an array of shape {shape}" + (f", axes {' '.join(names)}" if len(names) == len(shape) else "")
+    volume = "one 3D volume (z, y, x) with only singleton t/c axes before them"
+    remedy = "write each channel as its own single-channel OME-Zarr"
+    if len(names) == len(shape) and channel is not None and shape[channel] > 1:
+        return MultiChannelVolumeError(f"{path}: holds {shape[channel]} channels ({described}); expected one "
+                                       f"channel, {volume}: {remedy}", shape[channel])
+    return MultiChannelVolumeError(f"{path}: found {described}; expected {volume}: {remedy}")
 
 
 class _InMemorySource(VolumeSource):

@@ -197,7 +197,7 @@ def test_run_stopped_after_its_labels_resumes_past_them(tmp_path, monkeypatch):
     ref, _ = ndimage.label(mask != 0, structure=np.ones((3, 3, 3)))
     np.testing.assert_array_equal(blosc2.open(str(labels))[:], ref)
     # labels nobody's run wrote are still refused
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already holds a file of"):
         measure_objects(path, tmp_path / "other", labels=labels, block_size=BLOCK, progress=False)
 
 
@@ -268,6 +268,29 @@ def test_files_of_a_user_in_the_output_folder_are_kept_unless_overwrite(tmp_path
     assert "holds the results of another objects run" in capsys.readouterr().err
     assert main([*args, "--connectivity", "6", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["signature"]["connectivity"] == 6
+
+
+@pytest.mark.parametrize("name", ["labels.tif", "labels.ome.zarr"])
+def test_labels_already_there_are_kept_unless_overwrite(tmp_path, name, capsys):
+    """--labels at a path that holds something was refused without a word of --overwrite, and --overwrite
+    did not replace it: the user had to remove it by hand."""
+    from nnunetv2_selma.cli.objects import main
+
+    mask = _mask()
+    path = _write("tif", tmp_path / "mask.tif", mask)
+    labels = tmp_path / name
+    args = ["-i", str(path), "--labels", str(labels), "--block", str(BLOCK), "--quiet"]
+    assert main([*args, "-o", str(tmp_path / "first")]) == 0
+    before = sorted(str(p.relative_to(labels)) for p in labels.rglob("*")) if labels.is_dir() else labels.read_bytes()
+    assert main([*args, "-o", str(tmp_path / "second"), "--connectivity", "6"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {labels}: already holds a " in err and "pass --overwrite to replace it" in err, err
+    after = sorted(str(p.relative_to(labels)) for p in labels.rglob("*")) if labels.is_dir() else labels.read_bytes()
+    assert after == before and not (tmp_path / "second" / "summary.json").exists()
+    assert main([*args, "-o", str(tmp_path / "second"), "--connectivity", "6", "--overwrite"]) == 0
+    written = open_volume(labels).read(tuple(slice(0, s) for s in SHAPE))
+    np.testing.assert_array_equal(written, _reference(mask, [], 6)["labels"])
+    assert not list(tmp_path.glob(f".{name}*"))  # no temporary left beside it
 
 
 def test_output_path_that_is_a_file_is_named(tmp_path, capsys):

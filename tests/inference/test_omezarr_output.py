@@ -241,6 +241,30 @@ def test_predict_large_reads_ome_zarr_input(tiny):
     np.testing.assert_array_equal(open_volume(out).read((slice(0, 24), slice(0, 64), slice(0, 64))), tiny["mask"])
 
 
+def test_predict_large_says_how_many_channels_an_ome_zarr_holds_and_how_to_give_them(tmp_path, capsys):
+    """A (c=2, z, y, x) OME-Zarr was 'found an array of shape (2, ...)': neither how many channels nor how
+    nnUNetv2_selma_predict_large takes them (one -i per channel; it has no option to pick one)."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    from nnunetv2_selma.cli.predict_large import main
+
+    path = tmp_path / "two_channels.ome.zarr"
+    data = np.random.default_rng(2).integers(0, 4000, (2, 12, 40, 36)).astype(np.uint16)
+    write_image(data, zarr.open_group(str(path), mode="w", zarr_format=2), axes="czyx", fmt=FormatV04(),
+                scale_factors=(2,), storage_options={"chunks": (1, 6, 20, 18)})
+    model = make_model_folder(tmp_path / "results", "Dataset574_SELMAchannels", patch_size=(16, 32, 32))
+    out = tmp_path / "mask.tif"
+    assert main(["-i", str(path), "-o", str(out), "-m", str(model), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: holds 2 channels (an array of shape (2, 12, 40, 36), axes c z y x); "
+                          f"expected one channel"), err
+    assert "one per channel in the model's channel order" in err and "-i C0.ome.zarr C1.ome.zarr" in err, err
+    assert "there is no option to pick one channel" in err and "Traceback" not in err, err
+    assert not out.exists() and not list(tmp_path.glob("mask.tif*"))
+
+
 def test_predict_large_writes_ome_zarr(tiny):
     out = predict_large(tiny["root"] / "input.tif", tiny["root"] / "pred.ome.zarr", tiny["model"],
                         block_size=(16, 32, 32), progress=False, tissue_mask="none")

@@ -224,7 +224,7 @@ def test_loss_falls_and_finetuning_network_is_initialised(store, plans, tmp_path
     stock_loader(build_network(plans, num_output_channels=2, deep_supervision=True), str(final), verbose=False)
 
 
-def test_continue_after_kill_resumes_from_saved_iteration(store, plans, tmp_path):
+def test_continue_after_kill_resumes_from_saved_iteration(store, plans, tmp_path, capfd):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "nnunetv2_selma.cli.pretrain", "--store", str(store), "--plans", str(plans),
            "-o", str(out), "--iterations", "6", "--checkpoint-every", "2", "--num-workers", "0",
@@ -240,6 +240,16 @@ def test_continue_after_kill_resumes_from_saved_iteration(store, plans, tmp_path
     killed = torch.load(out / LATEST, map_location="cpu", weights_only=False)
     saved = killed["sampler"]["iteration"]
     assert 2 <= saved < 6 and not (out / FINAL).exists()
+    # rerun without --c: refused, the killed run's checkpoint kept (it was replaced at the first checkpoint)
+    from nnunetv2_selma.cli.pretrain import main
+
+    latest = (out / LATEST).read_bytes()
+    capfd.readouterr()
+    assert main([str(c) for c in cmd[3:]]) == 1
+    err = capfd.readouterr().err
+    assert f"error: {out / LATEST}: exists, the checkpoint of an earlier pretraining run that did not finish" in err
+    assert "Pass --c to continue that run, --overwrite to start afresh" in err
+    assert (out / LATEST).read_bytes() == latest
 
     subprocess.run(cmd + ["--continue"], env=_env(), check=True, timeout=180, stdout=subprocess.DEVNULL)
     log = (out / LOG).read_text()
@@ -415,6 +425,29 @@ def test_cache_is_filled_once_under_concurrent_requests(store, plans, tmp_path):
     text = [" | ".join(lines) for lines in logs]
     assert sum("pretraining into cache" in t for t in text) == 1
     assert sum("reusing cached pretraining checkpoint" in t for t in text) == 1
+
+
+def test_rerun_without_continue_keeps_checkpoint_latest_of_a_stopped_run_unless_overwrite(store, plans, tmp_path,
+                                                                                          capfd):
+    """A run that stopped before checkpoint_final.pth left checkpoint_latest.pth only; a rerun without --c
+    started afresh and replaced it at its first checkpoint: the stopped run was lost."""
+    from nnunetv2_selma.cli.pretrain import main
+
+    out = tmp_path / "run"
+    args = ["--store", str(store), "--plans", str(plans), "-o", str(out), "--iterations", "1", "--batch-size", "1",
+            "--num-workers", "0", "--device", "cpu", "--no-progress", "--structures", "cfos"]
+    assert main(args) == 0
+    (out / FINAL).unlink()  # the state of a run stopped after its last checkpoint_latest.pth
+    latest = (out / LATEST).read_bytes()
+    capfd.readouterr()
+    assert main([*args, "--seed", "1"]) == 1
+    err = capfd.readouterr().err
+    assert f"error: {out / LATEST}: exists, the checkpoint of an earlier pretraining run that did not finish; " \
+           f"nothing was overwritten" in err
+    assert "--c" in err and "--overwrite" in err
+    assert (out / LATEST).read_bytes() == latest and not (out / FINAL).exists()
+    assert main([*args, "--seed", "1", "--overwrite"]) == 0
+    assert (out / LATEST).read_bytes() != latest and (out / FINAL).is_file()
 
 
 def test_rerun_without_continue_keeps_checkpoint_final_unless_overwrite(store, plans, tmp_path, capfd):

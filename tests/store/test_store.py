@@ -380,7 +380,8 @@ def test_two_channel_ome_zarr_says_how_ingest_takes_channels(tmp_path):
     report = ingest_store(tmp_path / "dl", tmp_path / "store", progress=False)
     assert [f["name"] for f in report.failed] == ["vessel/s1/both"]
     reason = report.failed[0]["reason"]
-    assert reason.startswith(f"{sample / 'both.ome.zarr'}: found an array of shape (2, 8, 12, 12)"), reason
+    assert reason.startswith(f"{sample / 'both.ome.zarr'}: holds 2 channels (an array of shape (2, 8, 12, 12), "
+                             f"axes c z y x); expected one channel"), reason
     assert "unannotated_vessel/s1/C00.ome.zarr, C01.ome.zarr" in reason and "-i" not in reason, reason
 
 

@@ -264,7 +264,8 @@ def test_entrypoint_input_errors_exit_non_zero_with_a_clear_message(build, tmp_p
         (in_dir / "notes.txt").write_text("no image here")
     result = _run_entrypoint(tmp_path / "in", tmp_path / "out", build / "resources")
     assert result.returncode == 1
-    assert expected in result.stderr and "ERROR" in result.stderr
+    assert expected in result.stderr and "nnunetv2_selma.submission: error: " in result.stderr
+    assert "submission: ERROR" not in result.stderr and "Traceback" not in result.stderr
     assert str(in_dir) in result.stderr
     assert not (tmp_path / "out" / "images").exists()
 
@@ -279,6 +280,30 @@ def test_entrypoint_checks_the_output_folder_before_predicting(build, tmp_path):
     assert f"output folder {tmp_path / 'out' / 'images' / EDITIONS['2024'].output_slug} is not writable" \
         in result.stderr
     assert "predicted in" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_entrypoint_reports_an_output_it_cannot_replace_with_its_prefix_and_no_traceback(build, tmp_path):
+    """A folder named output.mha made the final rename raise IsADirectoryError: a traceback naming only the
+    temporary, which stayed behind."""
+    in_dir = tmp_path / "in" / "images" / EDITIONS["2024"].input_slug
+    in_dir.mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(_image(0)), str(in_dir / "cfos_001.mha"))
+    out_dir = tmp_path / "out" / "images" / EDITIONS["2024"].output_slug
+    (out_dir / "output.mha").mkdir(parents=True)
+    result = _run_entrypoint(tmp_path / "in", tmp_path / "out", build / "resources")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"nnunetv2_selma.submission: error: cannot write the output {out_dir / 'output.mha'}: Is a directory" \
+        in result.stderr, result.stderr[-3000:]
+    assert [p.name for p in out_dir.iterdir()] == ["output.mha"]  # no temporary left beside it
+
+
+def test_entrypoint_names_unexpected_arguments(capsys):
+    from nnunetv2_selma.submission.entrypoint import main
+
+    assert main(["--input", "x.mha"]) == 2
+    assert "nnunetv2_selma.submission: error: found arguments '--input x.mha'; expected none" \
+        in capsys.readouterr().err
 
 
 def test_entrypoint_help_lists_its_environment_variables(capsys):
@@ -311,6 +336,17 @@ def test_settings_come_from_models_json_and_environment(build):
 def test_entrypoint_reports_a_missing_models_json(tmp_path):
     result = _run_entrypoint(tmp_path / "in", tmp_path / "out", tmp_path / "nowhere")
     assert result.returncode == 1 and "models.json" in result.stderr and "SELMA_MODELS_DIR" in result.stderr
+    assert result.stderr.startswith(f"nnunetv2_selma.submission: error: {tmp_path / 'nowhere'}"), result.stderr
+
+
+def test_invoke_server_reports_a_missing_models_json_with_its_prefix(tmp_path):
+    env = {**os.environ, "SELMA_MODELS_DIR": str(tmp_path / "nowhere"), "SELMA_DEVICE": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "nnunetv2_selma.submission.server", "--port", "0"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"nnunetv2_selma.submission.server: error: {tmp_path / 'nowhere'}"), \
+        result.stderr
+    assert "server: ERROR" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_entrypoint_names_a_truncated_checkpoint(build, tmp_path):
