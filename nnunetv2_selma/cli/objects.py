@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the mask in napari); default: ome-zarr when --labels is an .ome.zarr, else tif")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace objects.csv, the density map and density_mip.png already in -o (a user's "
-                             "files or another objects run's) and what --labels already holds; without it they "
-                             "are refused")
+                             "files or another objects run's) and what --labels already holds, and discard a "
+                             "killed run of other options in -o (it resumes only with the same options); without "
+                             "it they are refused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)

@@ -54,7 +54,12 @@ from nnunetv2_selma.inference.object_outputs import (
     write_density,
     write_labels,
 )
-from nnunetv2_selma.inference.resume import ResumableRun, describe_existing, input_content_signature
+from nnunetv2_selma.inference.resume import (
+    ResumableRun,
+    describe_existing,
+    describe_mismatch,
+    input_content_signature,
+)
 from nnunetv2_selma.volumes import VolumeSource, open_volume
 from nnunetv2_selma.volumes.writers import check_output_path
 
@@ -372,22 +377,23 @@ def measure_objects(mask: str | Path, output_dir: str | Path, images: Sequence[s
         existing scheduler (serial in this process when neither is given).
     progress : show a progress bar.
     overwrite : replace files of the names this run writes (``objects.csv``, the density map, its picture)
-        that ``output_dir`` already holds, the results of another objects run there, and what ``labels``
-        already holds (replaced when the new labels are written); without it they are refused before any
-        work.
+        that ``output_dir`` already holds, the results or the partial run of another objects run there (a
+        partial run of other arguments is discarded and this one starts afresh), and what ``labels`` already
+        holds (replaced when the new labels are written); without it they are refused before any work.
 
     Returns
     -------
     ``output_dir``. ``summary.json`` holds ``count``, ``total_voxels``, ``volume_histogram``, the arguments
-    and a signature of the input; a rerun with the same arguments on the same input does nothing.
+    and a signature of the input and of every argument that changes what is written; a rerun with the same
+    arguments on the same input does nothing, and a killed run resumes only with the same arguments.
 
     Raises
     ------
     FileNotFoundError for a missing input; ValueError naming the file for an image whose shape differs from
     the mask's, a mask holding NaN or infinite voxels, a bad argument, an unsupported labels path or an
     ``output_dir`` that is a file; FileExistsError when ``output_dir`` holds the results of another run or
-    files of the output names or ``labels`` exists (unless ``overwrite``), or a partial run of other arguments
-    (nothing is overwritten).
+    files of the output names or ``labels`` exists, or a partial run of other arguments is there (unless
+    ``overwrite``; the message names each argument that differs; nothing is overwritten).
     """
     setup = _prepare(mask, output_dir, images, block_size, connectivity, min_voxels, labels, density_voxels,
                      workers, scheduler, density_format)
@@ -455,11 +461,13 @@ def _prepare(mask, output_dir, images, block_size, connectivity, min_voxels, lab
     for p, s in zip(images, sources[1:]):
         if tuple(s.shape) != shape:
             raise ValueError(f"{p}: image of shape {tuple(s.shape)}; expected the mask's shape {shape} ({mask})")
-    signature = {"inputs": [str(mask), *map(str, images)], "shape": list(shape),
-                 "block_size": list(_block_sizes(block_size)),
-                 "connectivity": int(connectivity), "input_content": [input_content_signature(s) for s in sources]}
     settings = {"min_voxels": int(min_voxels), "density_voxels": int(density_voxels),
                 "labels": None if labels is None else str(labels), "density_format": density_format}
+    # every argument that changes what is written, so that a partial run is resumed by the same command only
+    # (min_voxels decides the relabelled blocks and the committed labels a rerun would otherwise keep)
+    signature = {"inputs": [str(mask), *map(str, images)], "shape": list(shape),
+                 "block_size": list(_block_sizes(block_size)), "connectivity": int(connectivity), **settings,
+                 "input_content": [input_content_signature(s) for s in sources]}
     return _ObjectSetup(mask, images, output_dir, labels, sources, shape, plan_object_blocks(shape, block_size),
                         int(connectivity), int(min_voxels), int(density_voxels), density_format, signature, settings)
 
@@ -472,7 +480,8 @@ def _already_measured(setup: _ObjectSetup, run: ResumableRun, overwrite: bool) -
                                  f"Remove {setup.output_dir} (or choose another) to measure the new content.")
     if record is None:
         return False
-    if run.matches(record) and record.get("settings") == setup.settings:
+    # results of an older version keep the settings beside their signature only
+    if run.matches({"signature": {**record.get("settings", {}), **record.get("signature", {})}}):
         logger.info("%s: objects already measured with these arguments; nothing to do", setup.output_dir)
         return True
     if not overwrite:
@@ -487,6 +496,11 @@ def _resume_or_start(setup: _ObjectSetup, run: ResumableRun, overwrite: bool) ->
     (every plane checked first). Returns the job and whether the labels were already committed."""
     output_dir, labels = setup.output_dir, setup.labels
     previous = run.previous_state()
+    if previous is not None and overwrite and not run.matches(previous):
+        logger.warning("%s: discarding a partial run with other %s (--overwrite); starting afresh", run.work_dir,
+                       describe_mismatch(previous.get("signature", {}), setup.signature, "then"))
+        run.discard()
+        previous = None
     if previous is None and not overwrite:
         # a partial run of ours may have written them before it was killed; anything else is someone's file
         taken = [output_dir / n for n in (OBJECTS_CSV, DENSITY_FILES[setup.density_format], DENSITY_PICTURE)
@@ -514,7 +528,9 @@ def _resume_or_start(setup: _ObjectSetup, run: ResumableRun, overwrite: bool) ->
         job.labels_dir.mkdir()
         return {}
 
-    run.resume_or_start(f"To start fresh on the new content, remove {run.work_dir} and rerun.", start)
+    run.resume_or_start(f"To start fresh on the new content, remove {run.work_dir} and rerun.", start,
+                        other_run="Rerun with the same arguments to resume it, pass --overwrite to discard it and "
+                                  "start afresh, or choose another output folder.")
     return job, labels_done
 
 

@@ -9,14 +9,16 @@ input whose content changed raises :class:`InputChangedError` naming it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_selma.atomic import write_json_atomic
+from nnunetv2_selma.atomic import discard_path, write_json_atomic
 from nnunetv2_selma.volumes import VolumeSource
 
 #: the progress record of a partial run, in its work folder
@@ -34,6 +36,16 @@ def describe_existing(path: Path) -> str:
 def signature_mismatch(a: dict, b: dict) -> list[str]:
     """The keys whose values differ between two signatures, sorted."""
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def describe_mismatch(old: dict, new: dict, then: str) -> str:
+    """The keys that differ between two signatures for a message, each with its two values when they are
+    short (``min_voxels (1 in the partial run, 5 now)``; ``then`` names the old one)."""
+    parts = []
+    for key in signature_mismatch(old, new):
+        a, b = json.dumps(old.get(key)), json.dumps(new.get(key))
+        parts.append(f"{key} ({a} {then}, {b} now)" if len(a) + len(b) <= 80 else key)
+    return ", ".join(parts)
 
 
 class InputChangedError(ValueError):
@@ -126,23 +138,24 @@ class ResumableRun:
         """Whether a record (finished or partial) was made with this run's signature."""
         return not signature_mismatch(record.get("signature", {}), self.signature)
 
-    def resume_or_start(self, remedy: str, start: Callable[[], dict]) -> dict:
+    def resume_or_start(self, remedy: str, start: Callable[[], dict],
+                        other_run: str = "Rerun with the same arguments to resume, or remove that folder.") -> dict:
         """The progress record of the partial run to resume, or a new one from ``start()``.
 
         ``start`` runs only for a new run, before the work folder exists: it does the checks that must
         pass before any work (a refused run leaves nothing behind) and returns the record's first fields.
-        A partial run of other arguments, or a work folder holding no progress record, is refused.
+        A partial run of other arguments (the message names each, then ``other_run``: how to proceed), or a
+        work folder holding no progress record, is refused.
         """
         state = self.previous_state()
         if state is not None:
             done = f" ({len(state['done'])} blocks done)" if "done" in state else ""
             check_inputs_unchanged(state.get("signature", {}), self.signature,
                                    f"the partial run in {self.work_dir}{done}", remedy)
-            differ = signature_mismatch(state.get("signature", {}), self.signature)
-            if differ:
-                raise FileExistsError(f"{self.work_dir}: holds a partial run with other {', '.join(differ)}; nothing "
-                                      f"was overwritten. Rerun with the same arguments to resume, or remove that "
-                                      f"folder.")
+            if not self.matches(state):
+                differ = describe_mismatch(state.get("signature", {}), self.signature, "in the partial run")
+                raise FileExistsError(f"{self.work_dir}: holds a partial run with other {differ}; nothing was "
+                                      f"overwritten. {other_run}")
             self.state, self.resumed = state, True
             return state
         if self.work_dir.exists():
@@ -153,6 +166,16 @@ class ResumableRun:
         self.state = {"signature": self.signature, **fields, "runs": []}
         self.save()
         return self.state
+
+    def discard(self) -> None:
+        """Remove the partial run in the work folder (the user chose to start afresh). It is moved aside in one
+        rename first, so a run killed meanwhile leaves the whole partial run or none of it."""
+        if not self.work_dir.exists():
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{self.work_dir.name}.", suffix=".discarded", dir=self.work_dir.parent))
+        os.replace(self.work_dir, aside)
+        discard_path(aside)
+        self.state, self.resumed = None, False
 
     def begin_run(self, **fields) -> dict:
         """Record that a run starts (its ``started`` time and ``fields``); the entry is returned to be filled."""
@@ -171,4 +194,5 @@ class ResumableRun:
 
 
 __all__ = ["CONTENT_SAMPLE_PLANES", "CONTENT_SAMPLE_VOXELS", "InputChangedError", "check_inputs_unchanged",
-           "describe_existing", "input_content_signature", "signature_mismatch", "PROGRESS_FILE", "ResumableRun"]
+           "describe_existing", "describe_mismatch", "input_content_signature", "signature_mismatch", "PROGRESS_FILE",
+           "ResumableRun"]

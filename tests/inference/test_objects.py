@@ -313,3 +313,43 @@ def test_nan_or_infinite_mask_voxels_are_refused_by_name(tmp_path, kind, bad):
         measure_objects(path, tmp_path / "objects", block_size=BLOCK, progress=False)
     assert str(info.value).startswith(f"{where}: the mask holds 1 NaN or infinite voxel(s)")
     assert not (tmp_path / "objects" / ".partial").exists()
+
+
+@pytest.mark.parametrize("option, value, then", [("--min-voxels", "5", "1"), ("--density-voxels", "10", "25")])
+def test_stopped_run_rerun_with_another_option_is_refused_or_starts_afresh(tmp_path, capsys, option, value, then):
+    """A run stopped after its labels were committed, rerun with another --min-voxels, resumed and kept the old
+    labels (with a table of the new setting): the option was not part of the run's signature. Every option that
+    changes what is written is: the rerun is refused, naming the option, and --overwrite starts afresh."""
+    from nnunetv2_selma.cli.objects import main
+
+    mask = _mask()
+    path = _write("tif", tmp_path / "mask.tif", mask)
+    out, labels = tmp_path / "objects", tmp_path / "labels.b2nd"
+    args = ["-i", str(path), "-o", str(out), "--labels", str(labels), "--block", str(BLOCK), "--quiet"]
+    # the summary, written last, cannot be written: the run stops after its labels and tables, as a killed one
+    (out / "summary.json" / "in the way").mkdir(parents=True)
+    assert main(args) == 1
+    (out / "summary.json" / "in the way").rmdir()
+    (out / "summary.json").rmdir()
+    progress = json.loads((out / ".partial" / "progress.json").read_text())
+    assert progress["labels_written"] == str(labels) and labels.is_file()
+    first = labels.read_bytes()
+    capsys.readouterr()
+
+    assert main([*args, option, value]) == 1
+    err = capsys.readouterr().err
+    name = option[2:].replace("-", "_")
+    assert f"{out / '.partial'}: holds a partial run with other {name} ({then} in the partial run, {value} now)" \
+        in err and "--overwrite" in err, err
+    assert labels.read_bytes() == first and not (out / "summary.json").exists()
+
+    assert main([*args, option, value, "--overwrite"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 1 and summary["settings"][name] == int(value)  # afresh, not resumed
+    min_voxels = int(value) if name == "min_voxels" else 1
+    ref = _reference(mask, [], 26, min_voxels=min_voxels)
+    np.testing.assert_array_equal(blosc2.open(str(labels))[:], ref["labels"])
+    assert len(_read_csv(out / "objects.csv")["id"]) == ref["n"] == summary["count"]
+    assert not list(out.glob(".*discarded")) and not (out / ".partial").exists()
+    # the same command again: nothing to do
+    assert main([*args, option, value]) == 0
