@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                              "loaded too where they match")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an -o that holds checkpoint_final.pth or checkpoint_latest.pth of an "
-                             "earlier run (replaced); without it (or --c) such an -o is refused")
+                             "earlier run (removed before training starts, so a later --c cannot resume that run); "
+                             "without it (or --c) such an -o is refused")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log file only)")
     add_debug_flag(parser)
     return parser

@@ -486,6 +486,18 @@ def _check_init(init: str | Path, plans: dict | str, configuration: str, method:
             "source": report["source"], "tensors_loaded": len(report["loaded"])}
 
 
+def _discard_earlier_run(out: Path) -> None:
+    """``overwrite``: remove the earlier run's checkpoints and loss picture before any training, so that a
+    run stopped before its first checkpoint leaves no earlier run for ``continue_training`` to resume.
+    ``checkpoint_latest.pth`` (what continuing reads) goes first, each file in one unlink; the log keeps the
+    earlier run's lines and says where the new run begins."""
+    removed = [name for name in (LATEST, FINAL, PROGRESS) if (out / name).is_file()]
+    for name in removed:
+        (out / name).unlink()
+    if removed:
+        _Logger(out / LOG, None)(f"--overwrite: removed the earlier run's {', '.join(removed)}; starting afresh")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -530,9 +542,10 @@ def pretrain(
         (checked hyperparameter by hyperparameter). Every tensor whose name and shape match is loaded,
         decoder and reconstruction head included; the first convolution is adapted to the input
         channels. Recorded (with a content fingerprint) in the metadata and in ``checkpoint_latest.pth``.
-    overwrite : start afresh even though ``output_dir`` holds a ``checkpoint_final.pth`` (replaced at the
-        end) or the ``checkpoint_latest.pth`` of a run that did not finish (replaced at the first checkpoint);
-        without it, and without ``continue_training``, such a folder is refused before any work.
+    overwrite : start afresh even though ``output_dir`` holds the ``checkpoint_final.pth`` or the
+        ``checkpoint_latest.pth`` of an earlier run: they (and its ``progress.png``) are removed once the checks
+        pass, before training, so a later ``continue_training`` never resumes the earlier run; without it, and
+        without ``continue_training``, such a folder is refused before any work. Not with ``continue_training``.
 
     Returns
     -------
@@ -546,6 +559,9 @@ def pretrain(
     out = Path(output_dir)
     plans_arg: dict | str = plans if isinstance(plans, dict) else str(plans)
     # everything checkable is checked before the output folder is created: a failed start leaves nothing
+    if continue_training and overwrite:
+        raise ValueError(f"{out}: --c (continue the run there) and --overwrite (discard it and start afresh) "
+                         f"given together; give one of them.")
     if schedule.iterations < 1 or schedule.checkpoint_every < 1:
         raise ValueError(f"iterations and checkpoint_every must be >= 1, got {schedule.iterations}, "
                          f"{schedule.checkpoint_every}")
@@ -575,6 +591,8 @@ def pretrain(
         print(f"WARNING: --continue given but {out / LATEST} does not exist: starting from iteration 0",
               file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _discard_earlier_run(out)
     meta = {"store": str(getattr(store_obj, "path", store)), "store_fingerprint": store_obj.fingerprint,
             "architecture": architecture, "plans_name": manager.plans.get("plans_name"), "init": init_meta,
             **(metadata or {})}

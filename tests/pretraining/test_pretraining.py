@@ -466,3 +466,42 @@ def test_rerun_without_continue_keeps_checkpoint_final_unless_overwrite(store, p
     assert (out / FINAL).read_bytes() == first
     assert main([*args, "--seed", "1", "--overwrite"]) == 0
     assert (out / FINAL).read_bytes() != first
+
+
+def test_overwrite_run_stopped_before_its_first_checkpoint_leaves_no_earlier_run_to_continue(store, plans, tmp_path,
+                                                                                            capfd):
+    """--overwrite left the earlier run's checkpoint_latest.pth (and checkpoint_final.pth) in place until its
+    own first save: stopped before it, a later --c resumed the earlier run. They go before training starts."""
+    from nnunetv2_selma.cli.pretrain import main
+
+    out = tmp_path / "run"
+    common = ["--store", str(store), "--plans", str(plans), "-o", str(out), "--batch-size", "1", "--num-workers",
+              "0", "--device", "cpu", "--no-progress", "--structures", "cfos"]
+    earlier = [*common, "--iterations", "2", "--checkpoint-every", "1"]
+    assert main(earlier) == 0 and (out / LATEST).is_file() and (out / FINAL).is_file()
+    assert main([*earlier, "--c", "--overwrite"]) == 1
+    assert "--c (continue the run there) and --overwrite (discard it and start afresh) given together" \
+        in capfd.readouterr().err
+
+    # a long run whose first checkpoint comes at its end, killed while it trains
+    cmd = [sys.executable, "-m", "nnunetv2_selma.cli.pretrain", *common, "--iterations", "10000",
+           "--checkpoint-every", "10000", "--overwrite"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while (out / LOG).read_text().count("patches, schedule") < 2:  # its start line: training begins next
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None  # still training when killed
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / LATEST).exists() and not (out / FINAL).exists() and not (out / PROGRESS).exists()
+    log = (out / LOG).read_text()
+    assert f"--overwrite: removed the earlier run's {LATEST}, {FINAL}, {PROGRESS}; starting afresh" in log
+
+    # --c with the earlier run's own arguments: nothing of it is left to continue
+    capfd.readouterr()
+    assert main([*earlier, "--c"]) == 0
+    assert f"--continue given but {out / LATEST} does not exist: starting from iteration 0" in capfd.readouterr().err
+    assert "resumed at iteration" not in (out / LOG).read_text()
