@@ -343,9 +343,9 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "", "Which arm to use: none of the arms that use the unannotated volumes has been shown to beat scratch "
               "with few labels, so use scratch (`nnUNetTrainerSelma`). Pretraining alone was level with scratch "
               "across the label-efficiency study; on the acquisition-domain benchmark "
-              "(`benchmarks/bench_unannotated_benefit.py`, 3 seeds, one or two labelled patches) the semi-supervised "
-              "trainers moved Dice on unseen imaging domains by -0.02 to +0.05, no gain established on two "
-              "structures "
+              "(`benchmarks/bench_unannotated_benefit.py`, one or two labelled patches) the semi-supervised "
+              "trainers moved Dice on unseen imaging domains by -0.02 to +0.04; the best, pseudo-labels on the "
+              "store, gave +0.04 with two patches on nuclei and c-Fos (5 seeds), established on nuclei only "
               "(benchmarks/RESULTS.md). This comparison shows the pretrained arm because it is the one the demo's "
               "data can run in minutes; read its difference with that in mind.",
               "", "The whole-volume run uses `--tissue-mask auto` (the default): where the volume has a clearly dark "
