@@ -340,8 +340,9 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "training noise. The data are synthetic: the numbers show how the arms compare here, not on real "
               "SELMA3D data. `benchmarks/bench_ssl_benefit.py` is the study across structures, label counts and "
               "seeds." + (" Test-time mirroring is off on CPU to fit the budget." if device == "cpu" else ""),
-              "", "Which arm to use: none of the arms that use the unannotated volumes has been shown to beat scratch "
-              "with few labels, so use scratch (`nnUNetTrainerSelma`). Pretraining alone was level with scratch "
+              "", "Which arm to use: none of the arms that use the unannotated volumes has been shown to beat "
+              "scratch on two structures with few labels, so use scratch (`nnUNetTrainerSelma`). Pretraining alone "
+              "was level with scratch "
               "across the label-efficiency study; on the acquisition-domain benchmark "
               "(`benchmarks/bench_unannotated_benefit.py`, one or two labelled patches) the semi-supervised "
               "trainers moved Dice on unseen imaging domains by -0.02 to +0.08; pseudo-labels on the store gave "
