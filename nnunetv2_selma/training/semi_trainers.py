@@ -137,10 +137,13 @@ def brightest_patches(patches: np.ndarray, keep: int, quantile: float = 99.5) ->
     return patches[chosen]
 
 
-def amplitude_mix(images: torch.Tensor, styles: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def amplitude_mix(images: torch.Tensor, styles: torch.Tensor, weights: torch.Tensor,
+                  band: float | None = None) -> torch.Tensor:
     """Patches with the phase of ``images`` and the amplitude spectrum ``(1 - w) |F(image)| + w |F(style)|``
     (amplitude mixing, as in Fourier domain adaptation); ``images`` and ``styles`` (B, C, z, y, x), ``weights``
-    (B,) in [0, 1]; weight 0 returns the image.
+    (B,) in [0, 1]; weight 0 returns the image. ``band`` (cycles per voxel) limits the mixing to low
+    frequencies: at frequency ``f`` the weight is ``w exp(-f^2 / (2 band^2))``, so background, illumination and
+    texture move and the objects' edges stay; None mixes the whole spectrum.
 
     Why: blur, noise floor, autofluorescence texture and stripes of an imaging domain live mostly in the
     amplitude spectrum, where the objects are lives mostly in the phase; so a labelled patch restyled towards a
@@ -150,6 +153,10 @@ def amplitude_mix(images: torch.Tensor, styles: torch.Tensor, weights: torch.Ten
     f_image = torch.fft.fftn(images.float(), dim=dims)
     f_style = torch.fft.fftn(styles.float(), dim=dims)
     w = weights.float().view(-1, *([1] * (images.ndim - 1)))
+    if band is not None:
+        grids = torch.meshgrid(*(torch.fft.fftfreq(images.shape[d], device=images.device) for d in dims),
+                               indexing="ij")
+        w = w * torch.exp(-sum(g ** 2 for g in grids) / (2 * band ** 2))
     amplitude = (1 - w) * f_image.abs() + w * f_style.abs()
     mixed = torch.fft.ifftn(torch.polar(amplitude, f_image.angle()), dim=dims).real
     return mixed.to(images.dtype)
@@ -220,6 +227,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         (:func:`brightest_patches`), so the batch holds objects and not only background
     semi_style_mix : probability that a labelled patch is restyled towards a store patch of the same iteration
         (:func:`amplitude_mix`, a random share of its amplitude spectrum); 0 leaves nnU-Net's batch as it is
+    semi_style_band : the restyling's frequency band (cycles per voxel, :func:`amplitude_mix`); None: all
     semi_seed : seed of the unannotated stream
     """
 
@@ -231,6 +239,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_batch_size: int | None = None
     semi_candidates: int = 1
     semi_style_mix: float = 0.0
+    semi_style_band: float | None = None
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -320,7 +329,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if not weights.any():
             return data
         order = torch.as_tensor(np.arange(n) % styles.shape[0], device=styles.device)
-        return amplitude_mix(data, styles[order], torch.as_tensor(weights, dtype=torch.float32, device=data.device))
+        return amplitude_mix(data, styles[order], torch.as_tensor(weights, dtype=torch.float32, device=data.device),
+                             self.semi_style_band)
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -372,7 +382,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self._semi_log:
             c, f = np.mean(self._semi_log, axis=0)
             step = self._step()
-            restyled = f", {self._restyled[0]} of {self._restyled[1]} labelled patches restyled" \
+            band = f" below {self.semi_style_band} cycles/voxel" if self.semi_style_band is not None else ""
+            restyled = f", {self._restyled[0]} of {self._restyled[1]} labelled patches restyled{band}" \
                 if self.semi_style_mix > 0 else ""
             self.print_to_log_file(f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight "
                                    f"{self.semi_weight * sigmoid_rampup(step, self._rampup_steps()):.3f}{restyled}")

@@ -30,6 +30,9 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLStyle",
     "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it",
     "nnUNetTrainerSelmaSemiPLStyle_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLStyleLow",
+    "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it",
+    "nnUNetTrainerSelmaSemiPLStyleLow_12epochs_25it_noTTA",
 ]
 
 
@@ -120,3 +123,22 @@ class nnUNetTrainerSelmaSemiPLStyle_1epoch_2it(nnUNetTrainerSelmaSemiPLStyle, nn
 class nnUNetTrainerSelmaSemiPLStyle_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyle,
                                                         nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with pseudo-labels and restyled labelled patches."""
+
+
+class nnUNetTrainerSelmaSemiPLStyleLow(nnUNetTrainerSelmaSemiPLStyle):
+    """:class:`nnUNetTrainerSelmaSemiPLStyle` with the restyling limited to low frequencies (``semi_style_band``
+    0.08 cycles/voxel: lengths of about 12 voxels and more): background, illumination and texture of the store
+    patch move, the labelled objects' edges stay (full-spectrum mixing gained on c-Fos, not on nuclei)."""
+
+    semi_style_band = 0.08
+
+
+class nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it(nnUNetTrainerSelmaSemiPLStyleLow, nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaSemiPLStyleLow`."""
+
+    semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemiPLStyleLow_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyleLow,
+                                                           nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with pseudo-labels and low-frequency restyling."""

@@ -107,6 +107,20 @@ def test_amplitude_mix_keeps_the_phase_and_takes_the_style_amplitude():
     assert torch.allclose(f_mixed[1].abs(), 0.5 * (f_image[1].abs() + f_style[1].abs()), rtol=1e-3, atol=1e-3)
 
 
+def test_amplitude_mix_with_a_band_moves_low_frequencies_only():
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.normal(0, 1, (1, 1, 16, 16, 16)).astype(np.float32))
+    styles = torch.from_numpy(rng.normal(0, 3, (1, 1, 16, 16, 16)).astype(np.float32))
+    mixed = amplitude_mix(images, styles, torch.tensor([1.0]), band=0.05)
+    f_mixed, f_image, f_style = (torch.fft.fftn(x, dim=(2, 3, 4))[0, 0] for x in (mixed, images, styles))
+    # the mean (zero frequency) takes the style's amplitude, the Nyquist corner keeps the image's
+    assert f_mixed[0, 0, 0].abs() == pytest.approx(f_style[0, 0, 0].abs().item(), rel=1e-3)
+    assert f_mixed[8, 8, 8].abs() == pytest.approx(f_image[8, 8, 8].abs().item(), rel=1e-3)
+    # the whole-spectrum mix of the same weight moves the high frequencies too
+    whole = torch.fft.fftn(amplitude_mix(images, styles, torch.tensor([1.0])), dim=(2, 3, 4))[0, 0]
+    assert whole[8, 8, 8].abs() == pytest.approx(f_style[8, 8, 8].abs().item(), rel=1e-3)
+
+
 def test_rampup_and_ema():
     assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
     assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(2, 10) < sigmoid_rampup(6, 10)
@@ -162,7 +176,8 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
 
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerSelmaSemi_1epoch_2it", "nnUNetTrainerSelmaSemiPLBright_1epoch_2it",
-                                     "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it"])
+                                     "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it",
+                                     "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
@@ -173,6 +188,7 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert "consistency" in res.stdout
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
+    assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
     ckpt = torch.load(_model(tmp_path, trainer, 0) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     teacher, student = ckpt[TEACHER_KEY], ckpt["network_weights"]
     assert ckpt[TEACHER_UPDATES_KEY] == 2 and teacher.keys() == student.keys()
