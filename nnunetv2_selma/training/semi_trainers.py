@@ -228,6 +228,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_mix : probability that a labelled patch is restyled towards a store patch of the same iteration
         (:func:`amplitude_mix`, a random share of its amplitude spectrum); 0 leaves nnU-Net's batch as it is
     semi_style_band : the restyling's frequency band (cycles per voxel, :func:`amplitude_mix`); None: all
+    semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
+        probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
+        unannotated volumes can add and the more their errors cost; None: full weight at any label count
     semi_seed : seed of the unannotated stream
     """
 
@@ -240,6 +243,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_candidates: int = 1
     semi_style_mix: float = 0.0
     semi_style_band: float | None = None
+    semi_full_cases: int | None = None
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -253,6 +257,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _teacher_updates_to_load: int | None = None
     _semi_log: list[tuple[float, float]] = []  # replaced per epoch by on_train_epoch_start, never appended to here
     _restyled: tuple[int, int] = (0, 0)  # (restyled, all) labelled patches of the epoch
+    _share: float = 1.0  # the unannotated share of this run (:meth:`_label_share`)
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
@@ -282,11 +287,21 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self._share, cases = self._label_share()
+        share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
+            if self.semi_full_cases is not None else ""
         self.print_to_log_file(
             f"semi-supervised: store {store_path}, structures {self._semi_structures or 'all'}, "
             f"{self._semi_batch()} unannotated patches per iteration{self._candidates_note()}, "
-            f"weight {self.semi_weight} ramped over "
+            f"weight {self.semi_weight}{share} ramped over "
             f"{self._rampup_steps()} iterations, teacher EMA {self.semi_ema}, confidence {self.semi_confidence}")
+
+    def _label_share(self) -> tuple[float, int]:
+        """(share, labelled training cases): 1 up to ``semi_full_cases`` cases, then ``semi_full_cases / cases``."""
+        cases = len(self.do_split()[0])
+        if self.semi_full_cases is None or cases <= self.semi_full_cases:
+            return 1.0, cases
+        return self.semi_full_cases / cases, cases
 
     def _semi_batch(self) -> int:
         return self.semi_batch_size or self.configuration_manager.batch_size
@@ -324,7 +339,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         amplitude spectrum (:func:`amplitude_mix`); its labels stay valid because its phase is kept."""
         rng = np.random.default_rng([self.semi_seed, self.local_rank, step, 1])
         n = data.shape[0]
-        weights = rng.uniform(0.0, 1.0, n) * (rng.random(n) < self.semi_style_mix)
+        weights = rng.uniform(0.0, 1.0, n) * (rng.random(n) < self.semi_style_mix * self._share)
         self._restyled = (self._restyled[0] + int((weights > 0).sum()), self._restyled[1] + n)
         if not weights.any():
             return data
@@ -355,7 +370,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             student = flip_each(student, flips)
             unannotated_loss = pseudo_label_loss if self.semi_loss == "pseudo_labels" else mean_teacher_loss
             consistency, confident = unannotated_loss(student, teacher_logits, self.semi_confidence)
-            weight = self.semi_weight * sigmoid_rampup(step, self._rampup_steps())
+            weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
             loss = supervised + weight * consistency
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -385,8 +400,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             band = f" below {self.semi_style_band} cycles/voxel" if self.semi_style_band is not None else ""
             restyled = f", {self._restyled[0]} of {self._restyled[1]} labelled patches restyled{band}" \
                 if self.semi_style_mix > 0 else ""
+            weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
             self.print_to_log_file(f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight "
-                                   f"{self.semi_weight * sigmoid_rampup(step, self._rampup_steps()):.3f}{restyled}")
+                                   f"{weight:.3f}{restyled}")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:

@@ -189,6 +189,7 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
+    assert ("weight 1.0 x 0.500 (2 labelled cases, full up to 1)" in res.stdout) == ("StyleLow" in trainer)
     ckpt = torch.load(_model(tmp_path, trainer, 0) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     teacher, student = ckpt[TEACHER_KEY], ckpt["network_weights"]
     assert ckpt[TEACHER_UPDATES_KEY] == 2 and teacher.keys() == student.keys()
