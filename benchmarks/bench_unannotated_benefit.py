@@ -74,6 +74,7 @@ ARMS = {a.name: a for a in (
     Arm("semi_pl_bright", trainer="nnUNetTrainerSelmaSemiPLBright"),
     Arm("semi_pl_style", trainer="nnUNetTrainerSelmaSemiPLStyle"),
     Arm("semi_pl_style_low", trainer="nnUNetTrainerSelmaSemiPLStyleLow"),
+    Arm("semi_pl_double", trainer="nnUNetTrainerSelmaSemiPLDouble"),
     Arm("mae", pretraining=("--method", "mae")),
     Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}
