@@ -75,6 +75,7 @@ ARMS = {a.name: a for a in (
     Arm("semi_pl_style", trainer="nnUNetTrainerSelmaSemiPLStyle"),
     Arm("semi_pl_style_low", trainer="nnUNetTrainerSelmaSemiPLStyleLow"),
     Arm("semi_pl_double", trainer="nnUNetTrainerSelmaSemiPLDouble"),
+    Arm("semi_pl_style_copies", trainer="nnUNetTrainerSelmaSemiPLStyleCopies"),
     Arm("mae", pretraining=("--method", "mae")),
     Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}

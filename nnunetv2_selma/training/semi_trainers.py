@@ -228,6 +228,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_mix : probability that a labelled patch is restyled towards a store patch of the same iteration
         (:func:`amplitude_mix`, a random share of its amplitude spectrum); 0 leaves nnU-Net's batch as it is
     semi_style_band : the restyling's frequency band (cycles per voxel, :func:`amplitude_mix`); None: all
+    semi_style_copies : the restyled patches join the batch as copies beside their originals (with the same
+        labels) instead of replacing them, so the labelled patches are always also seen as they are
     semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
         probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
         unannotated volumes can add and the more their errors cost; None: full weight at any label count
@@ -243,6 +245,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_candidates: int = 1
     semi_style_mix: float = 0.0
     semi_style_band: float | None = None
+    semi_style_copies: bool = False
     semi_full_cases: int | None = None
     semi_seed: int = 0
 
@@ -334,18 +337,24 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         strong, flips = strong_view(weak, rng)
         return weak, strong, flips
 
-    def _restyle(self, data: torch.Tensor, styles: torch.Tensor, step: int) -> torch.Tensor:
-        """Each labelled patch, with probability ``semi_style_mix``, takes a random share of a store patch's
-        amplitude spectrum (:func:`amplitude_mix`); its labels stay valid because its phase is kept."""
+    def _restyle(self, data: torch.Tensor, target, styles: torch.Tensor, step: int):
+        """(data, target) with each labelled patch, with probability ``semi_style_mix``, given a random share of
+        a store patch's amplitude spectrum (:func:`amplitude_mix`; its labels stay valid because its phase is
+        kept): in place, or with ``semi_style_copies`` as a copy appended with its labels."""
         rng = np.random.default_rng([self.semi_seed, self.local_rank, step, 1])
         n = data.shape[0]
         weights = rng.uniform(0.0, 1.0, n) * (rng.random(n) < self.semi_style_mix * self._share)
         self._restyled = (self._restyled[0] + int((weights > 0).sum()), self._restyled[1] + n)
         if not weights.any():
-            return data
+            return data, target
         order = torch.as_tensor(np.arange(n) % styles.shape[0], device=styles.device)
-        return amplitude_mix(data, styles[order], torch.as_tensor(weights, dtype=torch.float32, device=data.device),
-                             self.semi_style_band)
+        mixed = amplitude_mix(data, styles[order], torch.as_tensor(weights, dtype=torch.float32, device=data.device),
+                              self.semi_style_band)
+        if not self.semi_style_copies:
+            return mixed, target
+        chosen = torch.as_tensor(np.flatnonzero(weights > 0), device=data.device)
+        targets = [torch.cat([t, t[chosen]]) for t in (target if isinstance(target, list) else [target])]
+        return torch.cat([data, mixed[chosen]]), targets if isinstance(target, list) else targets[0]
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -355,7 +364,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         step = self._step()
         weak, strong, flips = self._unannotated(step)
         if self.semi_style_mix > 0:
-            data = self._restyle(data, weak, step)
+            data, target = self._restyle(data, target, weak, step)
         n = data.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():

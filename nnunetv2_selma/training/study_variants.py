@@ -35,6 +35,9 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLStyleLow_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaSemiPLDouble",
     "nnUNetTrainerSelmaSemiPLDouble_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLStyleCopies",
+    "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
+    "nnUNetTrainerSelmaSemiPLStyleCopies_12epochs_25it_noTTA",
 ]
 
 
@@ -162,3 +165,25 @@ class nnUNetTrainerSelmaSemiPLDouble(nnUNetTrainerSelmaSemiPL):
 class nnUNetTrainerSelmaSemiPLDouble_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLDouble,
                                                          nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with pseudo-labels at twice the weight."""
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopies(nnUNetTrainerSelmaSemiPLStyle):
+    """:class:`nnUNetTrainerSelmaSemiPLStyle` with the restyled patches added beside their originals
+    (``semi_style_copies``) instead of replacing them: at two labelled patches, replacing one lost nuclei the
+    clean supervision the pseudo-labels alone kept. Falls above four labelled cases."""
+
+    semi_style_copies = True
+    semi_full_cases = 4
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it(nnUNetTrainerSelmaSemiPLStyleCopies,
+                                                     nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaSemiPLStyleCopies`; every labelled patch restyled."""
+
+    semi_batch_size = 2
+    semi_style_mix = 1.0
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopies_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyleCopies,
+                                                              nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with pseudo-labels and restyled copies of the labelled patches."""

@@ -28,6 +28,7 @@ from nnunetv2_selma.training.semi_trainers import (
     strong_view,
     structure_folders,
 )
+from nnunetv2_selma.training.study_variants import nnUNetTrainerSelmaSemiPLStyleCopies
 
 DATASET_ID = 620
 DATASET_NAME = f"Dataset{DATASET_ID}_SELMA3D_Nuclei"
@@ -121,6 +122,23 @@ def test_amplitude_mix_with_a_band_moves_low_frequencies_only():
     assert whole[8, 8, 8].abs() == pytest.approx(f_style[8, 8, 8].abs().item(), rel=1e-3)
 
 
+def test_restyled_copies_join_the_batch_with_their_labels():
+    trainer = object.__new__(nnUNetTrainerSelmaSemiPLStyleCopies)  # the restyling reads only these attributes
+    trainer.local_rank, trainer._share, trainer._restyled, trainer.semi_style_mix = 0, 1.0, (0, 0), 1.0
+    rng = np.random.default_rng(3)
+    data = torch.from_numpy(rng.normal(0, 1, (2, 1, 8, 8, 8)).astype(np.float32))
+    styles = torch.from_numpy(rng.normal(0, 3, (2, 1, 8, 8, 8)).astype(np.float32))
+    target = [torch.arange(2.0).view(2, 1, 1, 1, 1).expand(2, 1, 8, 8, 8),
+              torch.arange(2.0).view(2, 1, 1, 1, 1).expand(2, 1, 4, 4, 4)]
+    out, out_target = trainer._restyle(data, target, styles, step=5)
+    assert out.shape[0] == 4 and torch.equal(out[:2], data) and not torch.allclose(out[2:], data)
+    assert [t.shape[0] for t in out_target] == [4, 4] and torch.equal(out_target[0][2:], target[0])
+    assert trainer._restyled == (2, 2)
+    trainer.semi_style_copies = False  # the in-place restyling keeps the batch size and the labels
+    out, same = trainer._restyle(data, target, styles, step=5)
+    assert out.shape[0] == 2 and same is target and not torch.allclose(out, data)
+
+
 def test_rampup_and_ema():
     assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
     assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(2, 10) < sigmoid_rampup(6, 10)
@@ -177,7 +195,8 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerSelmaSemi_1epoch_2it", "nnUNetTrainerSelmaSemiPLBright_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it",
-                                     "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it"])
+                                     "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it",
+                                     "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
