@@ -10,6 +10,8 @@
 #      cuda with -pretrained_weights; GPU-saved checkpoints loading without a GPU; nnU-Net's DDP path
 #      (run_ddp) with our trainer; nnUNetv2_predict on cuda
 #   3. whole-volume block inference on cuda against stock nnUNetPredictor
+#   3b. the semi-supervised trainer (nnUNetTrainerSelmaSemi) through real nnUNetv2_train on cuda: teacher
+#      in the checkpoint, --c resume, prediction (check_semi.py; runs on cpu with SEMI_CHECK_DEVICE=cpu)
 #   4. the label-efficiency study's gpu profile (bench_ssl_benefit.py --profile gpu), reduced to fit;
 #      a second call on a warm machine resumes it
 set -uo pipefail
@@ -35,7 +37,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 echo "setup $(( $(date +%s) - T0 )) s"
 # seconds each section may take (the device lends ~10 minutes a call); a section cut short still
 # leaves what it wrote under $OUT
-for spec in ${SECTIONS:-pretraining:150 integration:150 inference:60 ssl_benefit:220}; do
+for spec in ${SECTIONS:-pretraining:150 integration:150 inference:60 semi:60 ssl_benefit:160}; do
   part=${spec%%:*}; limit=${spec##*:}
   t=$(date +%s)
   echo "=== section $part (limit $limit s)"
