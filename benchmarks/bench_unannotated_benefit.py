@@ -275,6 +275,60 @@ def gate(rows: list[dict]) -> dict:
     return out
 
 
+def gain_vs_scratch(rows: list[dict]) -> list[dict]:
+    """Where the gains sit: per (structure, test, int k, arm) the seeds' scratch Dice against the paired
+    difference arm - scratch (``r`` their correlation, ``slope`` of the difference on scratch's Dice) and each
+    side's worst seed. A slope near -1 means the arm lands at about the same Dice whatever scratch reached:
+    it lifts the labelled subsets scratch fails on and costs the ones it does well on."""
+    by = {}
+    for r in rows:
+        if r["k"] != "all":
+            by.setdefault((r["trained_on"], r["test"], ssl.k_label(r["k"]), r["arm"]), {})[r["seed"]] = r["dice"]
+    out = []
+    for (s, test, k, arm), dice in sorted(by.items()):
+        base = by.get((s, test, k, "scratch"), {})
+        seeds = sorted(set(dice) & set(base))
+        if arm == "scratch" or len(seeds) < 3:
+            continue
+        x = np.array([base[i] for i in seeds])
+        y = np.array([dice[i] for i in seeds]) - x
+        flat = np.ptp(x) == 0 or np.ptp(y) == 0
+        out.append({"structure": s, "test": test, "k": k, "method": arm, "seeds": seeds,
+                    "scratch": x.tolist(), "diff": y.tolist(),
+                    "r": None if flat else float(np.corrcoef(x, y)[0, 1]),
+                    "slope": None if np.ptp(x) == 0 else float(np.polyfit(x, y, 1)[0]),
+                    "scratch_worst": float(x.min()), "arm_worst": float((x + y).min())})
+    return out
+
+
+def plot_gain(records: list[dict], path: Path, test: str = "unseen_domains") -> None:
+    """Paired difference against scratch's Dice, one point per seed, one panel per (structure, k)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [g for g in records if g["test"] == test]
+    panels = list(dict.fromkeys((g["structure"], g["k"]) for g in records))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4), squeeze=False)
+    for ax, (s, k) in zip(axes[0], panels):
+        for g in (g for g in records if (g["structure"], g["k"]) == (s, k)):
+            ax.plot(g["scratch"], g["diff"], "o", label=f"{g['method']} (r {g['r']:+.2f})" if g["r"] is not None
+                    else g["method"])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("scratch Dice of the seed")
+        ax.set_ylabel("arm - scratch")
+        ax.set_title(f"{s}, k = {k}, {test}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("where the unannotated volumes gain: paired difference against scratch's own Dice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 #: profile fields that must agree for a finished run of an earlier results file to count as a run of this study
 SAME_DATA = ("preset", "trainer", "n_domains", "labelled_domains", "pool_per_domain", "test_per_domain",
              "patch_scale", "unannotated_shape", "domain_seed", "device")
@@ -383,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                          "finetune_seconds": r["finetune_seconds"]} for r in rows],
                "paired": [{**p, "structure": p["structure"].split("/")[0], "test": p["structure"].split("/")[1]}
                           for p in ssl.paired_differences(shown)],
-               "gate": gate(rows), "domains": json.loads((work / "download" / "domains.json").read_text()),
+               "gate": gate(rows), "gain_vs_scratch": gain_vs_scratch(rows),
+               "domains": json.loads((work / "download" / "domains.json").read_text()),
                "timings": {**study.timings, "total": time.perf_counter() - t0},
                **ssl.run_record()}
     out = Path(args.output) if args.output else work / "results.json"
@@ -391,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1))
     table = ssl.write_table({**results, "rows": shown, "paired": ssl.paired_differences(shown)}, out.with_suffix(".md"))
     ssl.plot({**results, "rows": shown}, out.with_suffix(".png"))
+    plot_gain(results["gain_vs_scratch"], out.with_name(out.stem + "_gain.png"))
     print(table)
     print("gate:", json.dumps(results["gate"], indent=1))
     print(f"results: {out} ({results['timings']['total'] / 60:.1f} min)")

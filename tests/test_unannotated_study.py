@@ -4,6 +4,7 @@ rows for the three tests, paired differences and the gate record. Its numbers ar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     assert roles == {"pool", "seen_domains", "unseen_domains"}
     assert results["complete"] and "holds" in results["gate"]
     assert out.with_suffix(".png").is_file() and "semi − scratch" in out.with_suffix(".md").read_text()
+    assert "gain_vs_scratch" in results
     log = (tmp_path / "work" / "logs").glob("finetune__nuclei_k1_semi_seed0.log")
     assert "semi-supervised: store" in next(log).read_text()
 
@@ -57,3 +59,25 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
                           "--structures", "nuclei", "--work", str(tmp_path / "work3"), "--reuse", str(out), "scratch",
                           "--collect"], capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "profile field" in res.stderr
+
+
+def test_gain_vs_scratch_finds_an_arm_that_levels_the_seeds(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_unannotated_benefit", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up while it loads
+    spec.loader.exec_module(bench)
+    scratch = {0: 0.64, 1: 0.38, 2: 0.59}
+    rows = [{"trained_on": "nuclei", "test": "unseen_domains", "k": k, "arm": arm, "seed": s, "dice": d}
+            for k in (2, "all") for s, base in scratch.items()
+            for arm, d in (("scratch", base), ("level", 0.60), ("plus", base + 0.02))]
+    rows.append({"trained_on": "nuclei", "test": "unseen_domains", "k": 2, "arm": "short", "seed": 0, "dice": 0.7})
+    got = {g["method"]: g for g in bench.gain_vs_scratch(rows)}
+    # k = all and arms with fewer than three paired seeds are left out
+    assert set(got) == {"level", "plus"} and {g["k"] for g in got.values()} == {"2"}
+    # an arm at 0.60 whatever scratch reached: difference falls one for one with scratch's Dice
+    assert abs(got["level"]["slope"] + 1) < 1e-9 and abs(got["level"]["r"] + 1) < 1e-9
+    assert got["level"]["scratch_worst"] == 0.38 and got["level"]["arm_worst"] == 0.60
+    # a constant gain has no slope and no correlation to report
+    assert abs(got["plus"]["slope"]) < 1e-9 and got["plus"]["r"] is None
+    bench.plot_gain(list(got.values()), tmp_path / "gain.png")
+    assert (tmp_path / "gain.png").stat().st_size > 10_000
