@@ -346,8 +346,8 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "across the label-efficiency study; on the acquisition-domain benchmark "
               "(`benchmarks/bench_unannotated_benefit.py`, one or two labelled patches) the semi-supervised "
               "trainers moved Dice on unseen imaging domains by -0.02 to +0.08; pseudo-labels on the store gave "
-              "+0.04 with two patches on nuclei and c-Fos (5 seeds, established on nuclei only), restyled copies "
-              "of the labelled patches on top +0.07 on c-Fos but +0.03 on nuclei: no arm gains on both, and the "
+              "+0.03 on nuclei and +0.06 on c-Fos with two patches (7 seeds, established on neither), restyled copies "
+              "of the labelled patches on top +0.08 on c-Fos but +0.01 on nuclei: no arm gains on both, and the "
               "gains sit in the labelled subsets scratch does worst on (benchmarks/RESULTS.md). "
               "This comparison shows the pretrained arm because it is the one the demo's "
               "data can run in minutes; read its difference with that in mind.",
