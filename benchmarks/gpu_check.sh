@@ -10,8 +10,9 @@
 #      cuda with -pretrained_weights; GPU-saved checkpoints loading without a GPU; nnU-Net's DDP path
 #      (run_ddp) with our trainer; nnUNetv2_predict on cuda
 #   3. whole-volume block inference on cuda against stock nnUNetPredictor
-#   3b. the semi-supervised trainer (nnUNetTrainerSelmaSemi) through real nnUNetv2_train on cuda: teacher
-#      in the checkpoint, --c resume, prediction (check_semi.py; runs on cpu with SEMI_CHECK_DEVICE=cpu)
+#   3b. the semi-supervised trainers (pseudo-labels and restyled copies) through real nnUNetv2_train on cuda:
+#      teacher in the checkpoint, --c resume, nnU-Net's DDP path, time against the plain trainer
+#      (check_semi.py; runs on cpu with SEMI_CHECK_DEVICE=cpu)
 #   4. the label-efficiency study's gpu profile (bench_ssl_benefit.py --profile gpu), reduced to fit;
 #      a second call on a warm machine resumes it
 set -uo pipefail

@@ -77,7 +77,7 @@ def test_gain_vs_scratch_finds_an_arm_that_levels_the_seeds(tmp_path):
     # an arm at 0.60 whatever scratch reached: difference falls one for one with scratch's Dice
     assert abs(got["level"]["slope"] + 1) < 1e-9 and abs(got["level"]["r"] + 1) < 1e-9
     assert got["level"]["scratch_worst"] == 0.38 and got["level"]["arm_worst"] == 0.60
-    # a constant gain has no slope and no correlation to report
+    # a constant gain: slope 0, and no correlation to report (the differences do not vary)
     assert abs(got["plus"]["slope"]) < 1e-9 and got["plus"]["r"] is None
     bench.plot_gain(list(got.values()), tmp_path / "gain.png")
     assert (tmp_path / "gain.png").stat().st_size > 10_000

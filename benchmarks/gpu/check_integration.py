@@ -4,7 +4,6 @@ Prints PASS/FAIL lines and a preset table (AMP step time, peak memory); writes `
 """
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,26 +20,11 @@ from nnunetv2_selma.training.planner import PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_pretrain_pipeline import preset_plans  # noqa: E402
+from gpu_checks import check, results, run  # noqa: E402
 
 OUT = Path(os.environ["OUT"])
 torch.backends.cudnn.benchmark = True  # as nnU-Net trainers set it
 TR, P = "nnUNetTrainerSelma_1epoch_2it", "nnUNetSelmaPlans_cpu"
-results = []
-
-
-def check(name, ok, detail=""):
-    results.append((name, ok))
-    print(("PASS " if ok else "FAIL ") + name + (f": {detail}" if detail else ""), flush=True)
-
-
-def run(args, env=None, label=""):
-    t = time.time()
-    r = subprocess.run(args, capture_output=True, text=True, env=env or os.environ.copy())
-    print(f"--- {label or args[0]} rc={r.returncode} {time.time() - t:.1f}s", flush=True)
-    if r.returncode:
-        print(r.stdout[-2500:], r.stderr[-2500:], flush=True)
-    return r
-
 
 # --- preset table on the GPU: params, one AMP fine-tuning step (deep supervision, SGD) at the preset's
 # batch size, peak memory

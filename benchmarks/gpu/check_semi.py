@@ -8,14 +8,13 @@ writes ``$OUT/semi.json``. ``SEMI_CHECK_DEVICE=cpu`` runs the same check without
 """
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from gpu_checks import check, results, run, seconds
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
 from nnunetv2_selma.store.ingest import ingest_store
@@ -28,23 +27,6 @@ DEVICE = os.environ.get("SEMI_CHECK_DEVICE", "cuda")
 W = Path(os.environ.get("SEMI_CHECK_WORK", "/tmp/w_semi"))
 P = "nnUNetSelmaPlans_cpu"
 SEMI, PLAIN = "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it", "nnUNetTrainerSelma_1epoch_2it"
-results, timings = [], {}
-
-
-def check(name, ok, detail=""):
-    results.append((name, bool(ok)))
-    print(("PASS " if ok else "FAIL ") + name + (f": {detail}" if detail else ""), flush=True)
-
-
-def run(args, label, **env):
-    t = time.time()
-    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, **env))
-    timings[label] = time.time() - t
-    print(f"--- {label} rc={r.returncode} {timings[label]:.1f}s", flush=True)
-    if r.returncode:
-        print(r.stdout[-2500:], r.stderr[-2500:], flush=True)
-    return r
-
 
 for sub in ("raw", "pre", "res"):
     (W / sub).mkdir(parents=True, exist_ok=True)
@@ -83,8 +65,8 @@ if final.exists():
     teacher = ck.get(TEACHER_KEY) or {}
     check("the teacher is saved in checkpoint_final.pth with finite weights", teacher
           and all(torch.isfinite(v).all() for v in teacher.values() if v.dtype.is_floating_point))
-print(f"TIMING fine-tuning 1 epoch x 2 iterations (start-up included): plain {timings.get('train plain', 0):.1f} s, "
-      f"semi {timings.get('train semi', 0):.1f} s", flush=True)
+print(f"TIMING fine-tuning 1 epoch x 2 iterations (start-up included): plain {seconds.get('train plain', 0):.1f} s, "
+      f"semi {seconds.get('train semi', 0):.1f} s", flush=True)
 
 # --c: the finished run continues from checkpoint_final and restores its teacher
 r = run(["nnUNetv2_train", "522", "3d_fullres", "0", "-tr", SEMI, "-p", P, "-device", DEVICE, "--c"], "continue")
@@ -104,4 +86,4 @@ if DEVICE == "cuda":
     check("nnU-Net DDP path (run_ddp) with the semi trainer", r.returncode == 0 and "semi-supervised: store" in log1)
 print("SUMMARY", sum(ok for _, ok in results), "/", len(results), "passed", flush=True)
 OUT.mkdir(parents=True, exist_ok=True)
-json.dump({"device": DEVICE, "checks": results, "seconds": timings}, open(OUT / "semi.json", "w"), indent=1)
+json.dump({"device": DEVICE, "checks": results, "seconds": seconds}, open(OUT / "semi.json", "w"), indent=1)
