@@ -217,7 +217,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
 
     Class attributes
     ----------------
-    semi_weight : largest weight of the consistency term (reached after the ramp)
+    semi_weight : largest weight of the consistency term (reached after the ramp); 0: no unannotated loss and
+        no teacher pass, the store patches serve only as styles for ``semi_style_mix``
     semi_rampup : fraction of all iterations over which the weight rises from 0
     semi_ema : teacher decay per iteration (teacher = ema * teacher + (1 - ema) * student)
     semi_confidence : a voxel counts when the teacher's largest probability reaches it
@@ -366,21 +367,23 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self.semi_style_mix > 0:
             data, target = self._restyle(data, target, weak, step)
         n = data.shape[0]
+        learns_from_store = self.semi_weight > 0  # 0: the store patches are style sources only (semi_style_mix)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            with torch.no_grad():
-                teacher_logits = self.teacher(weak)
             # one forward for both batches: DDP expects one forward per backward, instance norm is per sample
-            output = self.network(torch.cat([data, strong]))
+            output = self.network(torch.cat([data, strong]) if learns_from_store else data)
             outputs = output if isinstance(output, (list, tuple)) else [output]
             supervised = self.loss([o[:n] for o in outputs] if isinstance(output, (list, tuple)) else output[:n],
                                    target)
-            student = outputs[0][n:]
-            student = flip_each(student, flips)
-            unannotated_loss = pseudo_label_loss if self.semi_loss == "pseudo_labels" else mean_teacher_loss
-            consistency, confident = unannotated_loss(student, teacher_logits, self.semi_confidence)
-            weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
-            loss = supervised + weight * consistency
+            consistency, confident, loss = torch.zeros((), device=self.device), 0.0, supervised
+            if learns_from_store:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(weak)
+                student = flip_each(outputs[0][n:], flips)
+                unannotated_loss = pseudo_label_loss if self.semi_loss == "pseudo_labels" else mean_teacher_loss
+                consistency, confident = unannotated_loss(student, teacher_logits, self.semi_confidence)
+                weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
+                loss = supervised + weight * consistency
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -410,8 +413,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             restyled = f", {self._restyled[0]} of {self._restyled[1]} labelled patches restyled{band}" \
                 if self.semi_style_mix > 0 else ""
             weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
-            self.print_to_log_file(f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight "
-                                   f"{weight:.3f}{restyled}")
+            loss = f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight {weight:.3f}" \
+                if self.semi_weight > 0 else "no unannotated loss (store patches as styles only)"
+            self.print_to_log_file(loss + restyled)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:

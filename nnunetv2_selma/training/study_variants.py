@@ -38,6 +38,9 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLStyleCopies",
     "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
     "nnUNetTrainerSelmaSemiPLStyleCopies_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaStyleCopies",
+    "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
+    "nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA",
 ]
 
 
@@ -187,3 +190,27 @@ class nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it(nnUNetTrainerSelmaSemiPLSty
 class nnUNetTrainerSelmaSemiPLStyleCopies_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyleCopies,
                                                               nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with pseudo-labels and restyled copies of the labelled patches."""
+
+
+class nnUNetTrainerSelmaStyleCopies(nnUNetTrainerSelmaSemi):
+    """Restyled copies of the labelled patches (as :class:`nnUNetTrainerSelmaSemiPLStyleCopies`) and no
+    unannotated loss (``semi_weight = 0``): the store patches lend their imaging conditions only, and every label
+    the network learns from is a real one. On plaques the teacher's confident pseudo-labels on look-alikes cost
+    Dice; this arm asks what the restyling gives without them."""
+
+    semi_weight = 0.0
+    semi_style_mix = 0.5
+    semi_style_copies = True
+    semi_full_cases = 4
+
+
+class nnUNetTrainerSelmaStyleCopies_1epoch_2it(nnUNetTrainerSelmaStyleCopies, nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaStyleCopies`; every labelled patch restyled."""
+
+    semi_batch_size = 2
+    semi_style_mix = 1.0
+
+
+class nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA(nnUNetTrainerSelmaStyleCopies,
+                                                        nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with restyled copies of the labelled patches only."""
