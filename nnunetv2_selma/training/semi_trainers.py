@@ -92,10 +92,41 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss, float(mask.mean())
 
 
-def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      confidence: float) -> tuple[torch.Tensor, float]:
+def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float,
+                        band: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary hard labels of a batch by the rank of the teacher's foreground probability, so the pseudo-labels
+    cannot hold much more foreground than the labelled cases do, whatever the teacher's bias in a new domain.
+
+    Foreground: the ``foreground_share * (1 - band)`` of the voxels with the highest foreground probability
+    that the teacher also calls foreground (at least 0.5); background: every voxel below the
+    ``foreground_share * (1 + band)`` highest; the voxels between are left out. A teacher that outlines
+    look-alikes as objects in an unseen domain (three times the true foreground on plaques) has most of them
+    called background; one that misses objects has its doubtful voxels left out, not called background. It
+    never forces foreground: a batch without objects gets none.
+
+    Returns (labels (B, z, y, x) int64, mask (B, z, y, x) float: 1 where a voxel counts).
+    """
+    if p_teacher.shape[1] != 2:
+        raise ValueError(f"share_capped_labels: binary segmentation only; the teacher gives {p_teacher.shape[1]} "
+                         "classes")
+    p_fg = p_teacher[:, 1]
+    flat = p_fg.flatten()
+    n = flat.numel()
+
+    def kth_highest(share: float) -> torch.Tensor:
+        return torch.topk(flat, min(n, max(1, int(round(n * share))))).values[-1]
+
+    foreground = (p_fg >= kth_highest(foreground_share * (1 - band))) & (p_fg >= 0.5)
+    background = p_fg < kth_highest(foreground_share * (1 + band))
+    return foreground.long(), (foreground | background).float()
+
+
+def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, confidence: float,
+                      foreground_share: float | None = None) -> tuple[torch.Tensor, float]:
     """The teacher's confident hard labels as targets (FixMatch's rule), scored as nnU-Net scores its labels:
     cross-entropy averaged over the confident voxels plus 1 - soft Dice of the foreground classes over them.
+    With ``foreground_share`` (binary only) the labels and the voxels that count come from
+    :func:`share_capped_labels` instead of the confidence.
 
     Why beside :func:`mean_teacher_loss`: on store patches nearly every voxel is confidently background, so a
     squared difference averaged over all voxels is about 0.001 after a few epochs and teaches almost nothing
@@ -104,8 +135,11 @@ def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     Returns (loss, fraction of voxels that counted); the loss is 0 when no voxel is confident.
     """
     p_teacher = torch.softmax(teacher_logits.float(), 1)
-    top, labels = p_teacher.max(1)
-    mask = (top >= confidence).float()
+    if foreground_share is None:
+        top, labels = p_teacher.max(1)
+        mask = (top >= confidence).float()
+    else:
+        labels, mask = share_capped_labels(p_teacher, foreground_share)
     n = mask.sum()
     if n == 0:
         return student_logits.sum() * 0.0, 0.0
@@ -231,6 +265,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_band : the restyling's frequency band (cycles per voxel, :func:`amplitude_mix`); None: all
     semi_style_copies : the restyled patches join the batch as copies beside their originals (with the same
         labels) instead of replacing them, so the labelled patches are always also seen as they are
+    semi_share_cap : pseudo-labels by rank under the labelled cases' foreground share
+        (:func:`share_capped_labels`) instead of by confidence; ``pseudo_labels`` and binary datasets only
     semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
         probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
         unannotated volumes can add and the more their errors cost; None: full weight at any label count
@@ -248,6 +284,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_band: float | None = None
     semi_style_copies: bool = False
     semi_full_cases: int | None = None
+    semi_share_cap: bool = False
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -262,6 +299,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _semi_log: list[tuple[float, float]] = []  # replaced per epoch by on_train_epoch_start, never appended to here
     _restyled: tuple[int, int] = (0, 0)  # (restyled, all) labelled patches of the epoch
     _share: float = 1.0  # the unannotated share of this run (:meth:`_label_share`)
+    _foreground_share: float | None = None  # the labelled cases' foreground share, with semi_share_cap
 
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
@@ -292,6 +330,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._share, cases = self._label_share()
+        if self.semi_share_cap:
+            self._foreground_share = self._labelled_foreground_share()
+            self.print_to_log_file(f"pseudo-labels capped by rank at the labelled cases' foreground share "
+                                   f"{self._foreground_share:.5f}")
         share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
             if self.semi_full_cases is not None else ""
         self.print_to_log_file(
@@ -306,6 +348,19 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self.semi_full_cases is None or cases <= self.semi_full_cases:
             return 1.0, cases
         return self.semi_full_cases / cases, cases
+
+    def _labelled_foreground_share(self) -> float:
+        """The share of foreground voxels in the preprocessed segmentations of the training cases."""
+        if self.semi_loss != "pseudo_labels" or len(self.label_manager.foreground_labels) != 1:
+            raise ValueError(f"{type(self).__name__}: semi_share_cap needs semi_loss 'pseudo_labels' and one "
+                             f"foreground label; got {self.semi_loss!r} and labels "
+                             f"{self.label_manager.foreground_labels}")
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, self.do_split()[0])
+        foreground = voxels = 0
+        for identifier in dataset.identifiers:
+            seg = np.asarray(dataset.load_case(identifier)[1][:])
+            foreground, voxels = foreground + int((seg > 0).sum()), voxels + seg.size
+        return foreground / max(1, voxels)
 
     def _semi_batch(self) -> int:
         return self.semi_batch_size or self.configuration_manager.batch_size
@@ -380,8 +435,11 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 with torch.no_grad():
                     teacher_logits = self.teacher(weak)
                 student = flip_each(outputs[0][n:], flips)
-                unannotated_loss = pseudo_label_loss if self.semi_loss == "pseudo_labels" else mean_teacher_loss
-                consistency, confident = unannotated_loss(student, teacher_logits, self.semi_confidence)
+                if self.semi_loss == "pseudo_labels":
+                    consistency, confident = pseudo_label_loss(student, teacher_logits, self.semi_confidence,
+                                                               self._foreground_share)
+                else:
+                    consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
                 weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
                 loss = supervised + weight * consistency
         if self.grad_scaler is not None:

@@ -24,6 +24,7 @@ from nnunetv2_selma.training.semi_trainers import (
     flip_each,
     mean_teacher_loss,
     pseudo_label_loss,
+    share_capped_labels,
     sigmoid_rampup,
     strong_view,
     structure_folders,
@@ -139,6 +140,26 @@ def test_restyled_copies_join_the_batch_with_their_labels():
     assert out.shape[0] == 2 and same is target and not torch.allclose(out, data)
 
 
+def test_share_capped_labels_cap_a_biased_teacher_and_never_force_foreground():
+    n, order = 1000, torch.linspace(1e-3, 0, 1000)  # voxel i has the i-th highest foreground probability
+
+    def teacher(p_fg: torch.Tensor) -> torch.Tensor:
+        return torch.stack([1 - p_fg, p_fg])[None]  # (1, 2 classes, n voxels)
+
+    # calls 15% of the voxels foreground where the labelled share is 5%: 2.5% kept, the rest above 7.5% background
+    labels, mask = share_capped_labels(teacher((torch.arange(n) < 150) * 0.9 + 0.05 + order), 0.05)
+    assert labels.sum() == 25 and labels[0, :25].all()
+    assert mask[0, 25:75].sum() == 0 and mask[0, 75:].all() and labels[0, 75:].sum() == 0
+    # misses objects (1% above 0.5): its doubtful voxels are left out, not called background
+    labels, mask = share_capped_labels(teacher((torch.arange(n) < 10) * 0.6 + 0.3 * (1 - torch.arange(n) / n)), 0.05)
+    assert labels.sum() == 10 and mask[0, 10:75].sum() == 0 and mask[0, 75:].all()
+    # nothing above 0.5: no foreground forced
+    labels, mask = share_capped_labels(teacher(0.4 * (1 - torch.arange(n) / n)), 0.05)
+    assert labels.sum() == 0 and mask[0, :75].sum() == 0 and mask[0, 75:].all()
+    with pytest.raises(ValueError, match="binary segmentation only"):
+        share_capped_labels(torch.ones(1, 3, 4), 0.05)
+
+
 def test_rampup_and_ema():
     assert sigmoid_rampup(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_rampup(10, 10) == 1.0
     assert sigmoid_rampup(3, 0) == 1.0 and sigmoid_rampup(2, 10) < sigmoid_rampup(6, 10)
@@ -197,7 +218,8 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
                                      "nnUNetTrainerSelmaSemiPLStyle_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
-                                     "nnUNetTrainerSelmaStyleCopies_1epoch_2it"])
+                                     "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
+                                     "nnUNetTrainerSelmaSemiPLCapped_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
@@ -209,6 +231,8 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     style_only = trainer.startswith("nnUNetTrainerSelmaStyle")
     assert ("consistency" in res.stdout) != style_only
     assert ("no unannotated loss (store patches as styles only)" in res.stdout) == style_only
+    # the labelled cases' foreground share, from the preprocessed segmentations of the fold's two cases
+    assert ("capped by rank at the labelled cases' foreground share 0.0" in res.stdout) == ("Capped" in trainer)
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
