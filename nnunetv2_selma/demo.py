@@ -347,8 +347,10 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "(`benchmarks/bench_unannotated_benefit.py`, one or two labelled patches) the semi-supervised "
               "trainers moved Dice on unseen imaging domains by -0.02 to +0.08; pseudo-labels on the store gave "
               "+0.03 on nuclei and +0.06 on c-Fos with two patches (7 seeds, established on neither), restyled copies "
-              "of the labelled patches on top +0.08 on c-Fos but +0.01 on nuclei: no arm gains on both, and the "
-              "gains sit in the labelled subsets scratch does worst on (benchmarks/RESULTS.md). "
+              "of the labelled patches on top +0.08 on c-Fos but +0.01 on nuclei and -0.10 on plaques, pseudo-labels "
+              "capped at the labelled foreground share +0.08 on c-Fos, +0.01 on plaques, -0.01 on nuclei: no arm "
+              "gains on two structures, and the gains sit in the labelled subsets scratch does worst on "
+              "(benchmarks/RESULTS.md). "
               "This comparison shows the pretrained arm because it is the one the demo's "
               "data can run in minutes; read its difference with that in mind.",
               "", "The whole-volume run uses `--tissue-mask auto` (the default): where the volume has a clearly dark "
