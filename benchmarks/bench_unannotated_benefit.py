@@ -78,6 +78,7 @@ ARMS = {a.name: a for a in (
     Arm("semi_pl_style_copies", trainer="nnUNetTrainerSelmaSemiPLStyleCopies"),
     Arm("style_copies", trainer="nnUNetTrainerSelmaStyleCopies"),
     Arm("semi_pl_capped", trainer="nnUNetTrainerSelmaSemiPLCapped"),
+    Arm("semi_pl_capped_above", trainer="nnUNetTrainerSelmaSemiPLCappedAbove"),
     Arm("mae", pretraining=("--method", "mae")),
     Arm("mae_semi", trainer="nnUNetTrainerSelmaSemi", pretraining=("--method", "mae")),
 )}

@@ -92,8 +92,8 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss, float(mask.mean())
 
 
-def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float,
-                        band: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float, band: float = 0.5,
+                        above_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary hard labels of a batch by the rank of the teacher's foreground probability, so the pseudo-labels
     cannot hold much more foreground than the labelled cases do, whatever the teacher's bias in a new domain.
 
@@ -103,6 +103,12 @@ def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float,
     look-alikes as objects in an unseen domain (three times the true foreground on plaques) has most of them
     called background; one that misses objects has its doubtful voxels left out, not called background. It
     never forces foreground: a batch without objects gets none.
+
+    ``above_only`` makes it a cap from above only: a voxel below the ``foreground_share * (1 + band)`` highest
+    is background only where the teacher also calls it so (below 0.5); the teacher's foreground past the cap is
+    left out, not called background. So a share that underestimates the unseen domain's (one or two labelled
+    cases hold a third of its nuclei) cannot teach objects away; the price is that look-alikes past the cap are
+    no longer taught as background either.
 
     Returns (labels (B, z, y, x) int64, mask (B, z, y, x) float: 1 where a voxel counts).
     """
@@ -118,15 +124,17 @@ def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float,
 
     foreground = (p_fg >= kth_highest(foreground_share * (1 - band))) & (p_fg >= 0.5)
     background = p_fg < kth_highest(foreground_share * (1 + band))
+    if above_only:
+        background &= p_fg < 0.5
     return foreground.long(), (foreground | background).float()
 
 
 def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, confidence: float,
-                      foreground_share: float | None = None) -> tuple[torch.Tensor, float]:
+                      foreground_share: float | None = None, above_only: bool = False) -> tuple[torch.Tensor, float]:
     """The teacher's confident hard labels as targets (FixMatch's rule), scored as nnU-Net scores its labels:
     cross-entropy averaged over the confident voxels plus 1 - soft Dice of the foreground classes over them.
     With ``foreground_share`` (binary only) the labels and the voxels that count come from
-    :func:`share_capped_labels` instead of the confidence.
+    :func:`share_capped_labels` (``above_only`` passed on) instead of the confidence.
 
     Why beside :func:`mean_teacher_loss`: on store patches nearly every voxel is confidently background, so a
     squared difference averaged over all voxels is about 0.001 after a few epochs and teaches almost nothing
@@ -139,7 +147,7 @@ def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         top, labels = p_teacher.max(1)
         mask = (top >= confidence).float()
     else:
-        labels, mask = share_capped_labels(p_teacher, foreground_share)
+        labels, mask = share_capped_labels(p_teacher, foreground_share, above_only=above_only)
     n = mask.sum()
     if n == 0:
         return student_logits.sum() * 0.0, 0.0
@@ -267,6 +275,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         labels) instead of replacing them, so the labelled patches are always also seen as they are
     semi_share_cap : pseudo-labels by rank under the labelled cases' foreground share
         (:func:`share_capped_labels`) instead of by confidence; ``pseudo_labels`` and binary datasets only
+    semi_share_cap_above_only : with ``semi_share_cap``, the teacher's foreground past the cap is left out instead
+        of called background (``above_only`` of :func:`share_capped_labels`)
     semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
         probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
         unannotated volumes can add and the more their errors cost; None: full weight at any label count
@@ -285,6 +295,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_copies: bool = False
     semi_full_cases: int | None = None
     semi_share_cap: bool = False
+    semi_share_cap_above_only: bool = False
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -304,6 +315,11 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
         super().on_train_start()
+        if self.semi_share_cap and (self.semi_loss != "pseudo_labels"
+                                    or len(self.label_manager.foreground_labels) != 1):
+            raise ValueError(f"{type(self).__name__}: semi_share_cap needs semi_loss 'pseudo_labels' and one "
+                             f"foreground label; got {self.semi_loss!r} and labels "
+                             f"{self.label_manager.foreground_labels}")
         if self.num_input_channels != 1:
             raise ValueError(f"{type(self).__name__}: the store holds one-channel volumes but dataset "
                              f"{self.plans_manager.dataset_name} has {self.num_input_channels} input channels; "
@@ -332,8 +348,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         self._share, cases = self._label_share()
         if self.semi_share_cap:
             self._foreground_share = self._labelled_foreground_share()
+            above = " (from above only: the teacher's foreground past the cap is left out)" \
+                if self.semi_share_cap_above_only else ""
             self.print_to_log_file(f"pseudo-labels capped by rank at the labelled cases' foreground share "
-                                   f"{self._foreground_share:.5f}")
+                                   f"{self._foreground_share:.5f}{above}")
         share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
             if self.semi_full_cases is not None else ""
         self.print_to_log_file(
@@ -351,10 +369,6 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
 
     def _labelled_foreground_share(self) -> float:
         """The share of foreground voxels in the preprocessed segmentations of the training cases."""
-        if self.semi_loss != "pseudo_labels" or len(self.label_manager.foreground_labels) != 1:
-            raise ValueError(f"{type(self).__name__}: semi_share_cap needs semi_loss 'pseudo_labels' and one "
-                             f"foreground label; got {self.semi_loss!r} and labels "
-                             f"{self.label_manager.foreground_labels}")
         dataset = self.dataset_class(self.preprocessed_dataset_folder, self.do_split()[0])
         foreground = voxels = 0
         for identifier in dataset.identifiers:
@@ -372,6 +386,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     def _rampup_steps(self) -> int:
         return int(round(self.semi_rampup * self.num_epochs * self.num_iterations_per_epoch))
 
+    def _unannotated_weight(self, step: int) -> float:
+        """The unannotated loss's weight at iteration ``step``: ramped, times this run's unannotated share."""
+        return self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
+
     def _step(self) -> int:
         # the global iteration: a pure function of where training stands, so --c resumes the same stream
         return self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
@@ -383,13 +401,17 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         self._restyled = (0, 0)
 
     # -- one iteration --------------------------------------------------------------------------
-    def _unannotated(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    def _unannotated(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+        """(weak, strong, flips) of this iteration's store patches; with ``semi_weight = 0`` (style sources only)
+        no strong view is made (None, no flips). The stream is a pure function of ``step`` (and rank)."""
         rng = np.random.default_rng([self.semi_seed, self.local_rank, step])
         patches = sample_batch(self._semi_store, self.configuration_manager.patch_size,
                                self._semi_batch() * max(1, self.semi_candidates), rng, self._semi_structures,
                                augment=False)
         patches = brightest_patches(patches, self._semi_batch())
         weak = torch.from_numpy(patches).to(self.device, non_blocking=True)
+        if self.semi_weight <= 0:
+            return weak, None, []
         strong, flips = strong_view(weak, rng)
         return weak, strong, flips
 
@@ -437,11 +459,11 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 student = flip_each(outputs[0][n:], flips)
                 if self.semi_loss == "pseudo_labels":
                     consistency, confident = pseudo_label_loss(student, teacher_logits, self.semi_confidence,
-                                                               self._foreground_share)
+                                                               self._foreground_share,
+                                                               self.semi_share_cap_above_only)
                 else:
                     consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
-                weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
-                loss = supervised + weight * consistency
+                loss = supervised + self._unannotated_weight(step) * consistency
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -466,11 +488,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         super().on_train_epoch_end(train_outputs)
         if self._semi_log:
             c, f = np.mean(self._semi_log, axis=0)
-            step = self._step()
             band = f" below {self.semi_style_band} cycles/voxel" if self.semi_style_band is not None else ""
             restyled = f", {self._restyled[0]} of {self._restyled[1]} labelled patches restyled{band}" \
                 if self.semi_style_mix > 0 else ""
-            weight = self.semi_weight * self._share * sigmoid_rampup(step, self._rampup_steps())
+            weight = self._unannotated_weight(self._step())
             loss = f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight {weight:.3f}" \
                 if self.semi_weight > 0 else "no unannotated loss (store patches as styles only)"
             self.print_to_log_file(loss + restyled)

@@ -41,6 +41,9 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLCapped",
     "nnUNetTrainerSelmaSemiPLCapped_1epoch_2it",
     "nnUNetTrainerSelmaSemiPLCapped_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLCappedAbove",
+    "nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it",
+    "nnUNetTrainerSelmaSemiPLCappedAbove_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaStyleCopies",
     "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
     "nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA",
@@ -237,3 +240,24 @@ class nnUNetTrainerSelmaSemiPLCapped_1epoch_2it(nnUNetTrainerSelmaSemiPLCapped, 
 class nnUNetTrainerSelmaSemiPLCapped_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLCapped,
                                                          nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with share-capped pseudo-labels."""
+
+
+class nnUNetTrainerSelmaSemiPLCappedAbove(nnUNetTrainerSelmaSemiPLCapped):
+    """Share-capped pseudo-labels (as :class:`nnUNetTrainerSelmaSemiPLCapped`) with the cap from above only
+    (``semi_share_cap_above_only``): the teacher's foreground past the cap is left out instead of called
+    background, so a labelled share that underestimates an unseen domain's (nuclei: 0.025 against 0.093; plaques
+    seed 4: 0.006 against 0.015) cannot teach its objects away."""
+
+    semi_share_cap_above_only = True
+
+
+class nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it(nnUNetTrainerSelmaSemiPLCappedAbove,
+                                                     nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaSemiPLCappedAbove`."""
+
+    semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemiPLCappedAbove_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLCappedAbove,
+                                                              nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule with pseudo-labels capped from above only."""

@@ -150,6 +150,9 @@ def test_share_capped_labels_cap_a_biased_teacher_and_never_force_foreground():
     labels, mask = share_capped_labels(teacher((torch.arange(n) < 150) * 0.9 + 0.05 + order), 0.05)
     assert labels.sum() == 25 and labels[0, :25].all()
     assert mask[0, 25:75].sum() == 0 and mask[0, 75:].all() and labels[0, 75:].sum() == 0
+    # from above only: the teacher's foreground past the cap (75 to 150) is left out, not called background
+    labels, mask = share_capped_labels(teacher((torch.arange(n) < 150) * 0.9 + 0.05 + order), 0.05, above_only=True)
+    assert labels.sum() == 25 and labels[0, :25].all() and mask[0, 25:150].sum() == 0 and mask[0, 150:].all()
     # misses objects (1% above 0.5): its doubtful voxels are left out, not called background
     labels, mask = share_capped_labels(teacher((torch.arange(n) < 10) * 0.6 + 0.3 * (1 - torch.arange(n) / n)), 0.05)
     assert labels.sum() == 10 and mask[0, 10:75].sum() == 0 and mask[0, 75:].all()
@@ -219,7 +222,7 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
                                      "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
                                      "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
-                                     "nnUNetTrainerSelmaSemiPLCapped_1epoch_2it"])
+                                     "nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
@@ -233,6 +236,8 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert ("no unannotated loss (store patches as styles only)" in res.stdout) == style_only
     # the labelled cases' foreground share, from the preprocessed segmentations of the fold's two cases
     assert ("capped by rank at the labelled cases' foreground share 0.0" in res.stdout) == ("Capped" in trainer)
+    assert ("(from above only: the teacher's foreground past the cap is left out)" in res.stdout) == \
+        ("CappedAbove" in trainer)
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
