@@ -103,6 +103,15 @@ class Profile:
     pretrain_batch: int
     device: str = "cpu"
     domain_seed: int = 0
+    #: (structure, patch scale) for structures whose annotated patches are drawn at another scale than
+    #: ``patch_scale`` (the cpu profile's nuclei: 32^3 as c-Fos, so one labelled patch holds few nuclei)
+    patch_scale_of: tuple[tuple[str, float], ...] = ()
+
+
+def structure_scale(profile: dict, structure: str) -> float:
+    """The patch scale of ``structure``'s annotated patches in ``profile`` (a Profile as a dict or JSON record,
+    which may predate ``patch_scale_of``)."""
+    return dict(profile.get("patch_scale_of", ())).get(structure, profile["patch_scale"])
 
 
 PROFILES = {p.name: p for p in (
@@ -112,7 +121,7 @@ PROFILES = {p.name: p for p in (
     Profile("cpu", "cpu", ("nuclei", "cfos", "plaques"), (1, 2, "all"), 3, ("scratch",),
             "nnUNetTrainerSelma_12epochs_25it_noTTA", n_domains=8, labelled_domains=4, pool_per_domain=4,
             test_per_domain=2, patch_scale=0.32, unannotated_shape=(64, 128, 128), pretrain_iterations=300,
-            pretrain_batch=4),
+            pretrain_batch=4, patch_scale_of=(("nuclei", 0.16),)),
     Profile("gpu", "M", ("nuclei", "cfos"), (1, "all"), 2, ("scratch",), "nnUNetTrainerSelma_8epochs_25it",
             n_domains=8, labelled_domains=4, pool_per_domain=2, test_per_domain=2, patch_scale=0.64,
             unannotated_shape=(128, 256, 256), pretrain_iterations=500, pretrain_batch=2, device="cuda"),
@@ -157,9 +166,10 @@ class DomainStudy(ssl.Study):
         prof = self.domain_prof
         domains = draw_domains(prof.n_domains, prof.domain_seed)
         tmp = Path(tempfile.mkdtemp(prefix=".download.partial-", dir=download.parent))
-        subsets = [STRUCTURES[s][0] for s in self.all_structures()]
-        write_annotated_patches(tmp, "challenge", subsets, cases_per_subset=len(self.roles),
-                                patch_scale=prof.patch_scale, seed=2026, domains=[domains[d] for d, _ in self.roles])
+        for s in self.all_structures():  # a subset's bytes depend on its own scale only, not on the others'
+            write_annotated_patches(tmp, "challenge", [STRUCTURES[s][0]], cases_per_subset=len(self.roles),
+                                    patch_scale=structure_scale(asdict(prof), s), seed=2026,
+                                    domains=[domains[d] for d, _ in self.roles])
         for s_index, s in enumerate(self.all_structures()):
             for d, domain in enumerate(domains):
                 write_unannotated_volume(tmp / f"unannotated_{STRUCTURES[s][2]}" / f"sample_{d + 1}",
@@ -334,13 +344,14 @@ def plot_gain(records: list[dict], path: Path, test: str = "unseen_domains") -> 
 
 #: profile fields that must agree for a finished run of an earlier results file to count as a run of this study
 SAME_DATA = ("preset", "trainer", "n_domains", "labelled_domains", "pool_per_domain", "test_per_domain",
-             "patch_scale", "unannotated_shape", "domain_seed", "device")
+             "unannotated_shape", "domain_seed", "device")
 
 
 def check_reusable(prof: Profile, results_file: Path) -> dict:
     """The earlier results file whose runs are to count here, refused unless it drew the same data, schedule and
     labelled subsets: the fields of SAME_DATA equal and every int k shared by both at the same place in ``ks``
-    (the subset of k patches is drawn from (seed, place of k, dataset id))."""
+    (the subset of k patches is drawn from (seed, place of k, dataset id)). Patch scales are compared per
+    structure by :func:`reuse_rows`."""
     earlier = json.loads(results_file.read_text())
     old, new = earlier["profile"], asdict(prof)
     for field in SAME_DATA:
@@ -357,12 +368,20 @@ def check_reusable(prof: Profile, results_file: Path) -> dict:
 
 def reuse_rows(study: DomainStudy, earlier: dict, source: str, arms: tuple[str, ...]) -> int:
     """Write the finished runs of ``arms`` in ``earlier`` (checked by :func:`check_reusable`) as this study's row
-    files; runs already done here are kept. Returns the number of runs written."""
+    files; runs already done here are kept. Runs of a structure (or tested on one) whose patches were drawn at
+    another scale there are left out and named. Returns the number of runs written."""
     new_ks = [ssl.k_label(k) for k in study.prof.ks]
+    here = asdict(study.domain_prof)
+    other_scale = sorted(s for s in study.all_structures()
+                         if structure_scale(earlier["profile"], s) != structure_scale(here, s))
+    if other_scale:
+        log.info("not reused: runs of %s (patches of another scale there)", ", ".join(other_scale))
     runs: dict[tuple, list[dict]] = {}
     for r in earlier["rows"]:
         k, s = ssl.k_label(r["k"]), r["structure"]
         if r["arm"] not in arms or s not in study.prof.structures or k not in new_ks:
+            continue
+        if s in other_scale or (r["test"] == "unseen_structure" and ssl.UNSEEN[s] in other_scale):
             continue
         tested_on = ssl.UNSEEN[s] if r["test"] == "unseen_structure" else s
         runs.setdefault((s, k, r["arm"], r["seed"]), []).append({
