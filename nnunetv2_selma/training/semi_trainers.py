@@ -312,14 +312,24 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _share: float = 1.0  # the unannotated share of this run (:meth:`_label_share`)
     _foreground_share: float | None = None  # the labelled cases' foreground share, with semi_share_cap
 
+    @property
+    def _learns_from_store(self) -> bool:
+        """Whether the store patches carry a loss (``semi_weight > 0``); with 0 they are style sources only
+        (``semi_style_mix``)."""
+        return self.semi_weight > 0
+
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
-        super().on_train_start()
+        # configuration first, before nnU-Net starts its data loaders (the label manager comes from the plans)
+        if self.semi_share_cap_above_only and not self.semi_share_cap:
+            raise ValueError(f"{type(self).__name__}: semi_share_cap_above_only is set but semi_share_cap is not; "
+                             "the cap from above only is a form of the share cap: set both")
         if self.semi_share_cap and (self.semi_loss != "pseudo_labels"
                                     or len(self.label_manager.foreground_labels) != 1):
             raise ValueError(f"{type(self).__name__}: semi_share_cap needs semi_loss 'pseudo_labels' and one "
                              f"foreground label; got {self.semi_loss!r} and labels "
                              f"{self.label_manager.foreground_labels}")
+        super().on_train_start()
         if self.num_input_channels != 1:
             raise ValueError(f"{type(self).__name__}: the store holds one-channel volumes but dataset "
                              f"{self.plans_manager.dataset_name} has {self.num_input_channels} input channels; "
@@ -410,7 +420,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                                augment=False)
         patches = brightest_patches(patches, self._semi_batch())
         weak = torch.from_numpy(patches).to(self.device, non_blocking=True)
-        if self.semi_weight <= 0:
+        if not self._learns_from_store:
             return weak, None, []
         strong, flips = strong_view(weak, rng)
         return weak, strong, flips
@@ -444,16 +454,15 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self.semi_style_mix > 0:
             data, target = self._restyle(data, target, weak, step)
         n = data.shape[0]
-        learns_from_store = self.semi_weight > 0  # 0: the store patches are style sources only (semi_style_mix)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             # one forward for both batches: DDP expects one forward per backward, instance norm is per sample
-            output = self.network(torch.cat([data, strong]) if learns_from_store else data)
+            output = self.network(torch.cat([data, strong]) if self._learns_from_store else data)
             outputs = output if isinstance(output, (list, tuple)) else [output]
             supervised = self.loss([o[:n] for o in outputs] if isinstance(output, (list, tuple)) else output[:n],
                                    target)
             consistency, confident, loss = torch.zeros((), device=self.device), 0.0, supervised
-            if learns_from_store:
+            if self._learns_from_store:
                 with torch.no_grad():
                     teacher_logits = self.teacher(weak)
                 student = flip_each(outputs[0][n:], flips)
@@ -493,7 +502,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 if self.semi_style_mix > 0 else ""
             weight = self._unannotated_weight(self._step())
             loss = f"consistency {c:.4f} on {100 * f:.1f}% confident voxels, weight {weight:.3f}" \
-                if self.semi_weight > 0 else "no unannotated loss (store patches as styles only)"
+                if self._learns_from_store else "no unannotated loss (store patches as styles only)"
             self.print_to_log_file(loss + restyled)
 
     # -- checkpoints ----------------------------------------------------------------------------

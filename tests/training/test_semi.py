@@ -252,6 +252,21 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert (_model(tmp_path, trainer, 0) / "validation" / "case002.nii.gz").is_file()
 
 
+@pytest.mark.parametrize("cap, above_only, loss, message", [
+    (False, True, "pseudo_labels", "semi_share_cap_above_only is set but semi_share_cap is not"),
+    (True, False, "consistency", "semi_share_cap needs semi_loss 'pseudo_labels'")])
+def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset, cap, above_only, loss, message):
+    from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
+
+    plans = {**json.loads((semi_dataset / f"{PLANS_ID}.json").read_text()), "continue_training": False}
+    dataset_json = json.loads((semi_dataset / "dataset.json").read_text())
+    trainer = nnUNetTrainerSelmaSemi(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.semi_share_cap, trainer.semi_share_cap_above_only, trainer.semi_loss = cap, above_only, loss
+    with pytest.raises(ValueError, match=message):
+        trainer.on_train_start()
+    assert not trainer.was_initialized  # refused before nnU-Net built its network and data loaders
+
+
 def test_kill_and_resume_continues_teacher_and_stream(semi_dataset, tiny_store, tmp_path):
     trainer = "nnUNetTrainerSelmaSemi_2epochs_3it"
     cmd = [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "1", "-tr", trainer, "-p", PLANS_ID,
