@@ -24,7 +24,7 @@ What :class:`nnUNetTrainerSelma` changes compared with ``nnUNetTrainer``:
   a pure function of the epoch, so ``--c`` resumes it exactly.
 
 Variants follow nnU-Net's naming: ``nnUNetTrainerSelma_<N>epochs`` and the CPU test schedule
-``nnUNetTrainerSelma_1epoch_2it`` (1 epoch of 2 training iterations and 1 validation iteration).
+``nnUNetTrainerSelma_1epoch_2it`` (1 epoch of 2 training iterations and 1 validation iteration, no test-time mirroring).
 """
 
 from __future__ import annotations
@@ -226,8 +226,21 @@ class nnUNetTrainerSelma(nnUNetTrainer):
         super().load_checkpoint(filename_or_checkpoint)
 
 
-class nnUNetTrainerSelma_1epoch_2it(nnUNetTrainerSelma):
-    """Test schedule for CPUs: 1 epoch of 2 training iterations and 1 validation iteration."""
+class NoTestTimeMirroring:
+    """Mixin of the CPU schedules: no test-time mirroring in nnU-Net's final validation and in predictions with
+    the model (training still mirrors as augmentation). On a 2-core CPU the mirrored validation of four 50^3
+    patches took longer than the training itself (75 s against 30 s)."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None  # read by the final validation and saved for nnUNetv2_predict
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+
+class nnUNetTrainerSelma_1epoch_2it(NoTestTimeMirroring, nnUNetTrainerSelma):
+    """Test schedule for CPUs: 1 epoch of 2 training iterations and 1 validation iteration, no test-time
+    mirroring (:class:`NoTestTimeMirroring`: the mirrored final validation was most of a test run's time)."""
 
     schedule_epochs = 1
     schedule_iterations = 2
@@ -275,21 +288,13 @@ class nnUNetTrainerSelma_8epochs_25it(nnUNetTrainerSelma):
     schedule_val_iterations = 5
 
 
-class nnUNetTrainerSelma_6epochs_25it_noTTA(nnUNetTrainerSelma):
+class nnUNetTrainerSelma_6epochs_25it_noTTA(NoTestTimeMirroring, nnUNetTrainerSelma):
     """CPU study schedule (``benchmarks/bench_ssl_benefit.py --profile cpu``): 6 epochs of 25 iterations,
-    5 validation iterations, warm-up 1 epoch, and no test-time mirroring in nnU-Net's final validation
-    and in predictions with the model (training still mirrors as augmentation). On a 2-core CPU the
-    mirrored validation of four 50^3 patches took longer than the training itself (75 s against 30 s)."""
+    5 validation iterations, warm-up 1 epoch, and no test-time mirroring (:class:`NoTestTimeMirroring`)."""
 
     schedule_epochs = 6
     schedule_iterations = 25
     schedule_val_iterations = 5
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None  # read by the final validation and saved for nnUNetv2_predict
-        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
 
 class nnUNetTrainerSelma_6epochs_25it_noTTA_encoderLR0p1(nnUNetTrainerSelma_6epochs_25it_noTTA):
