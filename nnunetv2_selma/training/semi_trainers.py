@@ -92,8 +92,11 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss, float(mask.mean())
 
 
+SHARE_CAPS = ("background", "left_out")  # what the teacher's foreground past the share cap becomes
+
+
 def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float, band: float = 0.5,
-                        above_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        past_cap: str = "background") -> tuple[torch.Tensor, torch.Tensor]:
     """Binary hard labels of a batch by the rank of the teacher's foreground probability, so the pseudo-labels
     cannot hold much more foreground than the labelled cases do, whatever the teacher's bias in a new domain.
 
@@ -104,7 +107,7 @@ def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float, band: 
     called background; one that misses objects has its doubtful voxels left out, not called background. It
     never forces foreground: a batch without objects gets none.
 
-    ``above_only`` makes it a cap from above only: a voxel below the ``foreground_share * (1 + band)`` highest
+    ``past_cap="left_out"`` makes it a cap from above only: a voxel below the ``foreground_share * (1 + band)`` highest
     is background only where the teacher also calls it so (below 0.5); the teacher's foreground past the cap is
     left out, not called background. So a share that underestimates the unseen domain's (one or two labelled
     cases hold a third of its nuclei) cannot teach objects away; the price is that look-alikes past the cap are
@@ -115,6 +118,8 @@ def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float, band: 
     if p_teacher.shape[1] != 2:
         raise ValueError(f"share_capped_labels: binary segmentation only; the teacher gives {p_teacher.shape[1]} "
                          "classes")
+    if past_cap not in SHARE_CAPS:
+        raise ValueError(f"share_capped_labels: past_cap must be one of {SHARE_CAPS}, got {past_cap!r}")
     p_fg = p_teacher[:, 1]
     flat = p_fg.flatten()
     n = flat.numel()
@@ -124,17 +129,18 @@ def share_capped_labels(p_teacher: torch.Tensor, foreground_share: float, band: 
 
     foreground = (p_fg >= kth_highest(foreground_share * (1 - band))) & (p_fg >= 0.5)
     background = p_fg < kth_highest(foreground_share * (1 + band))
-    if above_only:
+    if past_cap == "left_out":
         background &= p_fg < 0.5
     return foreground.long(), (foreground | background).float()
 
 
 def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, confidence: float,
-                      foreground_share: float | None = None, above_only: bool = False) -> tuple[torch.Tensor, float]:
+                      foreground_share: float | None = None,
+                      past_cap: str = "background") -> tuple[torch.Tensor, float]:
     """The teacher's confident hard labels as targets (FixMatch's rule), scored as nnU-Net scores its labels:
     cross-entropy averaged over the confident voxels plus 1 - soft Dice of the foreground classes over them.
     With ``foreground_share`` (binary only) the labels and the voxels that count come from
-    :func:`share_capped_labels` (``above_only`` passed on) instead of the confidence.
+    :func:`share_capped_labels` (``past_cap`` passed on) instead of the confidence.
 
     Why beside :func:`mean_teacher_loss`: on store patches nearly every voxel is confidently background, so a
     squared difference averaged over all voxels is about 0.001 after a few epochs and teaches almost nothing
@@ -147,7 +153,7 @@ def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         top, labels = p_teacher.max(1)
         mask = (top >= confidence).float()
     else:
-        labels, mask = share_capped_labels(p_teacher, foreground_share, above_only=above_only)
+        labels, mask = share_capped_labels(p_teacher, foreground_share, past_cap=past_cap)
     n = mask.sum()
     if n == 0:
         return student_logits.sum() * 0.0, 0.0
@@ -273,10 +279,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_band : the restyling's frequency band (cycles per voxel, :func:`amplitude_mix`); None: all
     semi_style_copies : the restyled patches join the batch as copies beside their originals (with the same
         labels) instead of replacing them, so the labelled patches are always also seen as they are
-    semi_share_cap : pseudo-labels by rank under the labelled cases' foreground share
-        (:func:`share_capped_labels`) instead of by confidence; ``pseudo_labels`` and binary datasets only
-    semi_share_cap_above_only : with ``semi_share_cap``, the teacher's foreground past the cap is left out instead
-        of called background (``above_only`` of :func:`share_capped_labels`)
+    semi_share_cap : None: pseudo-labels by confidence; ``"background"`` or ``"left_out"``: by rank under the
+        labelled cases' foreground share (:func:`share_capped_labels`), the teacher's foreground past the cap
+        called background or left out (its ``past_cap``); ``pseudo_labels`` and binary datasets only
     semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
         probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
         unannotated volumes can add and the more their errors cost; None: full weight at any label count
@@ -294,8 +299,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_band: float | None = None
     semi_style_copies: bool = False
     semi_full_cases: int | None = None
-    semi_share_cap: bool = False
-    semi_share_cap_above_only: bool = False
+    semi_share_cap: str | None = None
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -321,10 +325,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     # -- set-up ---------------------------------------------------------------------------------
     def on_train_start(self):
         # configuration first, before nnU-Net starts its data loaders (the label manager comes from the plans)
-        if self.semi_share_cap_above_only and not self.semi_share_cap:
-            raise ValueError(f"{type(self).__name__}: semi_share_cap_above_only is set but semi_share_cap is not; "
-                             "the cap from above only is a form of the share cap: set both")
-        if self.semi_share_cap and (self.semi_loss != "pseudo_labels"
+        if self.semi_share_cap is not None and self.semi_share_cap not in SHARE_CAPS:
+            raise ValueError(f"{type(self).__name__}: semi_share_cap must be None or one of {SHARE_CAPS} (what "
+                             f"the teacher's foreground past the cap becomes), got {self.semi_share_cap!r}")
+        if self.semi_share_cap is not None and (self.semi_loss != "pseudo_labels"
                                     or len(self.label_manager.foreground_labels) != 1):
             raise ValueError(f"{type(self).__name__}: semi_share_cap needs semi_loss 'pseudo_labels' and one "
                              f"foreground label; got {self.semi_loss!r} and labels "
@@ -356,10 +360,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._share, cases = self._label_share()
-        if self.semi_share_cap:
+        if self.semi_share_cap is not None:
             self._foreground_share = self._labelled_foreground_share()
             above = " (from above only: the teacher's foreground past the cap is left out)" \
-                if self.semi_share_cap_above_only else ""
+                if self.semi_share_cap == "left_out" else ""
             self.print_to_log_file(f"pseudo-labels capped by rank at the labelled cases' foreground share "
                                    f"{self._foreground_share:.5f}{above}")
         share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
@@ -469,7 +473,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 if self.semi_loss == "pseudo_labels":
                     consistency, confident = pseudo_label_loss(student, teacher_logits, self.semi_confidence,
                                                                self._foreground_share,
-                                                               self.semi_share_cap_above_only)
+                                                               self.semi_share_cap or "background")
                 else:
                     consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
                 loss = supervised + self._unannotated_weight(step) * consistency

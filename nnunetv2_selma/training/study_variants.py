@@ -227,7 +227,7 @@ class nnUNetTrainerSelmaSemiPLCapped(nnUNetTrainerSelmaSemiPL):
     confidence: in unseen domains the teacher outlines look-alikes as plaques (three times the true foreground)
     or misses half the nuclei, and confident pseudo-labels teach that bias back. Falls above four labelled cases."""
 
-    semi_share_cap = True
+    semi_share_cap = "background"
     semi_full_cases = 4
 
 
@@ -244,11 +244,11 @@ class nnUNetTrainerSelmaSemiPLCapped_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiP
 
 class nnUNetTrainerSelmaSemiPLCappedAbove(nnUNetTrainerSelmaSemiPLCapped):
     """Share-capped pseudo-labels (as :class:`nnUNetTrainerSelmaSemiPLCapped`) with the cap from above only
-    (``semi_share_cap_above_only``): the teacher's foreground past the cap is left out instead of called
+    (``semi_share_cap = "left_out"``): the teacher's foreground past the cap is left out instead of called
     background, so a labelled share that underestimates an unseen domain's (nuclei: 0.025 against 0.093; plaques
     seed 4: 0.006 against 0.015) cannot teach its objects away."""
 
-    semi_share_cap_above_only = True
+    semi_share_cap = "left_out"
 
 
 class nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it(nnUNetTrainerSelmaSemiPLCappedAbove,
