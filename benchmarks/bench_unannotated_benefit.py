@@ -76,6 +76,7 @@ ARMS = {a.name: a for a in (
     Arm("semi_pl_style_low", trainer="nnUNetTrainerSelmaSemiPLStyleLow"),
     Arm("semi_pl_double", trainer="nnUNetTrainerSelmaSemiPLDouble"),
     Arm("semi_pl_style_copies", trainer="nnUNetTrainerSelmaSemiPLStyleCopies"),
+    Arm("semi_pl_style_copies_aligned", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAligned"),
     Arm("style_copies", trainer="nnUNetTrainerSelmaStyleCopies"),
     Arm("semi_pl_capped", trainer="nnUNetTrainerSelmaSemiPLCapped"),
     Arm("semi_pl_capped_above", trainer="nnUNetTrainerSelmaSemiPLCappedAbove"),

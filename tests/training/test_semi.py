@@ -18,6 +18,7 @@ import torch
 from nnunetv2_selma.training.semi_trainers import (
     TEACHER_KEY,
     TEACHER_UPDATES_KEY,
+    align_to_share,
     amplitude_mix,
     brightest_patches,
     ema_update,
@@ -140,6 +141,31 @@ def test_restyled_copies_join_the_batch_with_their_labels():
     assert out.shape[0] == 2 and same is target and not torch.allclose(out, data)
 
 
+def test_align_to_share_turns_a_teachers_most_probable_misses_into_labels():
+    # a teacher that calls 2% of the voxels confidently foreground and gives 10% probability 0.3 (the dim misses)
+    p_fg = torch.full((1, 1000), 0.001)
+    p_fg[0, :20], p_fg[0, 20:120] = 0.95, 0.3
+    p = torch.stack([1 - p_fg, p_fg], 1)
+    aligned = align_to_share(p, 0.12)
+    assert aligned.shape == p.shape and torch.allclose(aligned.sum(1), torch.ones(1, 1000))
+    assert float(aligned[0, 1].mean()) == pytest.approx(0.12, abs=1e-5)
+    # one factor on the odds everywhere: the order is kept, the misses pass the 0.8 confidence
+    assert (aligned[0, 1, 20:120] > 0.8).all() and (aligned[0, 1, 120:] < 0.05).all()
+    assert torch.equal(torch.argsort(aligned[0, 1], stable=True), torch.argsort(p_fg[0], stable=True))
+    # pseudo-labels: the misses do not count without the alignment (0.7 background), they do with it
+    logits = torch.log(p)
+    _, confident = pseudo_label_loss(logits, logits, 0.8)
+    _, confident_aligned = pseudo_label_loss(logits, logits, 0.8, align_share=0.12)
+    assert confident == pytest.approx(0.9) and confident_aligned == pytest.approx(1.0)
+    # a batch without objects is not filled: the factor is held at 30
+    empty = torch.stack([torch.full((1, 1000), 0.999), torch.full((1, 1000), 0.001)], 1)
+    assert align_to_share(empty, 0.12)[0, 1].max() < 0.03
+    # a share the teacher already holds leaves it as it is
+    assert torch.allclose(align_to_share(p, float(p_fg.mean())), p, atol=1e-6)
+    with pytest.raises(ValueError, match="binary segmentation only"):
+        align_to_share(torch.ones(1, 3, 4) / 3, 0.1)
+
+
 def test_share_capped_labels_cap_a_biased_teacher_and_never_force_foreground():
     n, order = 1000, torch.linspace(1e-3, 0, 1000)  # voxel i has the i-th highest foreground probability
 
@@ -224,7 +250,8 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
                                      "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
                                      "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
-                                     "nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it"])
+                                     "nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it",
+                                     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
@@ -240,6 +267,7 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert ("capped by rank at the labelled cases' foreground share 0.0" in res.stdout) == ("Capped" in trainer)
     assert ("(from above only: the teacher's foreground past the cap is left out)" in res.stdout) == \
         ("CappedAbove" in trainer)
+    assert ("aligned to the labelled cases' foreground share 0.0" in res.stdout) == ("Aligned" in trainer)
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
@@ -254,17 +282,19 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert (_model(tmp_path, trainer, 0) / "validation" / "case002.nii.gz").is_file()
 
 
-@pytest.mark.parametrize("cap, loss, message", [
-    (True, "pseudo_labels", "semi_share_cap must be None or one of"),
-    ("above_only", "pseudo_labels", "semi_share_cap must be None or one of"),
-    ("left_out", "consistency", "semi_share_cap needs semi_loss 'pseudo_labels'")])
-def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset, cap, loss, message):
+@pytest.mark.parametrize("cap, align, loss, message", [
+    (True, False, "pseudo_labels", "semi_share_cap must be None or one of"),
+    ("above_only", False, "pseudo_labels", "semi_share_cap must be None or one of"),
+    ("left_out", False, "consistency", "semi_share_cap needs semi_loss 'pseudo_labels'"),
+    (None, True, "consistency", "semi_align needs semi_loss 'pseudo_labels'"),
+    ("background", True, "pseudo_labels", "semi_share_cap and semi_align both set")])
+def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset, cap, align, loss, message):
     from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
 
     plans = {**json.loads((semi_dataset / f"{PLANS_ID}.json").read_text()), "continue_training": False}
     dataset_json = json.loads((semi_dataset / "dataset.json").read_text())
     trainer = nnUNetTrainerSelmaSemi(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
-    trainer.semi_share_cap, trainer.semi_loss = cap, loss
+    trainer.semi_share_cap, trainer.semi_align, trainer.semi_loss = cap, align, loss
     with pytest.raises(ValueError, match=message):
         trainer.on_train_start()
     assert not trainer.was_initialized  # refused before nnU-Net built its network and data loaders
