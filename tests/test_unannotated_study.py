@@ -33,6 +33,16 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     assert "gain_vs_scratch" in results
     log = (tmp_path / "work" / "logs").glob("finetune__nuclei_k1_semi_seed0.log")
     assert "semi-supervised: store" in next(log).read_text()
+    # foreground_calls.py reads the same runs' validation predictions back against their labels
+    calls = tmp_path / "calls.json"
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "foreground_calls.py"), "--work", str(tmp_path / "work"),
+                          "--structure", "nuclei", "-o", str(calls)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    records = json.loads(calls.read_text())
+    assert {(r["arm"], r["k"]) for r in records} == {("scratch", 1), ("semi", 1)}
+    for r in records:
+        assert 0 <= r["recall"] <= 1 and 0 <= r["precision"] <= 1 and r["predicted_over_true"] >= 0
+        assert len(r["train_cases"]) == 1 and 0 < next(iter(r["train_cases"].values())) < 1
 
     # --reuse: a second study of the same data counts the first one's scratch runs instead of training them
     again = tmp_path / "again.json"
