@@ -77,6 +77,8 @@ ARMS = {a.name: a for a in (
     Arm("semi_pl_double", trainer="nnUNetTrainerSelmaSemiPLDouble"),
     Arm("semi_pl_style_copies", trainer="nnUNetTrainerSelmaSemiPLStyleCopies"),
     Arm("semi_pl_style_copies_aligned", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAligned"),
+    # diagnostic: aligned to the unseen nuclei test patches' share (0.106, from their labels), the lever's ceiling
+    Arm("semi_pl_style_copies_aligned_oracle", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle"),
     Arm("style_copies", trainer="nnUNetTrainerSelmaStyleCopies"),
     Arm("semi_pl_capped", trainer="nnUNetTrainerSelmaSemiPLCapped"),
     Arm("semi_pl_capped_above", trainer="nnUNetTrainerSelmaSemiPLCappedAbove"),

@@ -316,9 +316,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_share_cap : None: pseudo-labels by confidence; ``"background"`` or ``"left_out"``: by rank under the
         labelled cases' foreground share (:func:`share_capped_labels`), the teacher's foreground past the cap
         called background or left out (its ``past_cap``); ``pseudo_labels`` and binary datasets only
-    semi_align : the teacher's probabilities aligned to the labelled cases' foreground share before the
-        confident pseudo-labels are taken (:func:`align_to_share`); ``pseudo_labels`` and binary datasets only,
-        not with ``semi_share_cap``
+    semi_align : None, ``"labelled"`` or a share in (0, 1): the teacher's probabilities aligned to the labelled
+        cases' foreground share, or to the one stated (a known cell density), before the confident pseudo-labels
+        are taken (:func:`align_to_share`); ``pseudo_labels`` and binary datasets only, not with ``semi_share_cap``
     semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
         probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
         unannotated volumes can add and the more their errors cost; None: full weight at any label count
@@ -337,7 +337,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_copies: bool = False
     semi_full_cases: int | None = None
     semi_share_cap: str | None = None
-    semi_align: bool = False
+    semi_align: str | float | None = None
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -366,11 +366,16 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self.semi_share_cap is not None and self.semi_share_cap not in SHARE_CAPS:
             raise ValueError(f"{type(self).__name__}: semi_share_cap must be None or one of {SHARE_CAPS} (what "
                              f"the teacher's foreground past the cap becomes), got {self.semi_share_cap!r}")
-        if self.semi_share_cap is not None and self.semi_align:
+        if self.semi_align is not None and self.semi_align != "labelled" and not (
+                isinstance(self.semi_align, float) and 0 < self.semi_align < 1):
+            raise ValueError(f"{type(self).__name__}: semi_align must be None, 'labelled' or a foreground share "
+                             f"between 0 and 1, got {self.semi_align!r}")
+        if self.semi_share_cap is not None and self.semi_align is not None:
             raise ValueError(f"{type(self).__name__}: semi_share_cap and semi_align both set; the cap takes "
                              "pseudo-labels by rank, the alignment by confidence: choose one")
-        for name, value in (("semi_share_cap", self.semi_share_cap is not None), ("semi_align", self.semi_align)):
-            if value and (self.semi_loss != "pseudo_labels" or len(self.label_manager.foreground_labels) != 1):
+        binary_pseudo_labels = self.semi_loss == "pseudo_labels" and len(self.label_manager.foreground_labels) == 1
+        for name, value in (("semi_share_cap", self.semi_share_cap), ("semi_align", self.semi_align)):
+            if value is not None and not binary_pseudo_labels:
                 raise ValueError(f"{type(self).__name__}: {name} needs semi_loss 'pseudo_labels' and one "
                                  f"foreground label; got {self.semi_loss!r} and labels "
                                  f"{self.label_manager.foreground_labels}")
@@ -407,9 +412,11 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 if self.semi_share_cap == "left_out" else ""
             self.print_to_log_file(f"pseudo-labels capped by rank at the labelled cases' foreground share "
                                    f"{self._foreground_share:.5f}{above}")
-        if self.semi_align:
-            self._foreground_share = self._labelled_foreground_share()
-            self.print_to_log_file(f"teacher probabilities aligned to the labelled cases' foreground share "
+        if self.semi_align is not None:
+            labelled = self.semi_align == "labelled"
+            self._foreground_share = self._labelled_foreground_share() if labelled else float(self.semi_align)
+            source = "labelled cases'" if labelled else "stated"
+            self.print_to_log_file(f"teacher probabilities aligned to the {source} foreground share "
                                    f"{self._foreground_share:.5f} before the pseudo-labels are taken")
         share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
             if self.semi_full_cases is not None else ""
@@ -437,6 +444,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
 
     def _capped_share(self) -> float | None:
         return self._foreground_share if self.semi_share_cap is not None else None
+
+    def _aligned_share(self) -> float | None:
+        return self._foreground_share if self.semi_align is not None else None
 
     def _semi_batch(self) -> int:
         return self.semi_batch_size or self.configuration_manager.batch_size
@@ -521,7 +531,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 if self.semi_loss == "pseudo_labels":
                     consistency, confident = pseudo_label_loss(
                         student, teacher_logits, self.semi_confidence, self._capped_share(),
-                        self.semi_share_cap or "background", self._foreground_share if self.semi_align else None)
+                        self.semi_share_cap or "background", self._aligned_share())
                 else:
                     consistency, confident = mean_teacher_loss(student, teacher_logits, self.semi_confidence)
                 loss = supervised + self._unannotated_weight(step) * consistency

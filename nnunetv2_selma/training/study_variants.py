@@ -47,6 +47,8 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned",
     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it",
     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle",
+    "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaStyleCopies",
     "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
     "nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA",
@@ -272,7 +274,16 @@ class nnUNetTrainerSelmaSemiPLStyleCopiesAligned(nnUNetTrainerSelmaSemiPLStyleCo
     one- or two-patch nuclei models call a seventh to a third of the true foreground (recall 0.13 to 0.3), and
     the teacher's confident background teaches the misses back."""
 
-    semi_align = True
+    semi_align = "labelled"
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle(nnUNetTrainerSelmaSemiPLStyleCopies):
+    """Diagnostic, not a method: :class:`nnUNetTrainerSelmaSemiPLStyleCopiesAligned` aligned to the foreground
+    share of the cpu profile's unseen-domain nuclei test patches (0.106, read from their labels) instead of the
+    labelled cases'. It measures what a right share would give (a user who states the density), the ceiling of the
+    alignment lever; its share is only right for that dataset."""
+
+    semi_align = 0.106
 
 
 class nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it(nnUNetTrainerSelmaSemiPLStyleCopiesAligned,
@@ -280,6 +291,11 @@ class nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it(nnUNetTrainerSelmaSe
     """Test schedule of :class:`nnUNetTrainerSelmaSemiPLStyleCopiesAligned`."""
 
     semi_batch_size = 2
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle_12epochs_25it_noTTA(
+        nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle, nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule of :class:`nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle`."""
 
 
 class nnUNetTrainerSelmaSemiPLStyleCopiesAligned_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyleCopiesAligned,
