@@ -26,8 +26,10 @@ def _mask(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
 
 
-def foreground_calls(work: Path, structure: str | None = None, arms: list[str] | None = None) -> list[dict]:
-    """One record per (structure, k, arm, seed) of ``work``'s rows on ``unseen_domains``."""
+def foreground_calls(work: Path, structure: str | None = None, arms: list[str] | None = None,
+                     skipped: list[str] | None = None) -> list[dict]:
+    """One record per (structure, k, arm, seed) of ``work``'s rows on ``unseen_domains``. Rows counted from another
+    study (``--reuse``: their model folder is not here) are left out and named in ``skipped``."""
     records, shares = [], {}
     for row_file in sorted(work.glob("rows/*/*.json")):
         for row in json.loads(row_file.read_text()):
@@ -36,6 +38,11 @@ def foreground_calls(work: Path, structure: str | None = None, arms: list[str] |
             if (structure and row["structure"] != structure) or (arms and row["arm"] not in arms):
                 continue
             model = Path(row["model_folder"])
+            if not model.is_dir():
+                if skipped is not None:
+                    skipped.append(f"{row['structure']} k={row['k']} {row['arm']} seed {row['seed']}: "
+                                   f"{row['model_folder']}")
+                continue
             raw = work / "nnUNet_raw" / model.parent.name / "labelsTr"
             predicted = true = hits = 0
             validation = model / f"fold_{row['fold']}" / "validation"
@@ -61,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", help="only these arms")
     parser.add_argument("-o", "--output", type=Path, help="also write the records as JSON here")
     args = parser.parse_args(argv)
-    records = foreground_calls(args.work, args.structure, args.arms)
+    skipped: list[str] = []
+    records = foreground_calls(args.work, args.structure, args.arms, skipped)
+    if skipped:
+        print(f"{len(skipped)} rows left out, their models are not in {args.work} (reused), e.g. {skipped[0]}")
     if not records:
         parser.error(f"{args.work}: no unseen_domains rows{' of ' + args.structure if args.structure else ''}")
     for r in records:
