@@ -79,6 +79,9 @@ ARMS = {a.name: a for a in (
     Arm("semi_pl_style_copies_aligned", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAligned"),
     # diagnostic: aligned to the unseen nuclei test patches' share (0.106, from their labels), the lever's ceiling
     Arm("semi_pl_style_copies_aligned_oracle", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle"),
+    # diagnostics: the oracle's share stated a factor two low (0.053) and high (0.212)
+    Arm("semi_pl_style_copies_aligned_half", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf"),
+    Arm("semi_pl_style_copies_aligned_double", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble"),
     Arm("style_copies", trainer="nnUNetTrainerSelmaStyleCopies"),
     Arm("semi_pl_capped", trainer="nnUNetTrainerSelmaSemiPLCapped"),
     Arm("semi_pl_capped_above", trainer="nnUNetTrainerSelmaSemiPLCappedAbove"),

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unannotated_benefit.py"
 
 
@@ -43,6 +45,17 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     for r in records:
         assert 0 <= r["recall"] <= 1 and 0 <= r["precision"] <= 1 and r["predicted_over_true"] >= 0
         assert len(r["train_cases"]) == 1 and 0 < next(iter(r["train_cases"].values())) < 1
+
+    # share_proxy.py: every annotated patch of the record against its label, one unannotated volume per domain
+    proxy = tmp_path / "proxy.json"
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "share_proxy.py"), "--work", str(tmp_path / "work"),
+                          "-o", str(proxy)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    proxies = json.loads(proxy.read_text())
+    assert [p["case"] for p in proxies["patches"]] == [c["case"] for c in results["domains"]["cases"]]
+    assert len(proxies["volumes"]) == len(results["domains"]["domains"])
+    assert all(0 < p["share"] < 1 and 0 <= p["z2"] <= 1 for p in proxies["patches"])
+    assert set(proxies["spearman"]) == {"otsu", "z2", "z3"}
 
     # --reuse: a second study of the same data counts the first one's scratch runs instead of training them
     again = tmp_path / "again.json"
@@ -91,3 +104,33 @@ def test_gain_vs_scratch_finds_an_arm_that_levels_the_seeds(tmp_path):
     assert abs(got["plus"]["slope"]) < 1e-9 and got["plus"]["r"] is None
     bench.plot_gain(list(got.values()), tmp_path / "gain.png")
     assert (tmp_path / "gain.png").stat().st_size > 10_000
+
+
+def test_bright_fractions_count_a_bright_cube_over_a_noisy_background():
+    spec = importlib.util.spec_from_file_location("share_proxy", SCRIPT.parent / "share_proxy.py")
+    proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(100, 2, (40, 40, 40))
+    x[:20, :20, :16] += 100  # 10% of the voxels
+    f = proxy.bright_fractions(x)
+    assert abs(f["otsu"] - 0.1) < 0.005 and abs(f["z3"] - 0.1) < 0.01 and f["z2"] > f["z3"]
+    assert proxy.bright_fractions(rng.normal(100, 2, (20, 20, 20)))["z3"] < 0.01  # noise alone: almost nothing
+
+
+def test_every_arm_has_its_trainer_at_the_cpu_schedule():
+    spec = importlib.util.spec_from_file_location("bench_unannotated_benefit", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    from nnunetv2_selma.training import study_variants, trainers
+
+    schedule = bench.PROFILES["cpu"].trainer[len(bench.BASE_TRAINER):]
+    for name, arm in bench.ARMS.items():
+        cls = getattr(study_variants, arm.trainer + schedule, None) or getattr(trainers, arm.trainer + schedule, None)
+        assert cls is not None, f"arm {name}: no {arm.trainer + schedule}"
+    # the stated-share diagnostics bracket the oracle's share by a factor two
+    shares = {a: getattr(study_variants, bench.ARMS[a].trainer).semi_align
+              for a in ("semi_pl_style_copies_aligned_half", "semi_pl_style_copies_aligned_oracle",
+                        "semi_pl_style_copies_aligned_double")}
+    assert list(shares.values()) == [0.053, 0.106, 0.212]

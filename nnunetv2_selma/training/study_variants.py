@@ -49,6 +49,10 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle",
     "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf",
+    "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble",
+    "nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaStyleCopies",
     "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
     "nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA",
@@ -301,3 +305,25 @@ class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle_12epochs_25it_noTTA(
 class nnUNetTrainerSelmaSemiPLStyleCopiesAligned_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiPLStyleCopiesAligned,
                                                                      nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with restyled copies and share-aligned pseudo-labels."""
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf(nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle):
+    """Diagnostic: the oracle's stated share halved (0.053), a user who states the density a factor two low."""
+
+    semi_align = 0.053
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf_12epochs_25it_noTTA(
+        nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf, nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule of :class:`nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf`."""
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble(nnUNetTrainerSelmaSemiPLStyleCopiesAlignedOracle):
+    """Diagnostic: the oracle's stated share doubled (0.212), a user who states the density a factor two high."""
+
+    semi_align = 0.212
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble_12epochs_25it_noTTA(
+        nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble, nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule of :class:`nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble`."""
