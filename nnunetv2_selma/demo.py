@@ -350,6 +350,9 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "(CI from -0.004) and -0.10 on plaques, pseudo-labels capped at the labelled foreground share +0.08 "
               "on c-Fos and +0.01 on plaques (7 and 5 seeds): no arm gains on two structures, and the gains sit in "
               "the labelled subsets whose foreground share is far from the new volumes' (benchmarks/RESULTS.md). "
+              "Stating the new volumes' foreground share (`semi_align`) lifts restyled copies on nuclei to +0.08 "
+              "(CI above 0), but that share was read from the test labels; stated twice too high it loses up to "
+              "0.07 on good subsets. "
               "This comparison shows the pretrained arm because it is the one the demo's "
               "data can run in minutes; read its difference with that in mind.",
               "", "The whole-volume run uses `--tissue-mask auto` (the default): where the volume has a clearly dark "
