@@ -15,6 +15,15 @@ import numpy as np
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unannotated_benefit.py"
 
 
+def _load(script: Path):
+    """A benchmarks/ script as a module (registered first: its dataclasses look their module up while it loads)."""
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     out = tmp_path / "results.json"
     res = subprocess.run([sys.executable, str(SCRIPT), "--profile", "smoke", "--arms", "scratch", "semi", "--ks", "1",
@@ -85,10 +94,7 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
 
 
 def test_gain_vs_scratch_finds_an_arm_that_levels_the_seeds(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_unannotated_benefit", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up while it loads
-    spec.loader.exec_module(bench)
+    bench = _load(SCRIPT)
     scratch = {0: 0.64, 1: 0.38, 2: 0.59}
     rows = [{"trained_on": "nuclei", "test": "unseen_domains", "k": k, "arm": arm, "seed": s, "dice": d}
             for k in (2, "all") for s, base in scratch.items()
@@ -107,9 +113,7 @@ def test_gain_vs_scratch_finds_an_arm_that_levels_the_seeds(tmp_path):
 
 
 def test_bright_fractions_count_a_bright_cube_over_a_noisy_background():
-    spec = importlib.util.spec_from_file_location("share_proxy", SCRIPT.parent / "share_proxy.py")
-    proxy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(proxy)
+    proxy = _load(SCRIPT.parent / "share_proxy.py")
     rng = np.random.default_rng(0)
     x = rng.normal(100, 2, (40, 40, 40))
     x[:20, :20, :16] += 100  # 10% of the voxels
@@ -119,10 +123,7 @@ def test_bright_fractions_count_a_bright_cube_over_a_noisy_background():
 
 
 def test_every_arm_has_its_trainer_at_the_cpu_schedule():
-    spec = importlib.util.spec_from_file_location("bench_unannotated_benefit", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = _load(SCRIPT)
     from nnunetv2_selma.training import study_variants, trainers
 
     schedule = bench.PROFILES["cpu"].trainer[len(bench.BASE_TRAINER):]
