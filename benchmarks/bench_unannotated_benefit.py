@@ -43,13 +43,10 @@ from nnunetv2_selma import experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ssl_benefit as ssl  # noqa: E402  (the label-efficiency study's pipeline steps)
+from study_files import STRUCTURES  # noqa: E402  (structure -> subset, dataset id, unannotated folder)
 
 log = logging.getLogger("bench_unannotated_benefit")
 
-#: structure -> the 2024 subset written for it, its dataset id (own ids: never mixed with the other study's),
-#: the unannotated folder of its volumes
-STRUCTURES = {"nuclei": ("shannel_cells", 721, "nucleus"), "cfos": ("cFos-Active_Neurons", 723, "cfos"),
-              "plaques": ("AD_plaques", 724, "ab_plaque")}
 TESTS = ("seen_domains", "unseen_domains", "unseen_structure")
 
 
@@ -82,6 +79,8 @@ ARMS = {a.name: a for a in (
     # diagnostics: the oracle's share stated a factor two low (0.053) and high (0.212)
     Arm("semi_pl_style_copies_aligned_half", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAlignedHalf"),
     Arm("semi_pl_style_copies_aligned_double", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesAlignedDouble"),
+    # the labelled share times the cube of the store's object size over the labelled images' (label-free)
+    Arm("semi_pl_style_copies_aligned_rescaled", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesRescaled"),
     Arm("style_copies", trainer="nnUNetTrainerSelmaStyleCopies"),
     Arm("semi_pl_capped", trainer="nnUNetTrainerSelmaSemiPLCapped"),
     Arm("semi_pl_capped_above", trainer="nnUNetTrainerSelmaSemiPLCappedAbove"),

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_files import read_array  # noqa: E402
 
 
 def _mask(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such segmentation (expected nnU-Net's validation output or a label)")
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+    return read_array(path, "nnU-Net's validation output or a label") > 0
 
 
 def foreground_calls(work: Path, structure: str | None = None, arms: list[str] | None = None,

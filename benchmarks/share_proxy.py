@@ -8,26 +8,35 @@ sparse subset's prior (RESULTS, v8). A share taken from the unannotated volumes 
 measures the simplest ones, bright-voxel fractions, against the true share of every annotated patch of an
 unannotated-benefit study's ``--work`` folder (the labels in its ``nnUNet_raw``; the domain of each patch from
 ``download/domains.json``): the fraction above Otsu's threshold, and above the median plus 2 and 3 robust standard
-deviations (1.4826 times the median absolute deviation). It prints each patch, the same fractions of the
-structure's unannotated volume of each domain, and the Spearman correlation of each proxy with the true share.
+deviations (1.4826 times the median absolute deviation); and the objects' size (``scale``, the blob scale of
+:func:`~nnunetv2_selma.training.semi_trainers.object_scale` that ``semi_align = "rescaled"`` cubes). It prints
+each patch, the same proxies of the structure's unannotated volume of each domain, and the Spearman correlation of
+each proxy with the true share.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import tifffile
 from scipy.stats import spearmanr
 from skimage.filters import threshold_otsu
 
-#: structure -> (nnU-Net dataset folder prefix, unannotated folder of the download)
-STRUCTURES = {"nuclei": ("Dataset721_", "unannotated_nucleus"), "cfos": ("Dataset723_", "unannotated_cfos"),
-              "plaques": ("Dataset724_", "unannotated_ab_plaque")}
-PROXIES = ("otsu", "z2", "z3")
+from nnunetv2_selma.training.semi_trainers import object_scale
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_files import STRUCTURES, read_array  # noqa: E402
+
+PROXIES = ("otsu", "z2", "z3", "scale")
+
+
+def proxies(x: np.ndarray) -> dict[str, float]:
+    """:func:`bright_fractions` and the object size (``scale``, :func:`object_scale`) of one image."""
+    return {**bright_fractions(x), "scale": object_scale(x)}
 
 
 def bright_fractions(x: np.ndarray) -> dict[str, float]:
@@ -39,16 +48,10 @@ def bright_fractions(x: np.ndarray) -> dict[str, float]:
             "z3": float((x > med + 3 * sd).mean())}
 
 
-def _read(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image (expected the study's nnU-Net raw dataset)")
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
 def share_proxies(work: Path, structure: str = "nuclei") -> dict:
     """Per annotated patch: domain, role, true share and proxies; per domain: the unannotated volume's proxies;
     per proxy: Spearman's rho with the true share over the patches."""
-    prefix, folder = STRUCTURES[structure]
+    prefix, folder = f"Dataset{STRUCTURES[structure][1]}_", f"unannotated_{STRUCTURES[structure][2]}"
     record = json.loads((work / "download" / "domains.json").read_text())
     raws = sorted((work / "nnUNet_raw").glob(f"{prefix}*"))
     if not raws:
@@ -60,13 +63,14 @@ def share_proxies(work: Path, structure: str = "nuclei") -> dict:
         if label is None:
             raise FileNotFoundError(f"{raw / 'labelsTr'}: no label of {case['case']}")
         image = raw / "imagesTr" / label.name.replace(".nii.gz", "_0000.nii.gz")
-        patches.append({**case, "share": float((_read(label) > 0).mean()), **bright_fractions(_read(image))})
+        patches.append({**case, "share": float((read_array(label, "a label") > 0).mean()),
+                        **proxies(read_array(image, "the study's nnU-Net raw dataset"))})
     volumes = []
     for d in range(len(record["domains"])):
         slices = sorted((work / "download" / folder / f"sample_{d + 1}").glob("*/*.tif"),
                         key=lambda f: (f.parent.name, int(f.stem.rsplit("_", 1)[-1])))
         if slices:
-            volumes.append({"domain": d, **bright_fractions(np.stack([tifffile.imread(f) for f in slices]))})
+            volumes.append({"domain": d, **proxies(np.stack([tifffile.imread(f) for f in slices]))})
     shares = [p["share"] for p in patches]
     rho = {k: float(spearmanr(shares, [p[k] for p in patches]).statistic) for k in PROXIES}
     return {"structure": structure, "patches": patches, "volumes": volumes, "spearman": rho}

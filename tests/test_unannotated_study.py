@@ -64,7 +64,8 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     assert [p["case"] for p in proxies["patches"]] == [c["case"] for c in results["domains"]["cases"]]
     assert len(proxies["volumes"]) == len(results["domains"]["domains"])
     assert all(0 < p["share"] < 1 and 0 <= p["z2"] <= 1 for p in proxies["patches"])
-    assert set(proxies["spearman"]) == {"otsu", "z2", "z3"}
+    assert set(proxies["spearman"]) == {"otsu", "z2", "z3", "scale"}
+    assert all(p["scale"] >= 1.0 for p in proxies["patches"] + proxies["volumes"])
 
     # --reuse: a second study of the same data counts the first one's scratch runs instead of training them
     again = tmp_path / "again.json"

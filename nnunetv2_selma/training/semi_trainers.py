@@ -32,6 +32,7 @@ import math
 import numpy as np
 import torch
 from nnunetv2.utilities.helpers import dummy_context
+from scipy import ndimage
 from torch import autocast
 
 from nnunetv2_selma.checkpoint_io import atomic_torch_save, unwrap_network
@@ -52,7 +53,11 @@ __all__ = [
     "brightest_patches",
     "amplitude_mix",
     "ema_update",
+    "object_scale",
 ]
+#: where ``semi_align`` takes its share from, besides a stated number (:class:`nnUNetTrainerSelmaSemi`)
+ALIGN_SOURCES = ("labelled", "rescaled")
+
 #: checkpoint entry counting the teacher's updates (one per training iteration)
 TEACHER_UPDATES_KEY = "selma_teacher_updates"
 
@@ -163,6 +168,29 @@ def align_to_share(p_teacher: torch.Tensor, share: float, max_factor: float = 30
         low, high = (middle, high) if float(aligned(middle).mean()) < share else (low, middle)
     fg = aligned((low + high) / 2).to(p_teacher.dtype)
     return torch.stack([1 - fg, fg], 1)
+
+
+#: Gaussian scales (voxels) :func:`object_scale` searches: blob radii of about 1.7 to 10 voxels
+OBJECT_SCALES = tuple(float(s) for s in np.arange(1.0, 6.01, 0.25))
+
+
+def object_scale(image: np.ndarray, scales=OBJECT_SCALES, quantile: float = 99.5, max_side: int = 64) -> float:
+    """The size of the bright round objects in ``image`` (z, y, x), label-free: the Gaussian scale at which the
+    scale-normalised Laplacian of Gaussian (``-s^2 LoG_s``, Lindeberg's blob measure) responds most strongly,
+    its ``quantile`` over the voxels taken as the response. A uniform ball of radius ``r`` answers most at
+    ``s = r / sqrt(3)``. The answer does not depend on the image's intensity scale or offset; images larger
+    than ``max_side`` along an axis are measured on their central ``max_side`` (time).
+
+    Used by ``semi_align = "rescaled"``: where object size changes between imaging domains at the same object
+    density, the foreground share changes as the cube of the size, and one scale per image set measures it.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"object_scale: expected a 3D image (z, y, x); got shape {x.shape}")
+    x = x[tuple(slice(max(0, (n - max_side) // 2), max(0, (n - max_side) // 2) + max_side) for n in x.shape)]
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    response = [np.percentile(-(s ** 2) * ndimage.gaussian_laplace(x, s, mode="reflect"), quantile) for s in scales]
+    return float(scales[int(np.argmax(response))])
 
 
 def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, confidence: float,
@@ -316,9 +344,13 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_share_cap : None: pseudo-labels by confidence; ``"background"`` or ``"left_out"``: by rank under the
         labelled cases' foreground share (:func:`share_capped_labels`), the teacher's foreground past the cap
         called background or left out (its ``past_cap``); ``pseudo_labels`` and binary datasets only
-    semi_align : None, ``"labelled"`` or a share in (0, 1): the teacher's probabilities aligned to the labelled
-        cases' foreground share, or to the one stated (a known cell density), before the confident pseudo-labels
-        are taken (:func:`align_to_share`); ``pseudo_labels`` and binary datasets only, not with ``semi_share_cap``
+    semi_align : None, ``"labelled"``, ``"rescaled"`` or a share in (0, 1): the teacher's probabilities aligned
+        to a foreground share before the confident pseudo-labels are taken (:func:`align_to_share`): the labelled
+        cases' share; that share times the cube of the store's object size over the labelled images' object size
+        (:meth:`_rescaled_share`, label-free on the store: objects as many per voxel, of another size); or the
+        one stated (a known cell density). ``pseudo_labels`` and binary datasets only, not with ``semi_share_cap``
+    semi_scale_patches : store patches whose object size ``"rescaled"`` measures (drawn once, from their own
+        stream, so ``--c`` finds the same share)
     semi_full_cases : above this many labelled training cases the unannotated weight and the restyling
         probability fall as ``semi_full_cases / cases`` (:meth:`_label_share`): the more labels, the less the
         unannotated volumes can add and the more their errors cost; None: full weight at any label count
@@ -338,6 +370,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_full_cases: int | None = None
     semi_share_cap: str | None = None
     semi_align: str | float | None = None
+    semi_scale_patches: int = 64
     semi_seed: int = 0
 
     # per-run state, set on the instance when training starts (no __init__: nnU-Net records the signature of
@@ -366,10 +399,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self.semi_share_cap is not None and self.semi_share_cap not in SHARE_CAPS:
             raise ValueError(f"{type(self).__name__}: semi_share_cap must be None or one of {SHARE_CAPS} (what "
                              f"the teacher's foreground past the cap becomes), got {self.semi_share_cap!r}")
-        if self.semi_align is not None and self.semi_align != "labelled" and not (
+        if self.semi_align is not None and self.semi_align not in ALIGN_SOURCES and not (
                 isinstance(self.semi_align, float) and 0 < self.semi_align < 1):
-            raise ValueError(f"{type(self).__name__}: semi_align must be None, 'labelled' or a foreground share "
-                             f"between 0 and 1, got {self.semi_align!r}")
+            raise ValueError(f"{type(self).__name__}: semi_align must be None, one of {ALIGN_SOURCES} or a foreground "
+                             f"share between 0 and 1, got {self.semi_align!r}")
         if self.semi_share_cap is not None and self.semi_align is not None:
             raise ValueError(f"{type(self).__name__}: semi_share_cap and semi_align both set; the cap takes "
                              "pseudo-labels by rank, the alignment by confidence: choose one")
@@ -413,11 +446,15 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             self.print_to_log_file(f"pseudo-labels capped by rank at the labelled cases' foreground share "
                                    f"{self._foreground_share:.5f}{above}")
         if self.semi_align is not None:
-            labelled = self.semi_align == "labelled"
-            self._foreground_share = self._labelled_foreground_share() if labelled else float(self.semi_align)
-            source = "labelled cases'" if labelled else "stated"
+            detail = ""
+            if self.semi_align == "labelled":
+                self._foreground_share, source = self._labelled_foreground_share(), "labelled cases'"
+            elif self.semi_align == "rescaled":
+                (self._foreground_share, detail), source = self._rescaled_share(), "rescaled"
+            else:
+                self._foreground_share, source = float(self.semi_align), "stated"
             self.print_to_log_file(f"teacher probabilities aligned to the {source} foreground share "
-                                   f"{self._foreground_share:.5f} before the pseudo-labels are taken")
+                                   f"{self._foreground_share:.5f}{detail} before the pseudo-labels are taken")
         share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
             if self.semi_full_cases is not None else ""
         self.print_to_log_file(
@@ -441,6 +478,24 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
             seg = np.asarray(dataset.load_case(identifier)[1][:])
             foreground, voxels = foreground + int((seg > 0).sum()), voxels + seg.size
         return foreground / max(1, voxels)
+
+    def _rescaled_share(self) -> tuple[float, str]:
+        """(share, how it was found, for the log) for ``semi_align = "rescaled"``: the labelled cases' foreground
+        share times ``(store scale / labelled scale) ** 3``, each scale the median :func:`object_scale` of the
+        preprocessed training images and of ``semi_scale_patches`` store patches of this run's structures (the
+        patches the teacher sees, drawn from a stream of their own). No label of the store is read; the
+        assumption is that the new volumes hold as many objects per voxel as the labelled ones, in another size."""
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, self.do_split()[0])
+        labelled = float(np.median([object_scale(np.asarray(dataset.load_case(i)[0][0]))
+                                    for i in dataset.identifiers]))
+        rng = np.random.default_rng([self.semi_seed, 7])
+        patches = sample_batch(self._semi_store, self.configuration_manager.patch_size, self.semi_scale_patches, rng,
+                               self._semi_structures, augment=False)
+        store = float(np.median([object_scale(p[0]) for p in patches]))
+        share = self._labelled_foreground_share()
+        rescaled = float(np.clip(share * (store / labelled) ** 3, 1e-4, 0.5))
+        return rescaled, (f" (the labelled cases' {share:.5f} x (store object scale {store:.2f} / labelled "
+                          f"{labelled:.2f})^3, held within [0.0001, 0.5])")
 
     def _capped_share(self) -> float | None:
         return self._foreground_share if self.semi_share_cap is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,26 @@ def test_align_to_share_turns_a_teachers_most_probable_misses_into_labels():
         align_to_share(torch.ones(1, 3, 4) / 3, 0.1)
 
 
+def test_object_scale_grows_with_the_balls_and_ignores_intensity_scale():
+    from nnunetv2_selma.training.semi_trainers import object_scale
+
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:48, :48, :48]
+    scales = []
+    for radius in (3.0, 4.5, 7.0):
+        image = rng.normal(100, 5, (48, 48, 48))
+        for c in rng.uniform(8, 40, (6, 3)):  # six balls, each as bright
+            image[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= radius ** 2] += 200
+        scales.append(object_scale(image))
+        # a uniform ball answers most at radius / sqrt(3); radius 3 reads 2.25 against 1.73 (the quantile
+        # reaches the small balls' rims), the larger ones within one step of the search
+        assert abs(scales[-1] - radius / np.sqrt(3)) <= 0.55
+        assert object_scale(3 * image + 40) == scales[-1]
+    assert scales == sorted(scales) and scales[0] < scales[-1]
+    with pytest.raises(ValueError, match="expected a 3D image"):
+        object_scale(np.zeros((8, 8)))
+
+
 def test_share_capped_labels_cap_a_biased_teacher_and_never_force_foreground():
     n, order = 1000, torch.linspace(1e-3, 0, 1000)  # voxel i has the i-th highest foreground probability
 
@@ -251,7 +272,8 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
                                      "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
                                      "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it",
-                                     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it"])
+                                     "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it",
+                                     "nnUNetTrainerSelmaSemiPLStyleCopiesRescaled_1epoch_2it"])
 def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_dataset, tiny_store, tmp_path,
                                                                            trainer):
     res = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
@@ -268,6 +290,14 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert ("(from above only: the teacher's foreground past the cap is left out)" in res.stdout) == \
         ("CappedAbove" in trainer)
     assert ("aligned to the labelled cases' foreground share 0.0" in res.stdout) == ("Aligned" in trainer)
+    # rescaled: the labelled share times the cube of the store's object scale over the labelled images'
+    rescaled = re.search(r"aligned to the rescaled foreground share ([0-9.]+) \(the labelled cases' ([0-9.]+) x "
+                         r"\(store object scale ([0-9.]+) / labelled ([0-9.]+)\)\^3", res.stdout)
+    assert (rescaled is not None) == ("Rescaled" in trainer)
+    if rescaled:
+        share, labelled, store, own = (float(v) for v in rescaled.groups())
+        assert 0 < labelled < 1 and 1.0 <= min(store, own)
+        assert share == pytest.approx(min(0.5, max(1e-4, labelled * (store / own) ** 3)), rel=0.02, abs=1e-5)
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
@@ -287,8 +317,9 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     ("above_only", None, "pseudo_labels", "semi_share_cap must be None or one of"),
     ("left_out", None, "consistency", "semi_share_cap needs semi_loss 'pseudo_labels'"),
     (None, "labelled", "consistency", "semi_align needs semi_loss 'pseudo_labels'"),
-    (None, True, "pseudo_labels", "semi_align must be None, 'labelled' or a foreground share"),
-    (None, 1.5, "pseudo_labels", "semi_align must be None, 'labelled' or a foreground share"),
+    (None, True, "pseudo_labels", "semi_align must be None, one of"),
+    (None, 1.5, "pseudo_labels", "semi_align must be None, one of"),
+    (None, "store", "pseudo_labels", "semi_align must be None, one of"),
     ("background", 0.1, "pseudo_labels", "semi_share_cap and semi_align both set")])
 def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset, cap, align, loss, message):
     from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
