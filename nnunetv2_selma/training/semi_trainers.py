@@ -489,9 +489,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         labelled = float(np.median([object_scale(np.asarray(dataset.load_case(i)[0][0]))
                                     for i in dataset.identifiers]))
         rng = np.random.default_rng([self.semi_seed, 7])
-        patches = sample_batch(self._semi_store, self.configuration_manager.patch_size, self.semi_scale_patches, rng,
-                               self._semi_structures, augment=False)
-        store = float(np.median([object_scale(p[0]) for p in patches]))
+        size = self.configuration_manager.patch_size  # one patch at a time: the same draws, one patch in memory
+        store = float(np.median([object_scale(sample_batch(self._semi_store, size, 1, rng, self._semi_structures,
+                                                           augment=False)[0, 0])
+                                 for _ in range(self.semi_scale_patches)]))
         share = self._labelled_foreground_share()
         rescaled = float(np.clip(share * (store / labelled) ** 3, 1e-4, 0.5))
         return rescaled, (f" (the labelled cases' {share:.5f} x (store object scale {store:.2f} / labelled "
