@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,21 @@ def test_every_arm_has_its_trainer_at_the_cpu_schedule():
               for a in ("semi_pl_style_copies_aligned_half", "semi_pl_style_copies_aligned_oracle",
                         "semi_pl_style_copies_aligned_double")}
     assert list(shares.values()) == [0.053, 0.106, 0.212]
+
+
+def test_another_domain_seed_draws_another_benchmark(tmp_path):
+    bench = _load(SCRIPT)
+    records, files = {}, {}
+    for seed in (0, 1):
+        prof = replace(bench.PROFILES["smoke"], domain_seed=seed)
+        study = bench.DomainStudy(prof, tmp_path / f"work{seed}", ("scratch",), 1)
+        (tmp_path / f"work{seed}").mkdir(exist_ok=True)
+        study.write_data(tmp_path / f"work{seed}" / "download")
+        download = tmp_path / f"work{seed}" / "download"
+        records[seed] = json.loads((download / "domains.json").read_text())
+        files[seed] = {f.relative_to(download): f.read_bytes() for f in sorted(download.rglob("*.nii.gz"))}
+    # the same cases and roles, other domains and other scenes (every patch's bytes differ)
+    assert records[0]["cases"] == records[1]["cases"]
+    assert records[0]["domains"] != records[1]["domains"]
+    assert files[0].keys() == files[1].keys() and files[0]
+    assert all(files[0][f] != files[1][f] for f in files[0])
