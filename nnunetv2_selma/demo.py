@@ -341,8 +341,7 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "SELMA3D data. `benchmarks/bench_ssl_benefit.py` is the study across structures, label counts and "
               "seeds." + (" Test-time mirroring is off on CPU to fit the budget." if device == "cpu" else ""),
               "", "Which arm to use: scratch (`nnUNetTrainerSelma`) stays the default. Pretraining alone was level "
-              "with "
-              "scratch across the label-efficiency study. On the acquisition-domain benchmark "
+              "with scratch across the label-efficiency study. On the acquisition-domain benchmark "
               "(`benchmarks/bench_unannotated_benefit.py`, two labelled patches, imaging domains never labelled, "
               "7 seeds) two arms that use the unannotated volumes during fine-tuning beat scratch with the CI above "
               "0: restyled copies of the labelled patches with pseudo-labels on the store, c-Fos +0.08 "
