@@ -337,7 +337,9 @@ class nnUNetTrainerSelmaSemiPLStyleCopiesRescaled(nnUNetTrainerSelmaSemiPLStyleC
     (``semi_align = "rescaled"``): the labelled patches' share times the cube of the store's object scale over
     theirs, measured label-free (:func:`~nnunetv2_selma.training.semi_trainers.object_scale`). In the cpu profile
     the share of nuclei follows their size (domains' ``size`` 0.84 to 1.5: shares 0.03 to 0.2), and the labelled
-    share alone keeps a sparse subset's prior."""
+    share alone keeps a sparse subset's prior. Measured: nuclei +0.060 on the benchmark draw it was designed on, -0.032
+    on a fresh draw, where blur and the labelled domains' volumes in the store put its share two to three times too
+    high on two subsets (benchmarks/RESULTS.md): a study arm, not a recommendation."""
 
     semi_align = "rescaled"
 
