@@ -173,15 +173,16 @@ class DomainStudy(ssl.Study):
         prof = self.domain_prof
         domains = draw_domains(prof.n_domains, prof.domain_seed)
         tmp = Path(tempfile.mkdtemp(prefix=".download.partial-", dir=download.parent))
+        scenes = 7919 * prof.domain_seed  # draw 0 keeps the seeds every earlier result was measured on
         for s in self.all_structures():  # a subset's bytes depend on its own scale only, not on the others'
             write_annotated_patches(tmp, "challenge", [STRUCTURES[s][0]], cases_per_subset=len(self.roles),
-                                    patch_scale=structure_scale(asdict(prof), s), seed=2026 + 7919 * prof.domain_seed,
+                                    patch_scale=structure_scale(asdict(prof), s), seed=2026 + scenes,
                                     domains=[domains[d] for d, _ in self.roles])
         for s_index, s in enumerate(self.all_structures()):
             for d, domain in enumerate(domains):
                 write_unannotated_volume(tmp / f"unannotated_{STRUCTURES[s][2]}" / f"sample_{d + 1}",
                                          prof.unannotated_shape, STRUCTURES[s][2],
-                                         seed=ssl_seed(s_index, d) + 7919 * prof.domain_seed,
+                                         seed=ssl_seed(s_index, d) + scenes,
                                          domain=domain)
         record = {"domains": [d.to_dict() for d in domains], "labelled_domains": list(range(prof.labelled_domains)),
                   "cases": [{"case": f"patchvolume_{i:03d}", "domain": d, "role": role}

@@ -472,12 +472,21 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
 
     def _labelled_foreground_share(self) -> float:
         """The share of foreground voxels in the preprocessed segmentations of the training cases."""
+        return self._labelled_statistics(with_scale=False)[0]
+
+    def _labelled_statistics(self, with_scale: bool) -> tuple[float, float | None]:
+        """(foreground share of the training cases' preprocessed segmentations, median :func:`object_scale` of their
+        first image channel, or None without ``with_scale``): one read of each case."""
         dataset = self.dataset_class(self.preprocessed_dataset_folder, self.do_split()[0])
         foreground = voxels = 0
+        scales = []
         for identifier in dataset.identifiers:
-            seg = np.asarray(dataset.load_case(identifier)[1][:])
+            data, seg = dataset.load_case(identifier)[:2]
+            seg = np.asarray(seg[:])
             foreground, voxels = foreground + int((seg > 0).sum()), voxels + seg.size
-        return foreground / max(1, voxels)
+            if with_scale:
+                scales.append(object_scale(np.asarray(data[0])))
+        return foreground / max(1, voxels), (float(np.median(scales)) if with_scale else None)
 
     def _rescaled_share(self) -> tuple[float, str]:
         """(share, how it was found, for the log) for ``semi_align = "rescaled"``: the labelled cases' foreground
@@ -485,15 +494,12 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         preprocessed training images and of ``semi_scale_patches`` store patches of this run's structures (the
         patches the teacher sees, drawn from a stream of their own). No label of the store is read; the
         assumption is that the new volumes hold as many objects per voxel as the labelled ones, in another size."""
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, self.do_split()[0])
-        labelled = float(np.median([object_scale(np.asarray(dataset.load_case(i)[0][0]))
-                                    for i in dataset.identifiers]))
+        share, labelled = self._labelled_statistics(with_scale=True)
         rng = np.random.default_rng([self.semi_seed, 7])
         size = self.configuration_manager.patch_size  # one patch at a time: the same draws, one patch in memory
         store = float(np.median([object_scale(sample_batch(self._semi_store, size, 1, rng, self._semi_structures,
                                                            augment=False)[0, 0])
                                  for _ in range(self.semi_scale_patches)]))
-        share = self._labelled_foreground_share()
         rescaled = float(np.clip(share * (store / labelled) ** 3, 1e-4, 0.5))
         return rescaled, (f" (the labelled cases' {share:.5f} x (store object scale {store:.2f} / labelled "
                           f"{labelled:.2f})^3, held within [0.0001, 0.5])")

@@ -312,14 +312,17 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert (_model(tmp_path, trainer, 0) / "validation" / "case002.nii.gz").is_file()
 
 
+ALIGN_REFUSED = r"semi_align must be None, one of \('labelled', 'rescaled'\) or a foreground share"
+
+
 @pytest.mark.parametrize("cap, align, loss, message", [
     (True, None, "pseudo_labels", "semi_share_cap must be None or one of"),
     ("above_only", None, "pseudo_labels", "semi_share_cap must be None or one of"),
     ("left_out", None, "consistency", "semi_share_cap needs semi_loss 'pseudo_labels'"),
     (None, "labelled", "consistency", "semi_align needs semi_loss 'pseudo_labels'"),
-    (None, True, "pseudo_labels", "semi_align must be None, one of"),
-    (None, 1.5, "pseudo_labels", "semi_align must be None, one of"),
-    (None, "store", "pseudo_labels", "semi_align must be None, one of"),
+    (None, True, "pseudo_labels", ALIGN_REFUSED),
+    (None, 1.5, "pseudo_labels", ALIGN_REFUSED),
+    (None, "store", "pseudo_labels", ALIGN_REFUSED),
     ("background", 0.1, "pseudo_labels", "semi_share_cap and semi_align both set")])
 def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset, cap, align, loss, message):
     from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
