@@ -34,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,10 @@ class Profile:
     #: the benchmark draw: its domains, and the scenes of its patches and volumes (0: the draw every result so far
     #: was measured on; another value is a fresh benchmark for a method designed on draw 0)
     domain_seed: int = 0
+    #: the labelled labs' imaging conditions from the low half of every range and the new labs' from the high half
+    #: (:func:`~nnunetv2_selma.synthetic.domains.draw_domains`' ``shift_from``): a regime where the new domains
+    #: differ systematically, not only by the spread of one distribution (the same scenes as without it)
+    domain_shift: bool = False
     #: (structure, patch scale) for structures whose annotated patches are drawn at another scale than
     #: ``patch_scale`` (the cpu profile's nuclei: 32^3 as c-Fos, so one labelled patch holds few nuclei)
     patch_scale_of: tuple[tuple[str, float], ...] = ()
@@ -171,7 +175,8 @@ class DomainStudy(ssl.Study):
         from nnunetv2_selma.synthetic.download import write_annotated_patches, write_unannotated_volume
 
         prof = self.domain_prof
-        domains = draw_domains(prof.n_domains, prof.domain_seed)
+        domains = draw_domains(prof.n_domains, prof.domain_seed,
+                               shift_from=prof.labelled_domains if prof.domain_shift else None)
         tmp = Path(tempfile.mkdtemp(prefix=".download.partial-", dir=download.parent))
         scenes = 7919 * prof.domain_seed  # draw 0 keeps the seeds every earlier result was measured on
         for s in self.all_structures():  # a subset's bytes depend on its own scale only, not on the others'
@@ -353,7 +358,9 @@ def plot_gain(records: list[dict], path: Path, test: str = "unseen_domains") -> 
 
 #: profile fields that must agree for a finished run of an earlier results file to count as a run of this study
 SAME_DATA = ("preset", "trainer", "n_domains", "labelled_domains", "pool_per_domain", "test_per_domain",
-             "unannotated_shape", "domain_seed", "device")
+             "unannotated_shape", "domain_seed", "domain_shift", "device")
+#: what a results file written before a field existed drew (its default)
+DEFAULTS = {f.name: f.default for f in fields(Profile) if f.default is not MISSING}
 
 
 def check_reusable(prof: Profile, results_file: Path) -> dict:
@@ -364,8 +371,8 @@ def check_reusable(prof: Profile, results_file: Path) -> dict:
     earlier = json.loads(results_file.read_text())
     old, new = earlier["profile"], asdict(prof)
     for field in SAME_DATA:
-        if json.dumps(old[field]) != json.dumps(new[field]):
-            raise SystemExit(f"--reuse {results_file}: profile field {field} is {old[field]!r} there and "
+        if json.dumps(old.get(field, DEFAULTS.get(field))) != json.dumps(new[field]):
+            raise SystemExit(f"--reuse {results_file}: profile field {field} is {old.get(field)!r} there and "
                              f"{new[field]!r} here; its runs are not runs of this study")
     old_ks, new_ks = [ssl.k_label(k) for k in old["ks"]], [ssl.k_label(k) for k in prof.ks]
     for k in set(old_ks) & set(new_ks) - {"all"}:
@@ -426,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these seeds now (the folds stay those of --seeds)")
     parser.add_argument("--domain-seed", type=int, default=None,
                         help="another benchmark draw: other domains and scenes (default: the profile's, 0)")
+    parser.add_argument("--domain-shift", action="store_true",
+                        help="the new domains' imaging conditions from the other half of every range than the "
+                             "labelled ones' (a change of lab; default: one spread for all)")
     parser.add_argument("--collect", action="store_true", help="no new run: results from the runs finished so far")
     parser.add_argument("--reuse", nargs=2, metavar=("RESULTS_JSON", "ARMS"), default=None,
                         help="count the finished runs of ARMS (comma-separated) in an earlier results file of the "
@@ -437,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         prof = replace(prof, structures=tuple(args.structures))
     if args.domain_seed is not None:
         prof = replace(prof, domain_seed=args.domain_seed)
+    if args.domain_shift:
+        prof = replace(prof, domain_shift=True)
     if args.ks:
         prof = replace(prof, ks=tuple(k if k == "all" else int(k) for k in args.ks))
     arms = tuple(args.arms or prof.arms)

@@ -12,7 +12,6 @@ counted over all the patches together, and each training case's own foreground s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_files import read_array  # noqa: E402
+from study_files import read_array, rows_parser  # noqa: E402
 
 
 def _mask(path: Path) -> np.ndarray:
@@ -58,17 +57,13 @@ def foreground_calls(work: Path, structure: str | None = None, arms: list[str] |
             records.append({"structure": row["structure"], "k": row["k"], "arm": row["arm"], "seed": row["seed"],
                             "dice": row["dice"], "predicted_over_true": predicted / max(true, 1),
                             "recall": hits / max(true, 1), "precision": hits / max(predicted, 1),
-                            "train_cases": {c: round(shares[c], 4) for c in train}})
+                            "train_cases": {c: round(shares[c], 4) for c in train},
+                            "model_folder": str(model), "fold": row["fold"], "test_cases": list(row["per_case_dice"])})
     return sorted(records, key=lambda r: (r["structure"], str(r["k"]), r["arm"], r["seed"]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="the study's --work folder")
-    parser.add_argument("--structure", help="only this structure (nuclei, cfos, plaques)")
-    parser.add_argument("--arms", nargs="+", help="only these arms")
-    parser.add_argument("-o", "--output", type=Path, help="also write the records as JSON here")
-    args = parser.parse_args(argv)
+    args = (parser := rows_parser(__doc__)).parse_args(argv)
     skipped: list[str] = []
     records = foreground_calls(args.work, args.structure, args.arms, skipped)
     if skipped:

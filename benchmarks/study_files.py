@@ -7,6 +7,7 @@ reads a folder does not import the whole study.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -23,3 +24,13 @@ def read_array(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image (expected {what})")
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def rows_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a script that reads a study's rows back: ``--work``, ``--structure``, ``--arms``, ``-o``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="the study's --work folder")
+    parser.add_argument("--structure", help="only this structure (nuclei, cfos, plaques)")
+    parser.add_argument("--arms", nargs="+", help="only these arms")
+    parser.add_argument("-o", "--output", type=Path, help="also write the records as JSON here")
+    return parser

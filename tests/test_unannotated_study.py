@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unannotated_benefit.py"
 
@@ -55,6 +56,17 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     for r in records:
         assert 0 <= r["recall"] <= 1 and 0 <= r["precision"] <= 1 and r["predicted_over_true"] >= 0
         assert len(r["train_cases"]) == 1 and 0 < next(iter(r["train_cases"].values())) < 1
+    # calling_signal.py: the blob coverage of the same predictions, label-free, beside the calls it should predict
+    signal = tmp_path / "signal.json"
+    res = subprocess.run([sys.executable, str(SCRIPT.parent / "calling_signal.py"), "--work", str(tmp_path / "work"),
+                          "--structure", "nuclei", "-o", str(signal)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    signals = json.loads(signal.read_text())
+    assert [(r["arm"], r["predicted_over_true"]) for r in signals] == [(r["arm"], r["predicted_over_true"])
+                                                                     for r in records]
+    for r in signals:
+        assert all(0 <= r[c] <= 1 for c in ("c_labelled", "c_predicted", "c_true"))
+        assert r["signal"] == pytest.approx(r["c_predicted"] / max(r["c_labelled"], 1e-6))
 
     # share_proxy.py: every annotated patch of the record against its label, one unannotated volume per domain
     proxy = tmp_path / "proxy.json"
@@ -155,3 +167,22 @@ def test_another_domain_seed_draws_another_benchmark(tmp_path):
     assert records[0]["domains"] != records[1]["domains"]
     assert files[0].keys() == files[1].keys() and files[0]
     assert all(files[0][f] != files[1][f] for f in files[0])
+
+
+def test_a_domain_shift_draws_the_new_labs_from_the_other_half(tmp_path):
+    from nnunetv2_selma.synthetic.domains import draw_domains
+
+    bench = _load(SCRIPT)
+    prof = replace(bench.PROFILES["smoke"], domain_shift=True)
+    study = bench.DomainStudy(prof, tmp_path, ("scratch",), 1)
+    study.write_data(tmp_path / "download")
+    record = json.loads((tmp_path / "download" / "domains.json").read_text())
+    shifted = draw_domains(prof.n_domains, 0, shift_from=prof.labelled_domains)
+    assert record["domains"] == [d.to_dict() for d in shifted] != [d.to_dict() for d in draw_domains(prof.n_domains)]
+    # a results file of the unshifted benchmark is not counted as runs of the shifted one
+    earlier = tmp_path / "plain.json"
+    earlier.write_text(json.dumps({"profile": {k: v for k, v in bench.asdict(bench.PROFILES["smoke"]).items()
+                                               if k != "domain_shift"}}))
+    with pytest.raises(SystemExit, match="domain_shift"):
+        bench.check_reusable(prof, earlier)
+    assert bench.check_reusable(bench.PROFILES["smoke"], earlier)

@@ -6,7 +6,10 @@ budget, autofluorescence, stripe pattern and object size, plus bright unlabelled
 like its target (autofluorescent cell bodies and debris beside c-Fos cells and plaques, vessel walls
 beside nuclei). :class:`AcquisitionDomain` holds one such set of conditions; :func:`draw_domain` draws
 one from the stated :data:`DOMAIN_RANGES`; every scene recorded in a domain jitters its values a
-little (:meth:`AcquisitionDomain.jittered`), as two samples of one lab differ.
+little (:meth:`AcquisitionDomain.jittered`), as two samples of one lab differ. Drawn with ``part`` (or
+:func:`draw_domains` with ``shift_from``), the imaging conditions come from one half of their ranges: the labelled
+labs from the low half and the new ones from the high half, a systematic change of microscope, clearing and
+stain instead of a draw from the same spread.
 
 The generator's default output (no domain) is unchanged: a scene only reads a domain when given one.
 """
@@ -35,6 +38,11 @@ DOMAIN_RANGES: dict[str, tuple[float, float]] = {
     "negative_brightness": (0.8, 1.3),  # hard negatives' brightness relative to the targets'
 }
 _LOG_UNIFORM = {"photons", "autofluo", "texture_scale", "depth", "size", "brightness"}
+#: what a change of lab moves (``part``): the imaging conditions and the apparent object size; the sample's
+#: look-alikes (``negatives``, ``negative_brightness``) keep their whole range, labels alone tell them apart
+SHIFTED = tuple(k for k in DOMAIN_RANGES if k not in ("negatives", "negative_brightness"))
+#: the halves of a range ``part`` can name
+PARTS = ("low", "high")
 #: relative per-scene jitter of a domain's values (log-uniform within +-JITTER)
 JITTER = 0.1
 
@@ -72,23 +80,33 @@ class AcquisitionDomain:
         return asdict(self)
 
 
-def draw_domain(index: int, seed: int = 0) -> AcquisitionDomain:
-    """Domain number ``index`` of the family ``seed``: every value drawn from :data:`DOMAIN_RANGES`.
+def draw_domain(index: int, seed: int = 0, part: str | None = None) -> AcquisitionDomain:
+    """Domain number ``index`` of the family ``seed``: every value drawn from :data:`DOMAIN_RANGES`; with ``part``
+    (``"low"`` or ``"high"``) the :data:`SHIFTED` values from that half of their range (halved on the scale they
+    are drawn on). The same random numbers are used either way, so a part only moves where they land.
 
     Raises
     ------
-    ValueError for a negative ``index``.
+    ValueError for a negative ``index`` or another ``part``.
     """
     if index < 0:
         raise ValueError(f"domain index must be >= 0; got {index}")
+    if part is not None and part not in PARTS:
+        raise ValueError(f"part must be None or one of {PARTS}; got {part!r}")
     rng = np.random.default_rng([int(seed), 77, int(index)])
     values = {}
     for key, (lo, hi) in DOMAIN_RANGES.items():
-        values[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))) if key in _LOG_UNIFORM
-                            else rng.uniform(lo, hi))
+        a, b = (math.log(lo), math.log(hi)) if key in _LOG_UNIFORM else (lo, hi)
+        if part is not None and key in SHIFTED:
+            a, b = (a, (a + b) / 2) if part == "low" else ((a + b) / 2, b)
+        value = rng.uniform(a, b)
+        values[key] = float(math.exp(value) if key in _LOG_UNIFORM else value)
     return AcquisitionDomain(name=f"domain{index}", **values)
 
 
-def draw_domains(n: int, seed: int = 0) -> list[AcquisitionDomain]:
-    """Domains ``0 .. n-1`` of the family ``seed``."""
-    return [draw_domain(i, seed) for i in range(n)]
+def draw_domains(n: int, seed: int = 0, shift_from: int | None = None) -> list[AcquisitionDomain]:
+    """Domains ``0 .. n-1`` of the family ``seed``; with ``shift_from``, domains below it drawn from the ``"low"``
+    half of the imaging ranges and the others from the ``"high"`` half (:func:`draw_domain`'s ``part``)."""
+    if shift_from is None:
+        return [draw_domain(i, seed) for i in range(n)]
+    return [draw_domain(i, seed, "low" if i < shift_from else "high") for i in range(n)]

@@ -63,3 +63,22 @@ def test_render_patch_without_domain_is_the_default_scene():
     assert a[0].tobytes() == b[0].tobytes() and np.array_equal(ma, mb)
     c, _ = render_patch("cfos", (24, 32, 32), np.random.default_rng(9), domain=draw_domain(2))
     assert c[0].tobytes() != a[0].tobytes()
+
+
+def test_a_shifted_draw_puts_labelled_and_new_labs_in_opposite_halves():
+    from nnunetv2_selma.synthetic.domains import _LOG_UNIFORM, SHIFTED
+
+    plain, shifted = draw_domains(6, seed=2), draw_domains(6, seed=2, shift_from=3)
+    assert draw_domains(6, seed=2, shift_from=None) == plain  # no shift: the draw every result was measured on
+    for i, d in enumerate(shifted):
+        for key, (lo, hi) in DOMAIN_RANGES.items():
+            middle = np.sqrt(lo * hi) if key in _LOG_UNIFORM else (lo + hi) / 2
+            value = getattr(d, key)
+            if key not in SHIFTED:  # the look-alikes keep the plain draw
+                assert value == getattr(plain[i], key), key
+            elif i < 3:
+                assert lo <= value <= middle, (i, key)
+            else:
+                assert middle <= value <= hi, (i, key)
+    with pytest.raises(ValueError, match="part"):
+        draw_domain(0, part="middle")
