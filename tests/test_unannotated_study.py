@@ -43,7 +43,7 @@ def test_smoke_profile_runs_scratch_and_semi(tmp_path):
     assert roles == {"pool", "seen_domains", "unseen_domains"}
     assert results["complete"] and "holds" in results["gate"]
     assert out.with_suffix(".png").is_file() and "semi − scratch" in out.with_suffix(".md").read_text()
-    assert "gain_vs_scratch" in results
+    assert "gain_vs_scratch" in results and "1" in results["domain_gap"]["nuclei"]
     log = (tmp_path / "work" / "logs").glob("finetune__nuclei_k1_semi_seed0.log")
     assert "semi-supervised: store" in next(log).read_text()
     # foreground_calls.py reads the same runs' validation predictions back against their labels
@@ -186,3 +186,17 @@ def test_a_domain_shift_draws_the_new_labs_from_the_other_half(tmp_path):
     with pytest.raises(SystemExit, match="domain_shift"):
         bench.check_reusable(prof, earlier)
     assert bench.check_reusable(bench.PROFILES["smoke"], earlier)
+
+
+def test_domain_gap_pairs_each_scratch_model_on_both_test_sets():
+    bench = _load(SCRIPT)
+
+    def row(test, k, seed, dice, arm="scratch"):
+        return {"trained_on": "cfos", "test": test, "k": k, "seed": seed, "dice": dice, "arm": arm}
+
+    rows = [row("seen_domains", 1, 0, 0.6), row("unseen_domains", 1, 0, 0.4), row("seen_domains", 1, 1, 0.5),
+            row("unseen_domains", 1, 1, 0.5), row("seen_domains", "all", 0, 0.7), row("unseen_domains", 1, 2, 0.1),
+            row("seen_domains", 1, 0, 0.0, arm="semi"), row("unseen_structure", 1, 0, 0.0)]
+    gap = bench.domain_gap(rows)
+    # seed 2 (no seen score) and k = all (no unseen score) have no pair; other arms and tests are not counted
+    assert gap == {"cfos": {"1": {"mean": pytest.approx(0.1), "per_seed": {"0": pytest.approx(0.2), "1": 0.0}}}}
