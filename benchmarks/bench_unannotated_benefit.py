@@ -82,6 +82,7 @@ ARMS = {a.name: a for a in (
     # the labelled share times the cube of the store's object size over the labelled images' (label-free)
     Arm("semi_pl_style_copies_aligned_rescaled", trainer="nnUNetTrainerSelmaSemiPLStyleCopiesRescaled"),
     Arm("style_copies", trainer="nnUNetTrainerSelmaStyleCopies"),
+    Arm("style_zoom_copies", trainer="nnUNetTrainerSelmaStyleZoomCopies"),
     Arm("semi_pl_capped", trainer="nnUNetTrainerSelmaSemiPLCapped"),
     Arm("semi_pl_capped_above", trainer="nnUNetTrainerSelmaSemiPLCappedAbove"),
     Arm("mae", pretraining=("--method", "mae")),

@@ -54,6 +54,7 @@ __all__ = [
     "amplitude_mix",
     "ema_update",
     "object_scale",
+    "zoom_about_centre",
 ]
 #: where ``semi_align`` takes its share from, besides a stated number (:class:`nnUNetTrainerSelmaSemi`)
 ALIGN_SOURCES = ("labelled", "rescaled")
@@ -272,6 +273,29 @@ def amplitude_mix(images: torch.Tensor, styles: torch.Tensor, weights: torch.Ten
     return mixed.to(images.dtype)
 
 
+#: the size ratios ``semi_style_zoom`` is held within (a store measured on another kind of object stays bounded)
+ZOOM_LIMITS = (0.5, 2.0)
+
+
+def zoom_about_centre(x: torch.Tensor, factor: float, labels: bool = False) -> torch.Tensor:
+    """``x`` (C, z, y, x) resampled so everything in it is ``factor`` times larger, about its centre, in the same
+    shape: the middle cut out where it grows, reflected out to the border where it shrinks. Images trilinear,
+    ``labels`` nearest (their values stay label values). ``factor`` within :data:`ZOOM_LIMITS`."""
+    if not ZOOM_LIMITS[0] <= factor <= ZOOM_LIMITS[1]:
+        raise ValueError(f"zoom_about_centre: factor must be within {ZOOM_LIMITS}, got {factor}")
+    shape = x.shape[1:]
+    size = [max(2, int(round(n * factor))) for n in shape]
+    mode = {"mode": "nearest"} if labels else {"mode": "trilinear", "align_corners": False}
+    y = torch.nn.functional.interpolate(x[None].float(), size=size, **mode)[0]
+    y = y[(slice(None), *(slice(max(0, (m - n) // 2), max(0, (m - n) // 2) + n) for m, n in zip(size, shape)))]
+    pads = []
+    for m, n in reversed(list(zip(y.shape[1:], shape))):  # F.pad names the last dimension first
+        pads += [(n - m) // 2, n - m - (n - m) // 2]
+    if any(pads):
+        y = torch.nn.functional.pad(y[None], pads, mode="reflect")[0]
+    return y.to(x.dtype)
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
     """teacher = decay * teacher + (1 - decay) * student, tensor by tensor (integer buffers are copied)."""
@@ -341,6 +365,10 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_band : the restyling's frequency band (cycles per voxel, :func:`amplitude_mix`); None: all
     semi_style_copies : the restyled patches join the batch as copies beside their originals (with the same
         labels) instead of replacing them, so the labelled patches are always also seen as they are
+    semi_style_zoom : with ``semi_style_copies``, each copy also resized towards the store's object size: by
+        ``ratio ** w`` (``w`` its restyling weight, ``ratio`` the store's :func:`object_scale` over the labelled
+        images', measured once as for ``"rescaled"``, held within :data:`ZOOM_LIMITS`), images and labels alike
+        (:func:`zoom_about_centre`); for new volumes whose objects look larger or smaller than the labelled ones
     semi_share_cap : None: pseudo-labels by confidence; ``"background"`` or ``"left_out"``: by rank under the
         labelled cases' foreground share (:func:`share_capped_labels`), the teacher's foreground past the cap
         called background or left out (its ``past_cap``); ``pseudo_labels`` and binary datasets only
@@ -367,6 +395,7 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     semi_style_mix: float = 0.0
     semi_style_band: float | None = None
     semi_style_copies: bool = False
+    semi_style_zoom: bool = False
     semi_full_cases: int | None = None
     semi_share_cap: str | None = None
     semi_align: str | float | None = None
@@ -386,6 +415,8 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
     _restyled: tuple[int, int] = (0, 0)  # (restyled, all) labelled patches of the epoch
     _share: float = 1.0  # the unannotated share of this run (:meth:`_label_share`)
     _foreground_share: float | None = None  # the labelled cases' foreground share, with semi_share_cap or semi_align
+    _zoom_ratio: float = 1.0  # store object scale / labelled object scale, with semi_style_zoom
+    _scales: tuple[float, float, float] | None = None  # :meth:`_object_scales`, measured once per run
 
     @property
     def _learns_from_store(self) -> bool:
@@ -406,6 +437,9 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if self.semi_share_cap is not None and self.semi_align is not None:
             raise ValueError(f"{type(self).__name__}: semi_share_cap and semi_align both set; the cap takes "
                              "pseudo-labels by rank, the alignment by confidence: choose one")
+        if self.semi_style_zoom and not self.semi_style_copies:
+            raise ValueError(f"{type(self).__name__}: semi_style_zoom resizes the restyled copies; it needs "
+                             "semi_style_copies")
         binary_pseudo_labels = self.semi_loss == "pseudo_labels" and len(self.label_manager.foreground_labels) == 1
         for name, value in (("semi_share_cap", self.semi_share_cap), ("semi_align", self.semi_align)):
             if value is not None and not binary_pseudo_labels:
@@ -455,6 +489,12 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
                 self._foreground_share, source = float(self.semi_align), "stated"
             self.print_to_log_file(f"teacher probabilities aligned to the {source} foreground share "
                                    f"{self._foreground_share:.5f}{detail} before the pseudo-labels are taken")
+        if self.semi_style_zoom:
+            _, labelled, store = self._object_scales()
+            self._zoom_ratio = float(np.clip(store / labelled, *ZOOM_LIMITS))
+            self.print_to_log_file(f"restyled copies zoomed towards the store's object size: up to "
+                                   f"{self._zoom_ratio:.3f} (store object scale {store:.2f} / labelled "
+                                   f"{labelled:.2f}, held within {ZOOM_LIMITS})")
         share = f" x {self._share:.3f} ({cases} labelled cases, full up to {self.semi_full_cases})" \
             if self.semi_full_cases is not None else ""
         self.print_to_log_file(
@@ -494,15 +534,24 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         preprocessed training images and of ``semi_scale_patches`` store patches of this run's structures (the
         patches the teacher sees, drawn from a stream of their own). No label of the store is read; the
         assumption is that the new volumes hold as many objects per voxel as the labelled ones, in another size."""
-        share, labelled = self._labelled_statistics(with_scale=True)
-        rng = np.random.default_rng([self.semi_seed, 7])
-        size = self.configuration_manager.patch_size  # one patch at a time: the same draws, one patch in memory
-        store = float(np.median([object_scale(sample_batch(self._semi_store, size, 1, rng, self._semi_structures,
-                                                           augment=False)[0, 0])
-                                 for _ in range(self.semi_scale_patches)]))
+        share, labelled, store = self._object_scales()
         rescaled = float(np.clip(share * (store / labelled) ** 3, 1e-4, 0.5))
         return rescaled, (f" (the labelled cases' {share:.5f} x (store object scale {store:.2f} / labelled "
                           f"{labelled:.2f})^3, held within [0.0001, 0.5])")
+
+    def _object_scales(self) -> tuple[float, float, float]:
+        """(labelled foreground share, labelled object scale, store object scale): the median :func:`object_scale`
+        of the preprocessed training images and of ``semi_scale_patches`` store patches of this run's structures,
+        drawn from a stream of their own (so ``--c`` measures the same); computed once per run."""
+        if self._scales is None:
+            share, labelled = self._labelled_statistics(with_scale=True)
+            rng = np.random.default_rng([self.semi_seed, 7])
+            size = self.configuration_manager.patch_size  # one patch at a time: the same draws, one in memory
+            store = float(np.median([object_scale(sample_batch(self._semi_store, size, 1, rng,
+                                                               self._semi_structures, augment=False)[0, 0])
+                                     for _ in range(self.semi_scale_patches)]))
+            self._scales = (share, labelled, store)
+        return self._scales
 
     def _capped_share(self) -> float | None:
         return self._foreground_share if self.semi_share_cap is not None else None
@@ -565,8 +614,15 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         if not self.semi_style_copies:
             return mixed, target
         chosen = torch.as_tensor(np.flatnonzero(weights > 0), device=data.device)
-        targets = [torch.cat([t, t[chosen]]) for t in (target if isinstance(target, list) else [target])]
-        return torch.cat([data, mixed[chosen]]), targets if isinstance(target, list) else targets[0]
+        copies = mixed[chosen]
+        levels = [t[chosen] for t in (target if isinstance(target, list) else [target])]
+        if self.semi_style_zoom:  # each copy towards the store's object size by its own restyling weight
+            factors = [self._zoom_ratio ** w for w in weights[weights > 0]]
+            copies = torch.stack([zoom_about_centre(c, f) for c, f in zip(copies, factors)])
+            levels = [torch.stack([zoom_about_centre(t, f, labels=True) for t, f in zip(level, factors)])
+                      for level in levels]
+        targets = [torch.cat([t, c]) for t, c in zip(target if isinstance(target, list) else [target], levels)]
+        return torch.cat([data, copies]), targets if isinstance(target, list) else targets[0]
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)

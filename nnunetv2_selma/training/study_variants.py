@@ -59,6 +59,9 @@ __all__ = [
     "nnUNetTrainerSelmaStyleCopies",
     "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
     "nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA",
+    "nnUNetTrainerSelmaStyleZoomCopies",
+    "nnUNetTrainerSelmaStyleZoomCopies_1epoch_2it",
+    "nnUNetTrainerSelmaStyleZoomCopies_12epochs_25it_noTTA",
 ]
 
 
@@ -232,6 +235,26 @@ class nnUNetTrainerSelmaStyleCopies_1epoch_2it(nnUNetTrainerSelmaStyleCopies, nn
 class nnUNetTrainerSelmaStyleCopies_12epochs_25it_noTTA(nnUNetTrainerSelmaStyleCopies,
                                                         nnUNetTrainerSelma_12epochs_25it_noTTA):
     """The CPU study schedule with restyled copies of the labelled patches only."""
+
+
+class nnUNetTrainerSelmaStyleZoomCopies(nnUNetTrainerSelmaStyleCopies):
+    """Restyled copies (as :class:`nnUNetTrainerSelmaStyleCopies`) also resized towards the store's object size
+    (``semi_style_zoom``): for new labs whose objects look larger or smaller than the labelled ones (another
+    magnification, another clearing), a difference nnU-Net's scale augmentation (0.7-1.4) may not reach."""
+
+    semi_style_zoom = True
+
+
+class nnUNetTrainerSelmaStyleZoomCopies_1epoch_2it(nnUNetTrainerSelmaStyleZoomCopies, nnUNetTrainerSelma_1epoch_2it):
+    """Test schedule of :class:`nnUNetTrainerSelmaStyleZoomCopies`; every labelled patch restyled."""
+
+    semi_batch_size = 2
+    semi_style_mix = 1.0
+
+
+class nnUNetTrainerSelmaStyleZoomCopies_12epochs_25it_noTTA(nnUNetTrainerSelmaStyleZoomCopies,
+                                                            nnUNetTrainerSelma_12epochs_25it_noTTA):
+    """The CPU study schedule of :class:`nnUNetTrainerSelmaStyleZoomCopies`."""
 
 
 class nnUNetTrainerSelmaSemiPLCapped(nnUNetTrainerSelmaSemiPL):

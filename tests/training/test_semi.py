@@ -30,8 +30,12 @@ from nnunetv2_selma.training.semi_trainers import (
     sigmoid_rampup,
     strong_view,
     structure_folders,
+    zoom_about_centre,
 )
-from nnunetv2_selma.training.study_variants import nnUNetTrainerSelmaSemiPLStyleCopies
+from nnunetv2_selma.training.study_variants import (
+    nnUNetTrainerSelmaSemiPLStyleCopies,
+    nnUNetTrainerSelmaStyleZoomCopies,
+)
 
 DATASET_ID = 620
 DATASET_NAME = f"Dataset{DATASET_ID}_SELMA3D_Nuclei"
@@ -140,6 +144,39 @@ def test_restyled_copies_join_the_batch_with_their_labels():
     trainer.semi_style_copies = False  # the in-place restyling keeps the batch size and the labels
     out, same = trainer._restyle(data, target, styles, step=5)
     assert out.shape[0] == 2 and same is target and not torch.allclose(out, data)
+
+
+def test_zoom_about_centre_resizes_objects_and_keeps_the_shape():
+    grid = np.stack(np.meshgrid(*[np.arange(48) - 23.5] * 3, indexing="ij"))
+    ball = torch.from_numpy((np.sqrt((grid ** 2).sum(0)) <= 5).astype(np.float32))[None]
+    for factor in (1.5, 0.7):
+        label = zoom_about_centre(ball, factor, labels=True)
+        image = zoom_about_centre(ball, factor)
+        assert label.shape == image.shape == ball.shape and set(label.unique().tolist()) <= {0.0, 1.0}
+        # the ball's volume goes as the cube of the factor (a small centred ball is neither cut nor reflected)
+        assert float(label.sum()) == pytest.approx(float(ball.sum()) * factor ** 3, rel=0.15)
+        assert float(image.sum()) == pytest.approx(float(ball.sum()) * factor ** 3, rel=0.15)
+    assert torch.equal(zoom_about_centre(ball, 1.0, labels=True), ball)
+    with pytest.raises(ValueError, match="factor"):
+        zoom_about_centre(ball, 3.0)
+
+
+def test_restyled_copies_can_be_zoomed_with_their_labels():
+    trainer = object.__new__(nnUNetTrainerSelmaStyleZoomCopies)
+    trainer.local_rank, trainer._share, trainer._restyled, trainer.semi_style_mix = 0, 1.0, (0, 0), 1.0
+    trainer._zoom_ratio = 2.0
+    rng = np.random.default_rng(3)
+    data = torch.from_numpy(rng.normal(0, 1, (2, 1, 8, 8, 8)).astype(np.float32))
+    styles = torch.from_numpy(rng.normal(0, 3, (2, 1, 8, 8, 8)).astype(np.float32))
+    cube = torch.zeros(2, 1, 8, 8, 8)
+    cube[:, :, 3:5, 3:5, 3:5] = 1
+    target = [cube, cube[:, :, ::2, ::2, ::2]]
+    out, out_target = trainer._restyle(data, target, styles, step=5)
+    assert out.shape == (4, 1, 8, 8, 8) and torch.equal(out[:2], data)
+    assert [tuple(t.shape) for t in out_target] == [(4, 1, 8, 8, 8), (4, 1, 4, 4, 4)]
+    # the originals keep their labels; the copies' objects grew (by 2 ** w, w their restyling weight)
+    grown = out_target[0][2:].sum((1, 2, 3, 4))
+    assert torch.equal(out_target[0][:2], cube) and bool((grown >= 8).all()) and bool((grown > 8).any())
 
 
 def test_align_to_share_turns_a_teachers_most_probable_misses_into_labels():
@@ -271,6 +308,7 @@ def _model(results: Path, trainer: str, fold: int) -> Path:
                                      "nnUNetTrainerSelmaSemiPLStyleLow_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
                                      "nnUNetTrainerSelmaStyleCopies_1epoch_2it",
+                                     "nnUNetTrainerSelmaStyleZoomCopies_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLCappedAbove_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleCopiesAligned_1epoch_2it",
                                      "nnUNetTrainerSelmaSemiPLStyleCopiesRescaled_1epoch_2it"])
@@ -298,6 +336,7 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
         share, labelled, store, own = (float(v) for v in rescaled.groups())
         assert 0 < labelled < 1 and 1.0 <= min(store, own)
         assert share == pytest.approx(min(0.5, max(1e-4, labelled * (store / own) ** 3)), rel=0.02, abs=1e-5)
+    assert ("restyled copies zoomed towards the store's object size: up to" in res.stdout) == ("Zoom" in trainer)
     assert ("the brightest of 8 drawn" in res.stdout) == ("Bright" in trainer)
     assert ("labelled patches restyled" in res.stdout) == ("Style" in trainer)
     assert ("restyled below 0.08 cycles/voxel" in res.stdout) == ("StyleLow" in trainer)
@@ -334,6 +373,18 @@ def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset,
     with pytest.raises(ValueError, match=message):
         trainer.on_train_start()
     assert not trainer.was_initialized  # refused before nnU-Net built its network and data loaders
+
+
+def test_zoom_without_copies_is_refused_before_training_starts(semi_dataset):
+    from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
+
+    plans = {**json.loads((semi_dataset / f"{PLANS_ID}.json").read_text()), "continue_training": False}
+    dataset_json = json.loads((semi_dataset / "dataset.json").read_text())
+    trainer = nnUNetTrainerSelmaSemi(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.semi_style_zoom, trainer.semi_style_mix = True, 0.5
+    with pytest.raises(ValueError, match="semi_style_zoom resizes the restyled copies; it needs semi_style_copies"):
+        trainer.on_train_start()
+    assert not trainer.was_initialized
 
 
 def test_kill_and_resume_continues_teacher_and_stream(semi_dataset, tiny_store, tmp_path):
