@@ -47,6 +47,7 @@ __all__ = [
     "TEACHER_UPDATES_KEY",
     "nnUNetTrainerSelmaSemi",
     "nnUNetTrainerSelmaMAESemi",
+    "nnUNetTrainerSelmaSemiPLStyleCopies",
     "structure_folders",
     "mean_teacher_loss",
     "pseudo_label_loss",
@@ -703,6 +704,23 @@ class nnUNetTrainerSelmaSemi(nnUNetTrainerSelma):
         self._teacher_weights_to_load = checkpoint.get(TEACHER_KEY)
         self._teacher_updates_to_load = checkpoint.get(TEACHER_UPDATES_KEY)
         super().load_checkpoint(filename_or_checkpoint)
+
+
+class nnUNetTrainerSelmaSemiPLStyleCopies(nnUNetTrainerSelmaSemi):
+    """The teacher's confident pseudo-labels on store patches (``semi_loss = "pseudo_labels"``) plus copies of half
+    the labelled patches restyled towards store patches (``semi_style_mix`` 0.5, ``semi_style_copies``), both
+    falling above four labelled cases (``semi_full_cases``).
+
+    When: one or two labelled patches, and the volumes to segment were imaged elsewhere (another microscope,
+    clearing or lab) so a model trained on the labels misses most of their objects. On the benchmark's change of
+    lab (``bench_unannotated_benefit.py --domain-shift``) it is the arm that gains; where the new volumes come from
+    the same spread of conditions as the labelled ones it follows scratch's own error and gains nothing on
+    average (``benchmarks/RESULTS.md``)."""
+
+    semi_loss = "pseudo_labels"
+    semi_style_mix = 0.5
+    semi_style_copies = True
+    semi_full_cases = 4
 
 
 class nnUNetTrainerSelmaMAESemi(nnUNetTrainerSelmaMAE, nnUNetTrainerSelmaSemi):

@@ -7,7 +7,11 @@ schedule, the tests with ``_1epoch_2it``.
 
 from __future__ import annotations
 
-from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaMAESemi, nnUNetTrainerSelmaSemi
+from nnunetv2_selma.training.semi_trainers import (
+    nnUNetTrainerSelmaMAESemi,
+    nnUNetTrainerSelmaSemi,
+    nnUNetTrainerSelmaSemiPLStyleCopies,
+)
 from nnunetv2_selma.training.ssl_trainers import nnUNetTrainerSelmaMAE_1epoch_2it
 from nnunetv2_selma.training.trainers import (
     nnUNetTrainerSelma_1epoch_2it,
@@ -35,7 +39,6 @@ __all__ = [
     "nnUNetTrainerSelmaSemiPLStyleLow_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaSemiPLDouble",
     "nnUNetTrainerSelmaSemiPLDouble_12epochs_25it_noTTA",
-    "nnUNetTrainerSelmaSemiPLStyleCopies",
     "nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it",
     "nnUNetTrainerSelmaSemiPLStyleCopies_12epochs_25it_noTTA",
     "nnUNetTrainerSelmaSemiPLCapped",
@@ -191,15 +194,6 @@ class nnUNetTrainerSelmaSemiPLDouble_12epochs_25it_noTTA(nnUNetTrainerSelmaSemiP
     """The CPU study schedule with pseudo-labels at twice the weight."""
 
 
-class nnUNetTrainerSelmaSemiPLStyleCopies(nnUNetTrainerSelmaSemiPLStyle):
-    """:class:`nnUNetTrainerSelmaSemiPLStyle` with the restyled patches added beside their originals
-    (``semi_style_copies``) instead of replacing them: at two labelled patches, replacing one lost nuclei the
-    clean supervision the pseudo-labels alone kept. Falls above four labelled cases."""
-
-    semi_style_copies = True
-    semi_full_cases = 4
-
-
 class nnUNetTrainerSelmaSemiPLStyleCopies_1epoch_2it(nnUNetTrainerSelmaSemiPLStyleCopies,
                                                      nnUNetTrainerSelma_1epoch_2it):
     """Test schedule of :class:`nnUNetTrainerSelmaSemiPLStyleCopies`; every labelled patch restyled."""
@@ -214,7 +208,8 @@ class nnUNetTrainerSelmaSemiPLStyleCopies_12epochs_25it_noTTA(nnUNetTrainerSelma
 
 
 class nnUNetTrainerSelmaStyleCopies(nnUNetTrainerSelmaSemi):
-    """Restyled copies of the labelled patches (as :class:`nnUNetTrainerSelmaSemiPLStyleCopies`) and no
+    """Restyled copies of the labelled patches (as
+    :class:`~nnunetv2_selma.training.semi_trainers.nnUNetTrainerSelmaSemiPLStyleCopies`) and no
     unannotated loss (``semi_weight = 0``): the store patches lend their imaging conditions only, and every label
     the network learns from is a real one. On plaques the teacher's confident pseudo-labels on look-alikes cost
     Dice; this arm asks what the restyling gives without them."""

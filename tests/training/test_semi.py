@@ -25,6 +25,7 @@ from nnunetv2_selma.training.semi_trainers import (
     ema_update,
     flip_each,
     mean_teacher_loss,
+    nnUNetTrainerSelmaSemiPLStyleCopies,
     pseudo_label_loss,
     share_capped_labels,
     sigmoid_rampup,
@@ -32,10 +33,7 @@ from nnunetv2_selma.training.semi_trainers import (
     structure_folders,
     zoom_about_centre,
 )
-from nnunetv2_selma.training.study_variants import (
-    nnUNetTrainerSelmaSemiPLStyleCopies,
-    nnUNetTrainerSelmaStyleZoomCopies,
-)
+from nnunetv2_selma.training.study_variants import nnUNetTrainerSelmaStyleZoomCopies
 
 DATASET_ID = 620
 DATASET_NAME = f"Dataset{DATASET_ID}_SELMA3D_Nuclei"
