@@ -347,8 +347,9 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "new domains cost scratch nothing and no arm gains (a gain on one draw did not carry to the next). "
               "From another lab (`--domain-shift`: blurred, brighter, larger objects; the new domains cost scratch "
               "0.14-0.33 Dice), pseudo-labels on the store with restyled copies of the labelled patches "
-              "(`nnUNetTrainerSelmaSemiPLStyleCopies`) gain nuclei +0.15 and c-Fos +0.15, both CIs above 0, on one "
-              "draw (its replication is in benchmarks/RESULTS.md; the README says which to try when). "
+              "(`nnUNetTrainerSelmaSemiPLStyleCopies`) gain nuclei +0.15 and c-Fos +0.15, both CIs above 0; on a "
+              "fresh draw nuclei +0.13 (CI above 0) and c-Fos +0.07 (CI reaching 0; benchmarks/RESULTS.md, the "
+              "README says which to try when). "
               "This comparison shows the pretrained arm because it is the one the demo's "
               "data can run in minutes; read its difference with that in mind.",
               "", "The whole-volume run uses `--tissue-mask auto` (the default): where the volume has a clearly dark "
