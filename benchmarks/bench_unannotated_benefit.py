@@ -393,8 +393,9 @@ def check_reusable(prof: Profile, results_file: Path) -> dict:
     earlier = json.loads(results_file.read_text())
     old, new = earlier["profile"], asdict(prof)
     for field in SAME_DATA:
-        if json.dumps(old.get(field, DEFAULTS.get(field))) != json.dumps(new[field]):
-            raise SystemExit(f"--reuse {results_file}: profile field {field} is {old.get(field)!r} there and "
+        there = old.get(field, DEFAULTS.get(field))
+        if json.dumps(there) != json.dumps(new[field]):
+            raise SystemExit(f"--reuse {results_file}: profile field {field} is {there!r} there and "
                              f"{new[field]!r} here; its runs are not runs of this study")
     old_ks, new_ks = [ssl.k_label(k) for k in old["ks"]], [ssl.k_label(k) for k in prof.ks]
     for k in set(old_ks) & set(new_ks) - {"all"}:

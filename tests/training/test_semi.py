@@ -349,6 +349,15 @@ def test_semi_trainer_trains_through_nnunetv2_train_and_saves_its_teacher(semi_d
     assert (_model(tmp_path, trainer, 0) / "validation" / "case002.nii.gz").is_file()
 
 
+def _unstarted_trainer(semi_dataset: Path):
+    """A plain nnUNetTrainerSelmaSemi on the test dataset, built but not started (for the refused configurations)."""
+    from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
+
+    plans = {**json.loads((semi_dataset / f"{PLANS_ID}.json").read_text()), "continue_training": False}
+    dataset_json = json.loads((semi_dataset / "dataset.json").read_text())
+    return nnUNetTrainerSelmaSemi(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+
+
 ALIGN_REFUSED = r"semi_align must be None, one of \('labelled', 'rescaled'\) or a foreground share"
 
 
@@ -362,11 +371,7 @@ ALIGN_REFUSED = r"semi_align must be None, one of \('labelled', 'rescaled'\) or 
     (None, "store", "pseudo_labels", ALIGN_REFUSED),
     ("background", 0.1, "pseudo_labels", "semi_share_cap and semi_align both set")])
 def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset, cap, align, loss, message):
-    from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
-
-    plans = {**json.loads((semi_dataset / f"{PLANS_ID}.json").read_text()), "continue_training": False}
-    dataset_json = json.loads((semi_dataset / "dataset.json").read_text())
-    trainer = nnUNetTrainerSelmaSemi(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer = _unstarted_trainer(semi_dataset)
     trainer.semi_share_cap, trainer.semi_align, trainer.semi_loss = cap, align, loss
     with pytest.raises(ValueError, match=message):
         trainer.on_train_start()
@@ -374,11 +379,7 @@ def test_share_cap_configuration_is_refused_before_training_starts(semi_dataset,
 
 
 def test_zoom_without_copies_is_refused_before_training_starts(semi_dataset):
-    from nnunetv2_selma.training.semi_trainers import nnUNetTrainerSelmaSemi
-
-    plans = {**json.loads((semi_dataset / f"{PLANS_ID}.json").read_text()), "continue_training": False}
-    dataset_json = json.loads((semi_dataset / "dataset.json").read_text())
-    trainer = nnUNetTrainerSelmaSemi(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer = _unstarted_trainer(semi_dataset)
     trainer.semi_style_zoom, trainer.semi_style_mix = True, 0.5
     with pytest.raises(ValueError, match="semi_style_zoom resizes the restyled copies; it needs semi_style_copies"):
         trainer.on_train_start()
