@@ -200,3 +200,31 @@ def test_domain_gap_pairs_each_scratch_model_on_both_test_sets():
     gap = bench.domain_gap(rows)
     # seed 2 (no seen score) and k = all (no unseen score) have no pair; other arms and tests are not counted
     assert gap == {"cfos": {"1": {"mean": pytest.approx(0.1), "per_seed": {"0": pytest.approx(0.2), "1": 0.0}}}}
+
+
+def test_pooled_draws_pair_each_draw_and_seed_and_refuse_another_study(tmp_path):
+    pool = _load(SCRIPT.with_name("pool_draws.py"))
+    bench = sys.modules["bench_unannotated_benefit"]
+    profile = {**bench.asdict(bench.PROFILES["smoke"]), "domain_shift": True}
+
+    def results(draw, diffs, **changed):
+        rows = []
+        for seed, diff in enumerate(diffs):
+            for arm, dice in (("scratch", 0.3), ("semi", 0.3 + diff)):
+                rows.append({"structure": "cfos", "test": "unseen_domains", "k": 2, "arm": arm, "seed": seed,
+                             "dice": dice, "per_case_dice": {"a": dice, "b": dice}})
+            rows.append({**rows[-1], "test": "seen_domains", "per_case_dice": {"a": 0.0}})  # another test: left out
+        path = tmp_path / f"d{draw}.json"
+        path.write_text(json.dumps({"profile": {**profile, "domain_seed": draw, **changed}, "rows": rows}))
+        return path
+
+    out = pool.pool([results(1, [0.1, 0.2]), results(2, [0.0, 0.1, 0.2])], "semi")
+    (cfos,) = out["pooled"]
+    assert cfos["n_seeds"] == 5 and set(cfos["per_seed_diff"]) == {"d1s0", "d1s1", "d2s0", "d2s1", "d2s2"}
+    assert cfos["mean_diff"] == pytest.approx(0.12)
+    assert cfos["per_draw_mean"] == {"d1": pytest.approx(0.15), "d2": pytest.approx(0.1)}
+    assert cfos["meets_target"]
+    with pytest.raises(SystemExit, match="domain_shift"):
+        pool.pool([results(1, [0.1]), results(3, [0.1], domain_shift=False)], "semi")
+    with pytest.raises(SystemExit, match="draw 1"):
+        pool.pool([results(1, [0.1]), results(1, [0.2])], "semi")
