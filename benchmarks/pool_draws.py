@@ -68,6 +68,35 @@ def pool(files: list[Path], arm: str, k: str = "2", test: str = "unseen_domains"
                         "meets_target": p["mean_diff"] >= 0.05 and p["ci_low"] > 0} for p in pooled]}
 
 
+def plot(out: dict, path: Path) -> None:
+    """Each (draw, seed)'s difference with scratch, one column per draw, the pooled mean and CI beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(out["pooled"]), figsize=(4.2 * len(out["pooled"]), 4), squeeze=False)
+    for ax, p in zip(axes[0], out["pooled"]):
+        draws = list(p["per_draw_mean"])
+        for i, draw in enumerate(draws):
+            diffs = [d for r, d in p["per_seed_diff"].items() if r.split("s")[0] == draw]
+            ax.plot([i] * len(diffs), diffs, "o", alpha=0.7)
+            ax.plot([i - 0.2, i + 0.2], [p["per_draw_mean"][draw]] * 2, "k-")
+        n = len(draws)
+        ax.errorbar([n], [p["mean_diff"]], yerr=[[p["mean_diff"] - p["ci_low"]], [p["ci_high"] - p["mean_diff"]]],
+                    fmt="s", color="k", capsize=4)
+        ax.set_xticks(range(n + 1), [*draws, "pooled"])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(0.05, color="tab:red", lw=0.8, ls="--")
+        ax.set_ylabel(f"{out['arm']} - scratch (Dice)")
+        ax.set_title(f"{p['structure']}, k = {out['k']}, {out['test']}")
+        ax.grid(alpha=0.3)
+    fig.suptitle("paired difference per draw and seed; pooled mean with its 95% CI; dashed: the +0.05 target")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path,
@@ -75,7 +104,8 @@ def main() -> int:
     parser.add_argument("--arm", required=True, help="the arm compared with scratch")
     parser.add_argument("--k", default="2", help="label count (an int or 'all'; default 2)")
     parser.add_argument("--test", default="unseen_domains", help="test set (default unseen_domains)")
-    parser.add_argument("-o", "--output", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="also write the figures as JSON here and a plot (.png) beside")
     args = parser.parse_args()
     out = pool(args.results, args.arm, args.k, args.test)
     if not out["pooled"]:
@@ -87,6 +117,7 @@ def main() -> int:
               f"{'met' if p['meets_target'] else 'not met'}")
     if args.output:
         args.output.write_text(json.dumps(out, indent=1))
+        plot(out, args.output.with_suffix(".png"))
     return 0
 
 
