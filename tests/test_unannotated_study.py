@@ -224,6 +224,8 @@ def test_pooled_draws_pair_each_draw_and_seed_and_refuse_another_study(tmp_path)
     assert cfos["mean_diff"] == pytest.approx(0.12)
     assert cfos["per_draw_mean"] == {"d1": pytest.approx(0.15), "d2": pytest.approx(0.1)}
     assert cfos["meets_target"]
+    pool.plot(out, tmp_path / "pooled.png")
+    assert (tmp_path / "pooled.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="domain_shift"):
         pool.pool([results(1, [0.1]), results(3, [0.1], domain_shift=False)], "semi")
     with pytest.raises(SystemExit, match="draw 1"):
