@@ -346,7 +346,7 @@ def _comparison_lines(prof: DemoProfile, device: str, results: dict, cases: dict
               "the volumes to segment were imaged. From the same spread of conditions as the labelled ones, the "
               "new domains cost scratch nothing and no arm gains (a gain on one draw did not carry to the next). "
               "From another lab (`--domain-shift`: blurred, brighter, larger objects; the new domains cost scratch "
-              "0.14-0.50 Dice), pseudo-labels on the store with restyled copies of the labelled patches "
+              "0.11-0.50 Dice), pseudo-labels on the store with restyled copies of the labelled patches "
               "(`nnUNetTrainerSelmaSemiPLStyleCopies`) gain nuclei +0.14 and c-Fos +0.13 over two pre-registered "
               "fresh draws, both CIs above 0 (+0.15 each on the draw it was chosen on; benchmarks/RESULTS.md, the "
               "README says which to try when). "
